@@ -1,0 +1,35 @@
+"""The ``bare-lm`` command.
+
+Subcommands, one module each: ``status`` and ``mutants`` (spec.py), ``tokenizer`` (tokenizer.py),
+``train`` (train.py), ``generate`` (generate.py), ``bench`` (bench.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import bench, generate, spec, tokenizer, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bare-lm",
+        description="Bare-LM: an executable specification of a small decoder-only language model.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (train, generate, tokenizer, spec, bench):
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

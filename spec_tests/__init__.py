@@ -1,0 +1,1 @@
+"""Bare-LM's executable specification: property-based tests run against any implementation."""

@@ -1,0 +1,26 @@
+from . import Mutant
+
+MUTANTS = [
+    Mutant("swiglu-gate-on-wrong-branch", "feedforward.py", "SwiGLU applies silu to the linear branch W3",
+           "h = silu(self.w1(x)) * self.w3(x)", "h = self.w1(x) * silu(self.w3(x))"),
+    Mutant("swiglu-sigmoid-gate", "feedforward.py", "GLU (sigmoid gate) instead of SwiGLU (silu gate)",
+           "h = silu(self.w1(x)) * self.w3(x)", "h = torch.sigmoid(self.w1(x)) * self.w3(x)"),
+    Mutant("gelu-tanh-approximation", "feedforward.py", "GELU's tanh approximation where exact is specified",
+           "return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))",
+           "return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))"),
+    Mutant("gelu-missing-sqrt2", "feedforward.py", "GELU's erf argument not divided by sqrt(2)",
+           "torch.erf(x / math.sqrt(2.0))", "torch.erf(x)"),
+    Mutant("relu-leaky", "feedforward.py", "a leaky ReLU where ReLU is specified",
+           "return torch.where(x > 0, x, torch.zeros_like(x))", "return torch.where(x > 0, x, 0.01 * x)"),
+    Mutant("silu-is-sigmoid", "feedforward.py", "silu returns sigmoid(x), forgetting the factor x",
+           "return x * torch.sigmoid(x)", "return torch.sigmoid(x)"),
+    Mutant("ffn-activation-after-output", "feedforward.py", "the activation applied after W2 as well",
+           "return self.w2(h)                      # (..., C)", "return gelu(self.w2(h))"),
+    Mutant("ffn-gelu-for-relu", "feedforward.py", "relu activation silently uses gelu",
+           "h = relu(self.w1(x))               # (..., F)", "h = gelu(self.w1(x))"),
+    Mutant("ffn-w3-always", "feedforward.py", "builds the gate branch W3 for every activation",
+           "self.w3 = Linear(d_model, d_ff, bias=bias) if activation == \"swiglu\" else None",
+           "self.w3 = Linear(d_model, d_ff, bias=bias)"),
+    Mutant("ffn-second-layer-no-bias", "feedforward.py", "the second layer never has a bias",
+           "self.w2 = Linear(d_ff, d_model, bias=bias)", "self.w2 = Linear(d_ff, d_model, bias=False)"),
+]

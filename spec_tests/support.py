@@ -1,0 +1,153 @@
+"""What every spec file shares: tolerances, ``assert_close``, seeded tensors, hypothesis strategies.
+
+Tensors are never drawn element by element: a test draws a *shape* and a *seed*, and builds the
+tensor from a seeded ``torch.Generator``. It is fast, and a failing example prints as
+``shape=(1, 2), seed=0`` which anyone can rebuild.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import torch
+from hypothesis import strategies as st
+
+# ---------------------------------------------------------------------------------------------
+# Tolerances and comparison
+# ---------------------------------------------------------------------------------------------
+
+#: (atol, rtol) per dtype, for two computations of the same maths in a different order.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-7),
+    torch.float32: (1e-5, 1e-4),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (2e-3, 2e-3),
+}
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    return TOLERANCES.get(dtype, (0.0, 0.0))
+
+
+def assert_close(got, expected, *, what: str = "output", atol: float | None = None,
+                 rtol: float | None = None) -> None:
+    """Assert ``got`` equals ``expected`` within the tolerance of ``expected``'s dtype.
+
+    The message names ``what`` was compared, the shapes, how many elements differ, and the worst
+    element: its index, expected and got values. Exact dtypes (integers, bool) compare exactly.
+    """
+    got = got if isinstance(got, torch.Tensor) else torch.as_tensor(got)
+    expected = expected if isinstance(expected, torch.Tensor) else torch.as_tensor(expected)
+    if tuple(got.shape) != tuple(expected.shape):
+        raise AssertionError(f"{what}: wrong shape: expected {tuple(expected.shape)}, got {tuple(got.shape)}")
+    if got.dtype != expected.dtype:
+        raise AssertionError(f"{what}: wrong dtype: expected {expected.dtype}, got {got.dtype}")
+    d_atol, d_rtol = tolerance(expected.dtype)
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    g = got.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    both_nan = torch.isnan(g) & torch.isnan(e)
+    bad = ~((g - e).abs() <= atol + rtol * e.abs()) & ~both_nan
+    bad |= torch.isinf(e) & (g != e)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return
+    err = torch.where(bad, (g - e).abs().nan_to_num(float("inf")), torch.zeros_like(g))
+    flat = int(err.flatten().argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), g.shape)) if g.dim() else ()
+    raise AssertionError(
+        f"{what}: {n_bad} of {g.numel()} elements differ (shape {tuple(g.shape)}, {expected.dtype}, "
+        f"atol={atol:g}, rtol={rtol:g}); worst at index {index}: expected {e[index].item():.7g}, "
+        f"got {g[index].item():.7g}"
+    )
+
+
+def assert_equal(got, expected, *, what: str = "value") -> None:
+    """Assert exact equality of plain values (ints, lists, bytes, strings) with a readable message."""
+    if got != expected:
+        raise AssertionError(f"{what}: expected {_short(expected)}, got {_short(got)}")
+
+
+def _short(value, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def raises_clear(exc_types, *words: str):
+    """Expect ``exc_types`` with a message naming each of ``words`` (case-insensitive).
+
+    A clear error names the argument at fault and what is allowed; a bare ``ValueError()`` or an
+    accidental ``IndexError`` deep in torch does not count.
+    """
+    exc_types = exc_types if isinstance(exc_types, tuple) else (exc_types,)
+    names = " or ".join(t.__name__ for t in exc_types)
+    try:
+        yield
+    except exc_types as err:
+        message = str(err)
+        missing = [w for w in words if not re.search(re.escape(w), message, re.IGNORECASE)]
+        if missing:
+            raise AssertionError(
+                f"raised {type(err).__name__}({message!r}), but the message should name {missing}"
+            ) from None
+    except NotImplementedError:
+        raise
+    except Exception as err:
+        raise AssertionError(
+            f"expected {names} naming {list(words)}, got {type(err).__name__}: {err}"
+        ) from err
+    else:
+        raise AssertionError(f"expected {names} naming {list(words)}, but nothing was raised")
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeded tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(shape, seed: int, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
+    """Standard normal tensor from a seeded generator (drawn in float64, then cast)."""
+    return (torch.randn(tuple(shape), generator=generator(seed), dtype=torch.float64) * scale).to(dtype)
+
+
+def randint(low: int, high: int, shape, seed: int) -> torch.Tensor:
+    return torch.randint(low, high, tuple(shape), generator=generator(seed))
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch's global RNG, for implementations that build their parameters from it."""
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strategies
+# ---------------------------------------------------------------------------------------------
+
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+#: dtypes a layer must handle; float64 shows maths bugs that float32 noise would hide.
+float_dtypes = st.sampled_from([torch.float32, torch.float64])
+
+
+def sizes(max_value: int = 8, min_value: int = 1):
+    return st.integers(min_value=min_value, max_value=max_value)
+
+
+def batch_shapes(min_rank: int = 0, max_rank: int = 2, max_side: int = 4):
+    """Leading (batch-like) dims: ``()``, ``(3,)``, ``(2, 4)``..."""
+    return st.lists(sizes(max_side), min_size=min_rank, max_size=max_rank).map(tuple)
+
+
+@st.composite
+def model_dims(draw, max_heads: int = 4, max_head_dim: int = 8):
+    """A consistent ``(d_model, n_heads)``: ``d_model`` is a multiple of ``n_heads``."""
+    n_heads = draw(sizes(max_heads))
+    head_dim = draw(sizes(max_head_dim))
+    return n_heads * head_dim, n_heads

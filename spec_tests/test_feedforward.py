@@ -1,0 +1,96 @@
+"""Spec of ``feedforward``: ``FeedForward(d_model, d_ff, activation, bias)`` and its activations."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .support import assert_close, batch_shapes, float_dtypes, randn, raises_clear, seed_all, seeds, sizes
+
+activations = st.sampled_from(["relu", "gelu", "swiglu"])
+
+
+@pytest.fixture(scope="module")
+def feedforward(impl):
+    return impl.component("feedforward")
+
+
+def _build(feedforward, d, f, activation, bias, seed, dtype=torch.float64):
+    seed_all(seed)
+    ffn = feedforward.FeedForward(d, f, activation=activation, bias=bias).to(dtype)
+    with torch.no_grad():  # biases start at zero: make them count
+        for i, p in enumerate(ffn.parameters()):
+            p.copy_(randn(p.shape, seed + i, dtype, 0.5))
+    return ffn
+
+
+def _oracle(ffn, x, activation):
+    """The formula, written with torch.nn.functional."""
+    lin = lambda layer, h: F.linear(h, layer.weight, layer.bias)  # noqa: E731
+    if activation == "swiglu":
+        return lin(ffn.w2, F.silu(lin(ffn.w1, x)) * lin(ffn.w3, x))
+    act = F.relu if activation == "relu" else (lambda h: F.gelu(h, approximate="none"))
+    return lin(ffn.w2, act(lin(ffn.w1, x)))
+
+
+@given(lead=batch_shapes(0, 2), d=sizes(8), f=sizes(12), activation=activations, bias=st.booleans(),
+       dtype=float_dtypes, seed=seeds)
+def test_equals_formula(feedforward, lead, d, f, activation, bias, dtype, seed):
+    """FFN(x) = W2 act(W1 x) for relu / exact gelu, and W2 (silu(W1 x) * W3 x) for swiglu."""
+    ffn = _build(feedforward, d, f, activation, bias, seed, dtype)
+    x = randn((*lead, d), seed, dtype, 2.0)
+    assert_close(ffn(x), _oracle(ffn, x, activation), what=f"FeedForward[{activation}](x)")
+
+
+@given(t=sizes(6, 2), d=sizes(6), activation=activations, seed=seeds)
+def test_position_wise(feedforward, t, d, activation, seed):
+    """The FFN acts on each position alone: permuting positions permutes the outputs."""
+    ffn = _build(feedforward, d, 2 * d, activation, True, seed)
+    x = randn((2, t, d), seed, torch.float64)
+    perm = torch.randperm(t, generator=torch.Generator().manual_seed(seed))
+    assert_close(ffn(x[:, perm]), ffn(x)[:, perm], what="FFN(x[:, perm]) vs FFN(x)[:, perm]")
+
+
+@given(d=sizes(16), f=sizes(32), activation=activations, bias=st.booleans())
+def test_parameter_count(feedforward, d, f, activation, bias):
+    """Parameters: 2*d*f (+ f + d biases); swiglu 3*d*f (+ 2f + d biases)."""
+    ffn = feedforward.FeedForward(d, f, activation=activation, bias=bias)
+    mats = 3 if activation == "swiglu" else 2
+    expected = mats * d * f + ((mats - 1) * f + d if bias else 0)
+    got = sum(p.numel() for p in ffn.parameters())
+    assert got == expected, f"parameter count of FeedForward({d}, {f}, {activation!r}, bias={bias}): " \
+                            f"expected {expected}, got {got}"
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu"])
+def test_gradients_reach_every_parameter(feedforward, activation):
+    """Backpropagating through the FFN gives every parameter a non-zero gradient."""
+    ffn = _build(feedforward, 4, 8, activation, True, 0, torch.float32)
+    (ffn(randn((3, 4), 1)) * randn((3, 4), 2)).sum().backward()
+    for name, p in ffn.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"parameter {name} got no gradient"
+
+
+@given(seed=seeds)
+def test_activation_functions(feedforward, seed):
+    """relu, gelu (exact erf form) and silu equal torch's own."""
+    x = randn((64,), seed, torch.float64, 4.0)
+    assert_close(feedforward.relu(x), F.relu(x), what="relu(x)")
+    assert_close(feedforward.gelu(x), F.gelu(x, approximate="none"), what="gelu(x), exact erf form")
+    assert_close(feedforward.silu(x), F.silu(x), what="silu(x)")
+
+
+def test_bad_arguments(feedforward):
+    """An unknown activation, non-positive sizes or a wrong input shape raise clear errors."""
+    with raises_clear(ValueError, "activation", "swiglu"):
+        feedforward.FeedForward(4, 8, activation="tanh")
+    with raises_clear(ValueError, "d_model"):
+        feedforward.FeedForward(0, 8)
+    with raises_clear(ValueError, "d_ff"):
+        feedforward.FeedForward(4, -2)
+    ffn = feedforward.FeedForward(4, 8)
+    with raises_clear(ValueError, "x", "4"):
+        ffn(torch.zeros(2, 5))
+    with raises_clear(ValueError, "x"):
+        ffn(torch.tensor(0.5))

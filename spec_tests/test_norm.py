@@ -1,0 +1,145 @@
+"""Spec of ``norm``: ``LayerNorm``, ``RMSNorm`` and ``build_norm``."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .support import (assert_close, batch_shapes, float_dtypes, randn, raises_clear, seed_all, seeds,
+                      sizes)
+
+#: Input scales: tiny ones make eps matter (eps inside vs outside the square root), large ones
+#: make a wrong variance obvious.
+scales = st.sampled_from([1e-3, 1.0, 30.0])
+
+
+@pytest.fixture(scope="module")
+def norm(impl):
+    return impl.component("norm")
+
+
+def _randomise(module, seed):
+    """Give every parameter random values, so a gain or bias that is ignored shows."""
+    with torch.no_grad():
+        for i, p in enumerate(module.parameters()):
+            p.copy_(randn(p.shape, seed + 100 + i, p.dtype))
+
+
+# --- LayerNorm ----------------------------------------------------------------------------------
+
+@given(lead=batch_shapes(0, 2), d=sizes(16, 2), scale=scales, seed=seeds)
+def test_layernorm_normalises(norm, lead, d, scale, seed):
+    """Before the affine part, LayerNorm gives each vector mean 0 and biased variance var/(var+eps)."""
+    x = randn((*lead, d), seed, torch.float64, scale) + 3.0 * scale
+    y = norm.LayerNorm(d).double()(x)
+    var = x.var(dim=-1, unbiased=False, keepdim=True)
+    assert_close(y.mean(dim=-1), torch.zeros(lead, dtype=torch.float64), what="mean of LayerNorm(x)", atol=1e-9)
+    assert_close(y.var(dim=-1, unbiased=False), (var / (var + 1e-5)).squeeze(-1),
+                 what="biased variance of LayerNorm(x) (should be var / (var + eps))")
+
+
+@given(lead=batch_shapes(0, 2), d=sizes(16), scale=scales, bias=st.booleans(), dtype=float_dtypes, seed=seeds)
+def test_layernorm_equals_torch(norm, lead, d, scale, bias, dtype, seed):
+    """LayerNorm equals torch.nn.functional.layer_norm with the same gain, bias and eps."""
+    ln = norm.LayerNorm(d, bias=bias).to(dtype)
+    _randomise(ln, seed)
+    x = randn((*lead, d), seed, dtype, scale)
+    expected = F.layer_norm(x, (d,), ln.weight, ln.bias, eps=1e-5)
+    assert_close(ln(x), expected, what="LayerNorm(x)")
+
+
+@given(lead=batch_shapes(1, 2), d=sizes(16, 2), shift=st.floats(-100, 100), gain=st.floats(0.1, 10), seed=seeds)
+def test_layernorm_shift_and_scale_invariant(norm, lead, d, shift, gain, seed):
+    """LayerNorm(a*x + c) == LayerNorm(x) for any shift c and gain a > 0 (eps = 1e-12 here)."""
+    x = randn((*lead, d), seed, torch.float64)
+    x[..., 0] = x.amax(dim=-1) + 1.0  # variance >= 1/d^2, so eps = 1e-12 is negligible
+    ln = norm.LayerNorm(d, eps=1e-12).double()
+    _randomise(ln, seed)
+    assert_close(ln(gain * x + shift), ln(x), what="LayerNorm(a*x + c) vs LayerNorm(x)", atol=1e-7, rtol=1e-7)
+
+
+def test_layernorm_parameters(norm):
+    """LayerNorm has a gain `weight` of ones and a `bias` of zeros, shape (d_model,); bias=False: None."""
+    ln = norm.LayerNorm(5)
+    assert torch.equal(ln.weight.detach(), torch.ones(5)), "LayerNorm.weight must start as ones(d_model)"
+    assert torch.equal(ln.bias.detach(), torch.zeros(5)), "LayerNorm.bias must start as zeros(d_model)"
+    assert norm.LayerNorm(5, bias=False).bias is None, "LayerNorm(bias=False).bias must be None"
+    assert sum(p.numel() for p in norm.LayerNorm(5, bias=False).parameters()) == 5
+
+
+# --- RMSNorm ------------------------------------------------------------------------------------
+
+@given(lead=batch_shapes(0, 2), d=sizes(16), scale=scales, dtype=float_dtypes, seed=seeds)
+def test_rmsnorm_equals_torch(norm, lead, d, scale, dtype, seed):
+    """RMSNorm equals torch.nn.functional.rms_norm with the same gain and eps."""
+    rms = norm.RMSNorm(d).to(dtype)
+    _randomise(rms, seed)
+    x = randn((*lead, d), seed, dtype, scale) + scale
+    assert_close(rms(x), F.rms_norm(x, (d,), rms.weight, eps=1e-5), what="RMSNorm(x)")
+
+
+@given(lead=batch_shapes(1, 2), d=sizes(16), gain=st.floats(0.1, 10), seed=seeds)
+def test_rmsnorm_scale_invariant(norm, lead, d, gain, seed):
+    """RMSNorm(a*x) == RMSNorm(x) for any a > 0 (eps = 1e-12 here); RMSNorm has no bias."""
+    rms = norm.RMSNorm(d, eps=1e-12).double()
+    _randomise(rms, seed)
+    x = randn((*lead, d), seed, torch.float64)
+    x = x + 0.5 * x.sign()  # every |x| >= 0.5, so eps = 1e-12 is negligible
+    assert_close(rms(gain * x), rms(x), what="RMSNorm(a*x) vs RMSNorm(x)", atol=1e-8, rtol=1e-8)
+    names = [n for n, _ in rms.named_parameters()]
+    assert names == ["weight"], f"RMSNorm parameters: expected ['weight'], got {names}"
+
+
+# --- both ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_half_precision(norm, kind):
+    """bfloat16 inputs give bfloat16 outputs close to the float32 result (statistics in float32)."""
+    layer = norm.build_norm(kind, 64)
+    x = (randn((4, 64), 0, torch.float32, 20.0) + 1000.0).to(torch.bfloat16)  # bf16 steps of 4 here
+    got = layer.to(torch.bfloat16)(x)
+    assert got.dtype == torch.bfloat16, f"output dtype: expected bfloat16, got {got.dtype}"
+    expected = layer.float()(x.float())
+    # Only the output's rounding to bfloat16 (relative 2^-8) may differ.
+    assert_close(got.float(), expected, what=f"{kind} in bfloat16 vs float32", atol=0.01, rtol=0.01)
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_gradients_reach_every_parameter(norm, kind):
+    """Backpropagating through a norm gives every parameter and the input a gradient."""
+    seed_all(0)
+    layer = norm.build_norm(kind, 6)
+    _randomise(layer, 0)
+    x = randn((3, 6), 1).requires_grad_()
+    (layer(x) * randn((3, 6), 2)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0, "no gradient reached the input"
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"parameter {name} got no gradient"
+
+
+def test_build_norm(norm):
+    """build_norm("layernorm" | "rmsnorm", d_model) builds the named layer; other names are errors."""
+    assert isinstance(norm.build_norm("layernorm", 4), norm.LayerNorm)
+    assert isinstance(norm.build_norm("rmsnorm", 4), norm.RMSNorm)
+    with raises_clear(ValueError, "norm", "layernorm", "rmsnorm"):
+        norm.build_norm("batchnorm", 4)
+
+
+@pytest.mark.parametrize("cls", ["LayerNorm", "RMSNorm"])
+def test_bad_arguments(norm, cls):
+    """Non-positive sizes or eps, wrong input shapes and integer inputs raise clear errors."""
+    make = getattr(norm, cls)
+    with raises_clear(ValueError, "d_model"):
+        make(0)
+    with raises_clear(TypeError, "d_model"):
+        make(4.0)
+    with raises_clear(ValueError, "eps"):
+        make(4, eps=0.0)
+    layer = make(4)
+    with raises_clear(ValueError, "x", "4"):
+        layer(torch.zeros(2, 3))
+    with raises_clear(ValueError, "x"):
+        layer(torch.tensor(1.0))
+    with raises_clear(TypeError, "x"):
+        layer(torch.zeros(2, 4, dtype=torch.long))
