@@ -1,0 +1,28 @@
+from . import Mutant
+
+MUTANTS = [
+    Mutant("log-prob-forgets-end", "corpus.py", "log_prob leaves out the end-of-document probability",
+           "return sum(math.log(t.prob) for t in path)",
+           "return sum(math.log(t.prob) for t in path if t.next_state is not None)"),
+    Mutant("floor-in-nats", "corpus.py", "the entropy floor is reported in nats, not bits",
+           "return nats / math.log(2) / stream_characters(documents)", "return nats / stream_characters(documents)"),
+    Mutant("floor-without-separators", "corpus.py", "characters counted without one separator per document",
+           "return sum(len(d) + 1 for d in documents)", "return sum(len(d) for d in documents)"),
+    Mutant("sampling-cumulative-off-by-one", "corpus.py", "the cumulative probability is updated after the test",
+           "                cumulative += t.prob\n                if u < cumulative:\n                    chosen = t\n                    break",
+           "                if u < cumulative:\n                    chosen = t\n                    break\n                cumulative += t.prob"),
+    Mutant("sampling-always-first", "corpus.py", "sampling always takes the most likely first transition",
+           "                if u < cumulative:", "                if u < 1.0:"),
+    Mutant("end-taken-early", "corpus.py", "the parser takes END whenever the state has one, text left or not",
+           "            if i == len(text):\n                step = next((t for t in options if t.next_state is None), None)",
+           "            step = next((t for t in options if t.next_state is None), None)\n            if step is not None:\n                pass"),
+    Mutant("documents-fresh-rng-each", "corpus.py", "documents() reseeds for every document: all documents equal",
+           "return [self.sample_document(rng) for _ in range(n)]",
+           "return [self.sample_document(random.Random(seed)) for _ in range(n)]"),
+    Mutant("val-same-seed-as-train", "corpus.py", "validation documents drawn with the training seed",
+           "grammar.documents(n_val, 2 * seed + 1)", "grammar.documents(n_val, 2 * seed)"),
+    Mutant("grammar-prefix-check-missing", "corpus.py", "texts of a state are not checked to be prefix-free",
+           "            if i != j and b.startswith(a):", "            if False:"),
+    Mutant("grammar-sum-check-missing", "corpus.py", "probabilities are not checked to sum to 1",
+           "    if abs(total - 1.0) > PROB_TOLERANCE:", "    if False:"),
+]

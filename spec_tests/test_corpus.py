@@ -1,0 +1,251 @@
+"""Spec of ``corpus``: the story grammar, its exact document probabilities and its entropy floor.
+
+The oracle for probabilities is a brute-force enumeration, written here, of every path of a small
+acyclic grammar whose table this file defines (so nothing is computed through the implementation).
+"""
+
+import math
+import random
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from .support import assert_close, assert_equal, raises_clear, seeds
+
+#: Falsely failing the goodness-of-fit test on a correct implementation happens with probability 1e-6.
+P_VALUE_THRESHOLD = 1e-6
+
+
+@pytest.fixture(scope="module")
+def corpus(impl):
+    return impl.component("corpus")
+
+
+def _table(weights):
+    """A small acyclic grammar as ``{state: [(text, prob, next_state)]}``; ``weights`` are 8 numbers > 0.
+
+    It has END transitions with probability < 1 in several states, texts of several lengths, and
+    two paths that share a prefix.
+    """
+    w = [float(v) for v in weights]
+
+    def norm(*xs):
+        total = sum(xs)
+        return [x / total for x in xs]
+
+    a, b = norm(w[0], w[1])
+    c, d, e = norm(w[2], w[3], w[4])
+    f, g = norm(w[5], w[6])
+    h, i = norm(w[7], 1.0)
+    return {
+        "start": [("Ann", a, "verb"), ("Bo", b, "verb")],
+        "verb": [(" ran", c, "end"), (" sat", d, "end"), (" saw a dog", e, "dog")],
+        "dog": [(".", f, "stop"), ("", g, None)],
+        "end": [(".", h, "stop"), ("!", i, "stop")],
+        "stop": [("", 0.75, None), (" Bye.", 0.25, "last")],
+        "last": [("", 1.0, None)],
+    }
+
+
+def _enumerate(table, start="start"):
+    """Every document of an acyclic table with its probability, by brute force over the paths."""
+    out = Counter()
+
+    def walk(state, text, p):
+        for piece, prob, nxt in table[state]:
+            if nxt is None:
+                out[text] += p * prob
+            else:
+                walk(nxt, text + piece, p * prob)
+
+    walk(start, "", 1.0)
+    return dict(out)
+
+
+def _grammar(corpus, table):
+    transitions = {s: [corpus.Transition(*t) for t in ts] for s, ts in table.items()}
+    return corpus.StoryGrammar(transitions, start="start")
+
+
+weights = st.lists(st.floats(0.1, 10.0), min_size=8, max_size=8)
+
+
+# --- probabilities ------------------------------------------------------------------------------
+
+@given(w=weights)
+def test_log_prob_is_the_path_probability(corpus, w):
+    """log_prob(doc) is the natural log of the product of the path's probabilities, END included."""
+    table = _table(w)
+    grammar = _grammar(corpus, table)
+    for doc, p in _enumerate(table).items():
+        assert_close(torch.tensor(grammar.log_prob(doc), dtype=torch.float64),
+                     torch.tensor(math.log(p), dtype=torch.float64), what=f"log_prob({doc!r})")
+
+
+@given(w=weights)
+def test_probabilities_sum_to_one(corpus, w):
+    """Over every document a (small) grammar can produce, exp(log_prob) sums to 1."""
+    table = _table(w)
+    grammar = _grammar(corpus, table)
+    total = math.fsum(math.exp(grammar.log_prob(doc)) for doc in _enumerate(table))
+    assert abs(total - 1.0) < 1e-9, f"sum of P(doc) over all documents: expected 1, got {total!r}"
+
+
+def test_small_grammar_is_a_distribution(corpus):
+    """small_grammar(): its enumerated documents' probabilities sum to 1 and match log_prob."""
+    grammar = corpus.small_grammar()
+    table = {s: [(t.text, t.prob, t.next_state) for t in ts] for s, ts in grammar.transitions.items()}
+    docs = _enumerate(table, grammar.start)
+    assert len(docs) >= 5, f"small_grammar should produce several documents, got {len(docs)}"
+    assert abs(math.fsum(docs.values()) - 1.0) < 1e-9, f"probabilities sum to {math.fsum(docs.values())}"
+    for doc, p in docs.items():
+        assert abs(grammar.log_prob(doc) - math.log(p)) < 1e-9, f"log_prob({doc!r}) != log({p})"
+
+
+def test_impossible_text_has_log_prob_minus_inf(corpus):
+    """A text the grammar cannot produce (a prefix, an extension, a stranger) has log_prob -inf."""
+    grammar = _grammar(corpus, _table([1.0] * 8))
+    for text in ["", "Ann", "Ann ran", "Ann ran.x", "Ann ran. Bye. Bye.", "Carl ran.", "Ann saw a dog!"]:
+        got = grammar.log_prob(text)
+        assert got == -math.inf, f"log_prob({text!r}): expected -inf, got {got}"
+
+
+def test_derivation_is_the_path(corpus):
+    """derivation(doc) is the path of transitions whose texts concatenate to doc, END last."""
+    grammar = _grammar(corpus, _table([1.0] * 8))
+    path = grammar.derivation("Bo saw a dog. Bye.")
+    got = [(t.text, t.next_state) for t in path]
+    expected = [("Bo", "verb"), (" saw a dog", "dog"), (".", "stop"), (" Bye.", "last"), ("", None)]
+    assert_equal(got, expected, what="derivation")
+    assert grammar.derivation("Bo saw a cat") is None, "derivation of an impossible text must be None"
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+def test_sampling_frequencies_match_probabilities(corpus):
+    """Sampled document frequencies fit the enumerated probabilities (G-test, p >= 1e-6)."""
+    table = _table([3.0, 1.0, 5.0, 2.0, 1.0, 1.0, 2.0, 4.0])
+    grammar = _grammar(corpus, table)
+    n = 20000
+    counts = Counter(grammar.documents(n, seed=123))
+    probs = _enumerate(table)
+    strangers = set(counts) - set(probs)
+    assert not strangers, f"sampled documents the grammar cannot produce: {sorted(strangers)[:3]}"
+    g = 2.0 * sum(c * math.log(c / (n * probs[doc])) for doc, c in counts.items())
+    df = len(probs) - 1
+    p_value = float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                            torch.tensor(g / 2, dtype=torch.float64)))
+    assert p_value >= P_VALUE_THRESHOLD, \
+        f"G-test: G = {g:.1f} on {df} degrees of freedom, p = {p_value:.3g} < {P_VALUE_THRESHOLD}"
+
+
+@given(seed=seeds)
+@settings(max_examples=5)
+def test_documents_are_deterministic(corpus, seed):
+    """documents(n, seed) is a function of (n, seed); another seed gives other documents."""
+    grammar = corpus.story_grammar()
+    a = grammar.documents(20, seed)
+    assert_equal(grammar.documents(20, seed), a, what="documents(20, seed) drawn twice")
+    assert_equal(grammar.documents(5, seed), a[:5], what="documents(5, seed) vs documents(20, seed)[:5]")
+    assert grammar.documents(20, seed + 1) != a, "seeds seed and seed + 1 gave the same documents"
+    assert_equal(corpus.story_grammar().documents(3, seed), a[:3], what="a fresh grammar's documents")
+
+
+def test_sample_document_uses_the_given_rng(corpus):
+    """sample_document(rng) draws from rng only: the same random.Random state gives the same document."""
+    grammar = corpus.story_grammar()
+    docs = [grammar.sample_document(random.Random(7)) for _ in range(3)]
+    assert docs[0] == docs[1] == docs[2], f"same rng state, different documents: {docs}"
+
+
+@given(seed=seeds)
+@settings(max_examples=5)
+def test_story_documents_have_finite_log_prob(corpus, seed):
+    """Every sampled story has a finite log_prob equal to the sum of its derivation's log-probabilities."""
+    grammar = corpus.story_grammar()
+    for doc in grammar.documents(30, seed):
+        lp = grammar.log_prob(doc)
+        assert math.isfinite(lp) and lp < 0, f"log_prob({doc[:60]!r}...) = {lp}"
+        path = grammar.derivation(doc)
+        assert_equal("".join(t.text for t in path), doc, what="concatenated derivation")
+        assert abs(lp - math.fsum(math.log(t.prob) for t in path)) < 1e-9, "log_prob != sum of log(prob)"
+
+
+def test_stories_read_like_english(corpus):
+    """Stories start with a capital letter, end with a sentence mark, use few words and are short-ish."""
+    docs = corpus.story_grammar().documents(300, 0)
+    words = Counter(w.strip('.,!"') for d in docs for w in d.split())
+    assert all(d[:1].isupper() and d[-1] in '.!"' for d in docs), "a story does not look like sentences"
+    assert 20 <= len(words) <= 200, f"vocabulary of {len(words)} words: expected a few dozen"
+    mean = sum(map(len, docs)) / len(docs)
+    assert 50 <= mean <= 600, f"mean story length {mean:.0f} characters"
+
+
+# --- the entropy floor --------------------------------------------------------------------------
+
+@given(w=weights, seed=seeds)
+@settings(max_examples=10)
+def test_entropy_floor_formula(corpus, w, seed):
+    """entropy_floor_bits_per_char(docs) == sum -log2 P(d) / sum (len(d) + 1)."""
+    table = _table(w)
+    grammar = _grammar(corpus, table)
+    docs = grammar.documents(50, seed)
+    probs = _enumerate(table)
+    expected = -math.fsum(math.log2(probs[d]) for d in docs) / sum(len(d) + 1 for d in docs)
+    got = grammar.entropy_floor_bits_per_char(docs)
+    assert abs(got - expected) < 1e-9 * max(1.0, expected), f"entropy floor: expected {expected!r}, got {got!r}"
+    assert_equal(corpus.stream_characters(docs), sum(len(d) + 1 for d in docs), what="stream_characters")
+
+
+def test_entropy_floor_is_the_exact_entropy_rate(corpus):
+    """On the small grammar, the floor over the enumerated documents weighted by P is H / E[len + 1]."""
+    grammar = corpus.small_grammar()
+    table = {s: [(t.text, t.prob, t.next_state) for t in ts] for s, ts in grammar.transitions.items()}
+    probs = _enumerate(table, grammar.start)
+    entropy = -math.fsum(p * math.log2(p) for p in probs.values())
+    chars = math.fsum(p * (len(d) + 1) for d, p in probs.items())
+    # A sample holding each document in proportion to its probability (x 1000, rounded) gives H / E[len+1].
+    docs = [d for d, p in probs.items() for _ in range(round(1000 * p))]
+    rounded = {d: round(1000 * p) for d, p in probs.items()}
+    expected = -math.fsum(k * math.log2(probs[d]) for d, k in rounded.items()) / sum(
+        k * (len(d) + 1) for d, k in rounded.items())
+    got = grammar.entropy_floor_bits_per_char(docs)
+    assert abs(got - expected) < 1e-9, f"floor: expected {expected!r}, got {got!r}"
+    assert abs(got - entropy / chars) < 0.05 * entropy / chars, "floor far from H / E[len + 1]"
+
+
+def test_builtin_corpus(corpus):
+    """builtin_corpus: deterministic, validation independent of n_train, floor in a learnable range."""
+    train, val = corpus.builtin_corpus(50, 200, seed=3)
+    assert_equal((len(train), len(val)), (50, 200), what="(len(train), len(val))")
+    again_train, again_val = corpus.builtin_corpus(10, 200, seed=3)
+    assert_equal(again_train, train[:10], what="train documents with a smaller n_train")
+    assert_equal(again_val, val, what="validation documents with another n_train")
+    assert train[:20] != val[:20], "train and validation documents are the same draws"
+    assert corpus.builtin_corpus(5, 5, seed=4) != corpus.builtin_corpus(5, 5, seed=3), "seed ignored"
+    floor = corpus.story_grammar().entropy_floor_bits_per_char(val)
+    assert 0.1 < floor < 1.5, f"entropy floor {floor:.3f} bits/char outside (0.1, 1.5)"
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def test_bad_grammars(corpus):
+    """Invalid tables raise ValueError naming the state at fault."""
+    T = corpus.Transition
+    ok = {"s": [T("a", 0.5, "t"), T("b", 0.5, "t")], "t": [T("", 1.0, None)]}
+    corpus.StoryGrammar(ok, "s")
+    with raises_clear(ValueError, "'s'", "sum"):
+        corpus.StoryGrammar({"s": [T("a", 0.5, "t"), T("b", 0.4, "t")], "t": [T("", 1.0, None)]}, "s")
+    with raises_clear(ValueError, "'s'", "prefix"):
+        corpus.StoryGrammar({"s": [T("a", 0.5, "t"), T("ab", 0.5, "t")], "t": [T("", 1.0, None)]}, "s")
+    with raises_clear(ValueError, "'s'", "nowhere"):
+        corpus.StoryGrammar({"s": [T("a", 1.0, "nowhere")]}, "s")
+    with raises_clear(ValueError, "'t'"):
+        corpus.StoryGrammar({"s": [T("a", 1.0, "t")], "t": [T("x", 1.0, None)]}, "s")
+    with raises_clear(ValueError, "start"):
+        corpus.StoryGrammar(ok, "u")
+    with raises_clear(ValueError, "n"):
+        corpus.StoryGrammar(ok, "s").documents(-1)

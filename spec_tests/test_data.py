@@ -1,0 +1,382 @@
+"""Spec of ``data``: loading documents, tokenizing with a cache, fixed-length and dynamic batching.
+
+No tokenizer component is needed: the tests use ``ByteTokenizer`` (ids = UTF-8 bytes), and the
+batchers work on id tensors built here.
+"""
+
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from .support import assert_close, assert_equal, randint, randn, raises_clear, seeds, sizes
+
+IGNORE = -100
+
+#: Text without lone surrogates (which UTF-8 cannot encode).
+texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+documents = st.lists(texts, min_size=1, max_size=6)
+
+
+@pytest.fixture(scope="module")
+def data(impl):
+    return impl.component("data")
+
+
+class ByteTokenizer:
+    """A stand-in tokenizer: ids are the UTF-8 bytes (+ ``offset``); counts its ``encode`` calls."""
+
+    def __init__(self, offset=0):
+        self.offset = offset
+        self.calls = 0
+
+    def encode(self, text):
+        self.calls += 1
+        return [b + self.offset for b in text.encode("utf-8")]
+
+    def to_dict(self):
+        return {"kind": "bytes", "offset": self.offset}
+
+
+def _stream(n, seed, vocab=50):
+    return randint(0, vocab, (n,), seed)
+
+
+def _expected_stream(token_docs, eot):
+    out = [eot]
+    for doc in token_docs:
+        out += list(doc) + [eot]
+    return out
+
+
+def _token_docs(draw_lengths, seed, vocab=20):
+    return [randint(1, vocab, (n,), seed + i) for i, n in enumerate(draw_lengths)]
+
+
+def _expected_pieces(token_docs, eot, T):
+    """Brute force: each document as [eot] + doc + [eot], cut into windows of T + 1 overlapping by 1."""
+    pieces = []
+    for doc in token_docs:
+        seq = [eot] + [int(t) for t in doc] + [eot]
+        start = 0
+        while start < len(seq) - 1:
+            pieces.append(tuple(seq[start:start + T + 1]))
+            start += T
+    return pieces
+
+
+# --- the stream ---------------------------------------------------------------------------------
+
+@given(lengths=st.lists(sizes(6, 0), min_size=1, max_size=5), seed=seeds)
+def test_token_stream_separates_documents(data, lengths, seed):
+    """token_stream is [eot] + doc_0 + [eot] + doc_1 + [eot] + ... + [eot]."""
+    docs = _token_docs(lengths, seed)
+    got = data.token_stream(docs, 0)
+    assert got.dtype == torch.long, f"stream dtype: expected torch.long, got {got.dtype}"
+    assert_equal(got.tolist(), _expected_stream([d.tolist() for d in docs], 0), what="token_stream")
+
+
+# --- fixed-length batches -----------------------------------------------------------------------
+
+@given(n=sizes(60, 2), t=sizes(8), b=sizes(4), seed=seeds, step=st.integers(0, 1000))
+def test_fixed_windows_are_stream_slices(data, n, t, b, seed, step):
+    """Each fixed-length row is x = stream[s:s+T], y = stream[s+1:s+T+1] for a start 0 <= s <= N-T-1."""
+    n = max(n, t + 1)
+    stream = torch.arange(n) * 7 + 3  # distinct values: x[0] tells the start
+    x, y = data.FixedLengthBatches(stream, b, t, seed=seed).batch(step)
+    assert tuple(x.shape) == (b, t) and tuple(y.shape) == (b, t), \
+        f"x, y shapes: expected {(b, t)}, got {tuple(x.shape)}, {tuple(y.shape)}"
+    for row in range(b):
+        s = (int(x[row, 0]) - 3) // 7
+        assert 0 <= s <= n - t - 1, f"row {row}: start {s} outside [0, {n - t - 1}]"
+        assert_equal(x[row].tolist(), stream[s:s + t].tolist(), what=f"x row {row} (start {s})")
+        assert_equal(y[row].tolist(), stream[s + 1:s + t + 1].tolist(), what=f"y row {row} (start {s})")
+
+
+@given(n=sizes(200, 10), t=sizes(16), seed=seeds)
+@settings(max_examples=10)
+def test_fixed_targets_are_shifted_inputs(data, n, t, seed):
+    """y[:, t] == x[:, t + 1]: the target of a position is the next input."""
+    stream = _stream(max(n, t + 2), seed)
+    x, y = next(iter(data.FixedLengthBatches(stream, 4, t, seed=seed)))
+    assert_equal(y[:, :-1].tolist(), x[:, 1:].tolist(), what="y[:, :-1] vs x[:, 1:]")
+    assert not torch.equal(x, y) or (stream == stream[0]).all(), "y equals x: targets are not shifted"
+
+
+@pytest.mark.parametrize("extra", [1, 2, 3])
+def test_fixed_every_start_is_reachable(data, extra):
+    """On a tiny stream, many batches draw every start 0 .. N-T-1 (the last included), and no other."""
+    t = 5
+    n = t + 1 + extra  # starts 0 .. extra
+    stream = torch.arange(n)
+    batcher = data.FixedLengthBatches(stream, 8, t, seed=extra)
+    seen = Counter()
+    for _ in range(100):
+        x, _ = next(batcher)
+        seen.update(x[:, 0].tolist())
+    assert_equal(sorted(seen), list(range(extra + 1)), what="window starts drawn in 800 windows")
+
+
+def test_fixed_is_reproducible_and_resumable(data):
+    """Same seed -> same batches; state_dict() / load_state_dict() resumes the exact sequence."""
+    stream = _stream(500, 0)
+    first = data.FixedLengthBatches(stream, 3, 10, seed=5)
+    for _ in range(4):
+        next(first)
+    state = first.state_dict()
+    rest = [next(first) for _ in range(3)]
+    again = data.FixedLengthBatches(stream, 3, 10, seed=5)
+    replay = [next(again) for _ in range(7)][4:]
+    resumed = data.FixedLengthBatches(stream, 3, 10, seed=999)
+    resumed.load_state_dict(json.loads(json.dumps(state)))  # the state is JSON-safe
+    for i, ((x1, y1), (x2, y2), (x3, y3)) in enumerate(zip(rest, replay, [next(resumed) for _ in range(3)])):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2), f"batch {4 + i}: same seed gave other batches"
+        assert torch.equal(x1, x3) and torch.equal(y1, y3), f"batch {4 + i}: resumed batcher differs"
+    other = data.FixedLengthBatches(stream, 3, 10, seed=6)
+    assert not torch.equal(next(other)[0], data.FixedLengthBatches(stream, 3, 10, seed=5).batch(0)[0]), \
+        "seeds 5 and 6 gave the same first batch"
+
+
+# --- evaluation pass ----------------------------------------------------------------------------
+
+@given(n=sizes(70, 2), t=sizes(9), b=sizes(4), seed=seeds)
+def test_evaluation_covers_every_target_once(data, n, t, b, seed):
+    """The evaluation pass predicts every target stream[1:] exactly once, in order, from its true input."""
+    stream = _stream(n, seed)
+    batches = data.evaluation_batches(stream, b, t)
+    xs = torch.cat([x for x, _ in batches])
+    ys = torch.cat([y for _, y in batches])
+    assert all(x.shape[0] <= b and x.shape[1] == t for x, _ in batches), "a batch has the wrong shape"
+    real = ys != IGNORE
+    assert_equal(ys[real].tolist(), stream[1:].tolist(), what="non-ignored targets, in order")
+    assert_equal(xs[real].tolist(), stream[:-1].tolist(), what="inputs at non-ignored targets")
+    flat = real.flatten().tolist()
+    assert flat == sorted(flat, reverse=True), "ignored targets must all come at the end"
+    assert xs.shape[0] == math.ceil((n - 1) / t), \
+        f"windows: expected ceil((N-1)/T) = {math.ceil((n - 1) / t)}, got {xs.shape[0]}"
+
+
+# --- dynamic batches ----------------------------------------------------------------------------
+
+doc_lengths = st.lists(sizes(20, 0), min_size=1, max_size=12)
+
+
+@given(lengths=doc_lengths, t=sizes(8), b=sizes(5), seed=seeds, epoch=st.integers(0, 3))
+def test_dynamic_every_piece_once_per_epoch(data, lengths, t, b, seed, epoch):
+    """Each epoch holds every document (split into context-sized pieces) exactly once."""
+    docs = _token_docs(lengths, seed)
+    batcher = data.DynamicBatches(docs, b, t, eot_id=0, seed=seed)
+    batches = batcher.epoch_batches(epoch)
+    got = []
+    for batch in batches:
+        for row in range(batch.x.shape[0]):
+            n = int(batch.padding_mask[row].sum())
+            got.append(tuple(batch.x[row, :n].tolist() + batch.y[row, n - 1:n].tolist()))
+    expected = _expected_pieces(docs, 0, t)
+    assert_equal(sorted(got), sorted(expected), what="pieces seen in one epoch")
+    assert_equal(len(batches), math.ceil(len(expected) / b), what="batches per epoch")
+    assert len(batcher) == len(batches), f"len(batcher): expected {len(batches)}, got {len(batcher)}"
+
+
+@given(lengths=doc_lengths, t=sizes(8), b=sizes(5), seed=seeds)
+def test_dynamic_padding(data, lengths, t, b, seed):
+    """Padding is at the end only; pad targets are -100; the mask is True exactly at real tokens."""
+    docs = _token_docs(lengths, seed)
+    for batch in data.DynamicBatches(docs, b, t, eot_id=0, seed=seed).epoch_batches(0):
+        x, y, mask = batch.x, batch.y, batch.padding_mask
+        assert mask.dtype == torch.bool, f"padding_mask dtype: expected torch.bool, got {mask.dtype}"
+        assert x.shape == y.shape == mask.shape and x.shape[1] <= t, \
+            f"shapes x {tuple(x.shape)}, y {tuple(y.shape)}, mask {tuple(mask.shape)}; T <= {t}"
+        assert_equal(mask.tolist(), (y != IGNORE).tolist(), what="padding_mask vs (y != -100)")
+        for row in mask.tolist():
+            assert row == sorted(row, reverse=True), f"padding not at the end: mask row {row}"
+        assert mask[:, 0].all(), "every row has a real first token"
+        assert mask.any(dim=0).all(), "a column is padding in every row: batch longer than its longest piece"
+        inner = mask[:, 1:]
+        assert_equal(y[:, :-1][inner].tolist(), x[:, 1:][inner].tolist(), what="y[t] vs x[t+1] at real tokens")
+
+
+@given(lengths=st.lists(sizes(12, 0), min_size=1, max_size=8), t=sizes(8, 2), b=sizes(5), seed=seeds)
+@settings(max_examples=10)
+def test_dynamic_loss_equals_per_document_loss(data, lengths, t, b, seed):
+    """Token-weighted loss over padded batches == loss of the pieces taken one at a time (F.cross_entropy)."""
+    docs = _token_docs(lengths, seed)
+    batches = data.DynamicBatches(docs, b, t, eot_id=0, seed=seed).epoch_batches(0)
+    table = randn((20, 20), seed, torch.float64)  # the "model": logits = table[input token]
+    # One F.cross_entropy call per side (small calls are slow on a busy machine): padded batches ...
+    logits = torch.cat([table[batch.x].flatten(0, 1) for batch in batches])
+    targets = torch.cat([batch.y.flatten() for batch in batches])
+    total = F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
+    count = int((targets != IGNORE).sum())
+    # ... and the pieces one at a time, unpadded (the sum of their losses, in one call).
+    pieces = [torch.tensor(piece) for piece in _expected_pieces(docs, 0, t)]
+    expected_total = F.cross_entropy(table[torch.cat([p[:-1] for p in pieces])],
+                                     torch.cat([p[1:] for p in pieces]), reduction="sum")
+    expected_count = sum(len(p) - 1 for p in pieces)
+    assert_equal(count, expected_count, what="number of targets")
+    assert_close(total / count, expected_total / expected_count, what="token-weighted loss")
+
+
+def test_dynamic_is_reproducible_and_resumable(data):
+    """Same seed -> same batches; epochs differ; state_dict() / load_state_dict() resumes exactly."""
+    docs = _token_docs([3, 9, 1, 14, 6, 2, 8, 11, 5, 4], 0)
+    a = data.DynamicBatches(docs, 3, 6, eot_id=0, seed=1)
+    b = data.DynamicBatches(docs, 3, 6, eot_id=0, seed=1)
+    for _ in range(len(a) + 2):
+        next(a)
+    state = a.state_dict()
+    rest = [next(a) for _ in range(len(a))]
+    b.load_state_dict(json.loads(json.dumps(state)))
+    for i, (u, v) in enumerate(zip(rest, [next(b) for _ in range(len(a))])):
+        assert torch.equal(u.x, v.x) and torch.equal(u.pieces, v.pieces), f"batch {i} after resume differs"
+    fresh = data.DynamicBatches(docs, 3, 6, eot_id=0, seed=1)
+    orders = [[bt.pieces.tolist() for bt in fresh.epoch_batches(e)] for e in range(3)]
+    assert orders[0] == [bt.pieces.tolist() for bt in data.DynamicBatches(docs, 3, 6, 0, seed=1).epoch_batches(0)]
+    assert orders[0] != orders[1] or orders[1] != orders[2], "every epoch has the same order"
+
+
+# --- loading documents --------------------------------------------------------------------------
+
+@given(docs=documents, field=st.sampled_from(["text", "body"]))
+def test_jsonl_round_trip(data, docs, field):
+    """Documents written as JSONL (one object per line) load back equal, from any field name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "docs.jsonl"
+        lines = [json.dumps({field: d, "id": i}, ensure_ascii=i % 2 == 0) for i, d in enumerate(docs)]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        assert_equal(data.load_documents(path, field=field), docs, what="documents from JSONL")
+
+
+@given(doc=texts)
+@example(doc="a\r\nb\rc\n")
+def test_text_file_is_one_document(data, doc):
+    """A text file (no separator) is one document, read byte-exact (no newline translation)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "doc.txt"
+        path.write_bytes(doc.encode("utf-8"))
+        assert_equal(data.load_documents(str(path)), [doc], what="documents from a text file")
+
+
+@given(docs=st.lists(texts.filter(lambda s: "@" not in s), min_size=1, max_size=5))
+def test_text_file_with_separator(data, docs):
+    """With separator=S, a text file is split on S."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "docs.txt"
+        path.write_bytes("@@".join(docs).encode("utf-8"))
+        assert_equal(data.load_documents(path, separator="@@"), docs, what="documents split on '@@'")
+
+
+def test_directory_is_recursive_and_sorted(data, tmp_path):
+    """A directory gives every *.txt file below it, recursively, sorted by path; other files are ignored."""
+    files = {"b.txt": "second", "a.txt": "first", "sub/c.txt": "third", "sub/deeper/d.txt": "fourth",
+             "notes.md": "ignored"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    assert_equal(data.load_documents(tmp_path), ["first", "second", "third", "fourth"],
+                 what="documents from a directory")
+
+
+def test_custom_datasets(data):
+    """A sequence (__len__ + __getitem__) or an iterable of str is a dataset; other items are errors."""
+    class Docs:
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return f"doc {i}"
+
+    assert_equal(data.load_documents(Docs()), ["doc 0", "doc 1", "doc 2"], what="sequence dataset")
+    assert_equal(data.load_documents(iter(["x", "y"])), ["x", "y"], what="iterable dataset")
+    with raises_clear(TypeError, "1"):
+        data.load_documents(["ok", 5])
+
+
+def test_jsonl_errors_name_file_and_line(data, tmp_path):
+    """A broken JSONL line, a missing field or a non-object raises ValueError naming the file and line."""
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": "b"\n', encoding="utf-8")
+    with raises_clear(ValueError, "broken.jsonl", "line 3"):
+        data.load_documents(path)
+    path.write_text('{"text": "a"}\n{"body": "b"}\n', encoding="utf-8")
+    with raises_clear(ValueError, "broken.jsonl", "line 2", "text"):
+        data.load_documents(path)
+    path.write_text('{"text": "a"}\n[1, 2]\n', encoding="utf-8")
+    with raises_clear(ValueError, "broken.jsonl", "line 2"):
+        data.load_documents(path)
+
+
+def test_empty_directory_and_missing_path(data, tmp_path):
+    """A directory without .txt files is a ValueError naming it; a missing path is FileNotFoundError."""
+    (tmp_path / "empty").mkdir()
+    with raises_clear(ValueError, "empty"):
+        data.load_documents(tmp_path / "empty")
+    with raises_clear(FileNotFoundError, "nowhere"):
+        data.load_documents(tmp_path / "nowhere.txt")
+
+
+# --- tokenizing and the cache -------------------------------------------------------------------
+
+def test_tokenize_documents(data):
+    """tokenize_documents gives each document's ids as a 1-D long tensor (no cache_dir: no files)."""
+    tok = ByteTokenizer(offset=1)
+    got = data.tokenize_documents(["hé", "", "ok"], tok)
+    assert all(t.dtype == torch.long for t in got), "token tensors must be torch.long"
+    assert_equal([t.tolist() for t in got], [tok.encode(d) for d in ["hé", "", "ok"]], what="token ids")
+
+
+def test_cache_is_used_and_invalidated(data, tmp_path):
+    """A second load reads the cache (encode not called); new data or a new tokenizer is re-encoded."""
+    docs = ["one story", "another story", ""]
+    tok = ByteTokenizer()
+    first = data.tokenize_documents(docs, tok, cache_dir=tmp_path / "cache")
+    assert tok.calls > 0, "encode was never called on the first load"
+    calls = tok.calls
+    second = data.tokenize_documents(list(docs), ByteTokenizer(), cache_dir=tmp_path / "cache")
+    assert_equal([t.tolist() for t in second], [t.tolist() for t in first], what="cached ids")
+    spy = ByteTokenizer()
+    data.tokenize_documents(docs, spy, cache_dir=tmp_path / "cache")
+    assert spy.calls == 0, f"second load called encode {spy.calls} times: the cache was not used"
+    assert tok.calls == calls
+    other_tok = ByteTokenizer(offset=3)
+    got = data.tokenize_documents(docs, other_tok, cache_dir=tmp_path / "cache")
+    assert_equal([t.tolist() for t in got], [ByteTokenizer(3).encode(d) for d in docs],
+                 what="ids after a tokenizer change (cache must be invalidated)")
+    new_docs = ["one stork", "another story", ""]  # same lengths, other text
+    got = data.tokenize_documents(new_docs, ByteTokenizer(), cache_dir=tmp_path / "cache")
+    assert_equal([t.tolist() for t in got], [ByteTokenizer().encode(d) for d in new_docs],
+                 what="ids after a data change (cache must be invalidated)")
+    assert not any(p.suffix == ".pkl" for p in (tmp_path / "cache").iterdir()), "the cache must not pickle"
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def test_bad_arguments(data):
+    """Bad sizes, seeds and streams raise clear errors naming the argument."""
+    stream = torch.arange(10)
+    with raises_clear(ValueError, "batch_size"):
+        data.FixedLengthBatches(stream, 0, 4)
+    with raises_clear(ValueError, "context_length"):
+        data.FixedLengthBatches(stream, 2, 0)
+    with raises_clear(ValueError, "context_length"):
+        data.FixedLengthBatches(stream, 2, 10)  # needs N >= T + 1
+    with raises_clear(TypeError, "stream"):
+        data.FixedLengthBatches(stream.float(), 2, 4)
+    with raises_clear(ValueError, "seed"):
+        data.FixedLengthBatches(stream, 2, 4, seed=-1)
+    with raises_clear(ValueError, "context_length"):
+        data.evaluation_batches(stream, 2, 0)
+    with raises_clear(ValueError, "batch_size"):
+        data.DynamicBatches([torch.arange(3)], 0, 4, eot_id=0)
+    with raises_clear(ValueError, "token_docs"):
+        data.DynamicBatches([], 2, 4, eot_id=0)
+    with raises_clear(ValueError, "eot_id"):
+        data.token_stream([torch.arange(3)], -1)
