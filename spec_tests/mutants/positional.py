@@ -1,0 +1,36 @@
+from . import Mutant
+
+MUTANTS = [
+    Mutant("sinusoidal-sin-cos-swapped", "positional.py", "cos in the even columns, sin in the odd ones",
+           "table[:, 0::2] = torch.sin(angle)                                             # even columns: sin\n"
+           "    table[:, 1::2] = torch.cos(angle)",
+           "table[:, 0::2] = torch.cos(angle)\n    table[:, 1::2] = torch.sin(angle)"),
+    Mutant("sinusoidal-exponent-i-not-2i", "positional.py", "frequency exponent i/d instead of 2i/d",
+           "angle = p / 10000.0 ** (two_i / d_model)", "angle = p / 10000.0 ** (two_i / 2 / d_model)"),
+    Mutant("sinusoidal-ignores-positions", "positional.py", "the encoding returns the first T rows, whatever the positions",
+           "return self.table[positions]  # (T, C)", "return self.table[: positions.shape[0]]"),
+    Mutant("positions-max-len-off-by-one", "positional.py", "position max_len itself passes the check",
+           "bool((positions >= max_len).any())", "bool((positions > max_len).any())"),
+    Mutant("learned-init-std-1", "positional.py", "learned positions drawn from N(0, 1)",
+           "torch.randn(max_len, d_model) * INIT_STD", "torch.randn(max_len, d_model)"),
+    Mutant("rope-half-split-pairs", "positional.py", "RoPE on the half-split pairs (x[i], x[i + D/2]), not interleaved",
+           "x1 = x[..., 0::2]", "x1 = x[..., : self.head_dim // 2]"
+           "; x2 = x[..., self.head_dim // 2:]; return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1)"),
+    Mutant("rope-rotates-backwards", "positional.py", "RoPE rotates by -angle (sin sign flipped)",
+           "y1 = x1 * cos - x2 * sin", "y1 = x1 * cos + x2 * sin"),
+    Mutant("rope-frequency-exponent", "positional.py", "RoPE theta_i = base^(-i/D) instead of base^(-2i/D)",
+           "theta = self.base ** (-two_i / self.head_dim)", "theta = self.base ** (-two_i / 2 / self.head_dim)"),
+    Mutant("rope-ignores-positions", "positional.py", "RoPE rotates row t by t, not by positions[t]",
+           "return positions.to(torch.float64)[:, None] * theta",
+           "return torch.arange(positions.shape[0], dtype=torch.float64, device=positions.device)[:, None] * theta"),
+    Mutant("alibi-bias-sign", "positional.py", "ALiBi adds +m (i - j): distant keys are favoured",
+           "return -slopes[:, None, None] * distance", "return slopes[:, None, None] * distance"),
+    Mutant("alibi-slope-exponent", "positional.py", "ALiBi slopes 2^(-8(h-1)/n): the first head gets slope 1",
+           "return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]",
+           "return [2.0 ** (-8.0 * (h - 1) / n) for h in range(1, n + 1)]"),
+    Mutant("alibi-slopes-non-power-of-two-formula", "positional.py",
+           "ALiBi slopes 2^(-8h/n) for every n, ignoring the paper's rule for non-powers of two",
+           "closest = 2 ** int(math.floor(math.log2(n_heads)))", "closest = n_heads"),
+    Mutant("alibi-slopes-wrong-interleave", "positional.py", "non-power-of-two heads take the even slopes of 2n'",
+           "power_of_two_slopes(2 * closest)[0::2]", "power_of_two_slopes(2 * closest)[1::2]"),
+]

@@ -1,0 +1,527 @@
+"""Spec of ``attention``: scaled dot-product attention, multi-head attention and its variants
+(grouped-query, sliding window), RoPE / ALiBi inside attention, padding, the KV cache, the fast path."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .support import assert_close, assert_equal, randint, randn, raises_clear, seed_all, seeds, sizes
+
+schemes = st.sampled_from(["none", "rope", "alibi", "learned"])  # learned / sinusoidal: no-ops in attention
+
+
+@pytest.fixture(scope="module")
+def attention(impl):
+    return impl.component("attention")
+
+
+@st.composite
+def configs(draw, max_t=7):
+    """A random attention layer: heads, kv heads (a divisor), head dim, window, positional scheme."""
+    n_heads = draw(st.sampled_from([1, 2, 4]))
+    n_kv = draw(st.sampled_from([d for d in (1, 2, 4) if n_heads % d == 0]))
+    head_dim = draw(st.sampled_from([2, 4, 6]))
+    t = draw(sizes(max_t))
+    window = draw(st.one_of(st.none(), sizes(t + 1)))
+    return dict(n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim, t=t, window=window,
+                positional=draw(schemes), bias=draw(st.booleans()), b=draw(sizes(3)))
+
+
+def _build(attention, cfg, seed, dtype=torch.float64, fast=False, dropout=0.0, max_len=64):
+    """build_attention with random weights AND biases (biases start at zero), in eval mode."""
+    seed_all(seed)
+    attn = attention.build_attention(d_model=cfg["n_heads"] * cfg["head_dim"], n_heads=cfg["n_heads"],
+                                     n_kv_heads=cfg["n_kv_heads"], dropout=dropout, bias=cfg["bias"],
+                                     positional=cfg["positional"], max_len=max_len, window=cfg["window"],
+                                     fast=fast)
+    with torch.no_grad():
+        for i, p in enumerate(attn.parameters()):
+            p.copy_(randn(p.shape, seed + 10 + i, torch.float64, 0.6))
+    return attn.to(dtype).eval()
+
+
+def _paper_alibi_slopes(n):
+    def power_of_2(n):
+        start = 2 ** (-2 ** -(math.log2(n) - 3))
+        return [start * start ** i for i in range(n)]
+    if math.log2(n).is_integer():
+        return power_of_2(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_2(closest) + _paper_alibi_slopes(2 * closest)[0::2][: n - closest]
+
+
+def _rope(x, positions):
+    """x (..., T, D) rotated as complex numbers z_i = x[2i] + j x[2i+1] times exp(j p 10000^(-2i/D))."""
+    d = x.shape[-1]
+    z = torch.view_as_complex(x.reshape(*x.shape[:-1], d // 2, 2).contiguous())
+    angle = positions.double()[:, None] * 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    return torch.view_as_real(z * torch.polar(torch.ones_like(angle), angle)).reshape(x.shape)
+
+
+def _brute_force(attn, cfg, x, padding_mask=None, positions=None):
+    """The definition, one head and one query at a time, from the layer's weights (float64)."""
+    b, t, c = x.shape
+    h_n, kv_n, d = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"]
+    positions = torch.arange(t) if positions is None else positions
+    lin = lambda layer, h: F.linear(h, layer.weight, layer.bias)  # noqa: E731
+    q = lin(attn.q_proj, x).view(b, t, h_n, d).transpose(1, 2)    # (B, H, T, D)
+    k = lin(attn.k_proj, x).view(b, t, kv_n, d).transpose(1, 2)   # (B, Hkv, T, D)
+    v = lin(attn.v_proj, x).view(b, t, kv_n, d).transpose(1, 2)
+    if cfg["positional"] == "rope":
+        q, k = _rope(q, positions), _rope(k, positions)
+    slopes = _paper_alibi_slopes(h_n)
+    out = torch.zeros(b, h_n, t, d, dtype=x.dtype)
+    for bi in range(b):
+        for h in range(h_n):
+            g = h // (h_n // kv_n)                                # the kv head of query head h
+            for i in range(t):
+                keys = [j for j in range(t) if j <= i and (cfg["window"] is None or i - j < cfg["window"])
+                        and (padding_mask is None or bool(padding_mask[bi, j]))]
+                if not keys:
+                    continue                                      # every key masked: zero output
+                s = torch.stack([q[bi, h, i] @ k[bi, g, j] for j in keys]) / math.sqrt(d)
+                if cfg["positional"] == "alibi":
+                    s = s - slopes[h] * torch.tensor([float(positions[i] - positions[j]) for j in keys],
+                                                     dtype=x.dtype)
+                w = torch.softmax(s, dim=0)
+                out[bi, h, i] = sum(w[n] * v[bi, g, j] for n, j in enumerate(keys))
+    return lin(attn.out_proj, out.transpose(1, 2).reshape(b, t, c))
+
+
+def _padding(b, t, seed):
+    """A random (B, T) padding mask, True = real token, with at least one real token per row."""
+    mask = torch.rand(b, t, generator=torch.Generator().manual_seed(seed)) > 0.35
+    mask[:, -1] = True
+    return mask
+
+
+# --- causal_mask, softmax, scaled_dot_product_attention -----------------------------------------
+
+@given(t_q=sizes(6), extra=sizes(4, 0))
+def test_causal_mask_formula(attention, t_q, extra):
+    """causal_mask(t_q, t_k)[i, j] = j <= i + (t_k - t_q): the queries are the last t_q positions."""
+    t_k = t_q + extra
+    got = attention.causal_mask(t_q, t_k)
+    expected = torch.tensor([[j <= i + extra for j in range(t_k)] for i in range(t_q)])
+    assert got.dtype == torch.bool, f"causal_mask dtype: expected torch.bool, got {got.dtype}"
+    assert_close(got, expected, what=f"causal_mask({t_q}, {t_k})")
+    assert_close(attention.causal_mask(t_q), torch.ones(t_q, t_q, dtype=torch.bool).tril(), what="causal_mask(t)")
+
+
+@given(lead=st.sampled_from([(), (3,), (2, 2)]), tq=sizes(5), tk=sizes(5), d=sizes(6), dv=sizes(4),
+       masked=st.booleans(), with_bias=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]),
+       seed=seeds)
+def test_sdpa_equals_torch(attention, lead, tq, tk, d, dv, masked, with_bias, dtype, seed):
+    """scaled_dot_product_attention equals torch's (scale 1/sqrt(D), bool mask, additive bias)."""
+    q, k, v = (randn((*lead, tq, d), seed, dtype, 1.5), randn((*lead, tk, d), seed + 1, dtype, 1.5),
+               randn((*lead, tk, dv), seed + 2, dtype))
+    mask = randint(0, 2, (tq, tk), seed).bool() if masked else None
+    if mask is not None:
+        mask[:, 0] = True  # no fully masked row here (torch gives NaN there)
+    bias = randn((tq, tk), seed + 3, dtype) if with_bias else None
+    got = attention.scaled_dot_product_attention(q, k, v, mask=mask, bias=bias)
+    attn_mask = bias if mask is None else (mask if bias is None else bias.masked_fill(~mask, float("-inf")))
+    assert_close(got, F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), what="SDPA(q, k, v)")
+
+
+@given(tq=sizes(6), tk=sizes(6), d=sizes(5), seed=seeds)
+def test_sdpa_weights_are_a_distribution(attention, tq, tk, d, seed):
+    """Returned weights: each row sums to 1 over the keys, masked entries are exactly 0, out = weights v."""
+    q, k, v = randn((2, tq, d), seed, scale=2.0), randn((2, tk, d), seed + 1, scale=2.0), randn((2, tk, 3), seed + 2)
+    mask = randint(0, 2, (2, tq, tk), seed).bool()
+    mask[..., -1] = True
+    out, weights = attention.scaled_dot_product_attention(q, k, v, mask=mask, return_weights=True)
+    assert_equal(tuple(weights.shape), (2, tq, tk), what="weights shape")
+    assert_close(weights.sum(-1), torch.ones(2, tq), what="row sums of the weights")
+    assert bool((weights[~mask] == 0).all()), "masked entries of the weights must be exactly 0"
+    assert bool((weights[mask] > 0).all()), "unmasked entries of the weights must be > 0"
+    assert_close(out, weights @ v, what="out vs weights @ v")
+
+
+@given(tq=sizes(5), tk=sizes(5), d=sizes(4), seed=seeds)
+def test_sdpa_fully_masked_row_gives_zeros(attention, tq, tk, d, seed):
+    """A query row whose every key is masked gets zero weights and a zero output, never NaN."""
+    q, k, v = randn((tq, d), seed), randn((tk, d), seed + 1), randn((tk, d), seed + 2)
+    mask = randint(0, 2, (tq, tk), seed).bool()
+    mask[0] = False
+    out, weights = attention.scaled_dot_product_attention(q, k, v, mask=mask, bias=randn((tq, tk), seed),
+                                                          return_weights=True)
+    assert not bool(torch.isnan(out).any()), "NaN in the output of a fully masked row"
+    assert_close(out[0], torch.zeros(d), what="output of the fully masked query")
+    assert_close(weights[0], torch.zeros(tk), what="weights of the fully masked query")
+
+
+@given(t=sizes(6, 2), d=sizes(4), seed=seeds)
+def test_sdpa_permutation_equivariant(attention, t, d, seed):
+    """Without mask or positions, permuting queries permutes outputs; permuting keys with values changes nothing."""
+    q, k, v = randn((t, d), seed, torch.float64), randn((t, d), seed + 1, torch.float64), randn((t, 3), seed + 2,
+                                                                                              torch.float64)
+    out = attention.scaled_dot_product_attention(q, k, v)
+    perm = torch.randperm(t, generator=torch.Generator().manual_seed(seed))
+    assert_close(attention.scaled_dot_product_attention(q[perm], k, v), out[perm], what="permuted queries")
+    assert_close(attention.scaled_dot_product_attention(q, k[perm], v[perm]), out, what="permuted keys and values")
+
+
+@given(t=sizes(6, 2), p=st.sampled_from([0.2, 0.5]), seed=seeds)
+def test_sdpa_dropout_is_inverted(attention, t, p, seed):
+    """With dropout_p, each weight is either dropped (0) or kept and scaled by 1 / (1 - p)."""
+    q, k, v = randn((4, t, 3), seed), randn((4, t, 3), seed + 1), randn((4, t, 3), seed + 2)
+    torch.manual_seed(seed)
+    out, dropped = attention.scaled_dot_product_attention(q, k, v, dropout_p=p, return_weights=True)
+    _, weights = attention.scaled_dot_product_attention(q, k, v, return_weights=True)
+    kept = dropped != 0
+    assert 0 < int(kept.sum()) < kept.numel(), "dropout should drop some weights and keep others"
+    assert_close(dropped[kept], weights[kept] / (1 - p), what="kept weights (expected scaled by 1/(1-p))")
+    assert_close(out, dropped @ v, what="out vs dropped weights @ v")
+
+
+def test_softmax(attention):
+    """softmax equals torch.softmax on finite rows, and gives zeros on an all -inf row."""
+    x = randn((3, 5), 0, scale=10.0)
+    assert_close(attention.softmax(x, dim=-1), torch.softmax(x, dim=-1), what="softmax(x, -1)")
+    assert_close(attention.softmax(x, dim=0), torch.softmax(x, dim=0), what="softmax(x, 0)")
+    x[1] = float("-inf")
+    assert_close(attention.softmax(x, dim=-1)[1], torch.zeros(5), what="softmax of an all -inf row")
+    big = torch.tensor([1000.0, 1000.0, -1000.0])
+    assert_close(attention.softmax(big), torch.tensor([0.5, 0.5, 0.0]), what="softmax of large scores (stable)")
+
+
+def test_sdpa_bad_arguments(attention):
+    """Mismatched shapes, integer tensors and non-bool masks raise clear errors."""
+    q = torch.zeros(2, 3, 4)
+    with raises_clear(ValueError, "k"):
+        attention.scaled_dot_product_attention(q, torch.zeros(2, 3, 5), torch.zeros(2, 3, 4))
+    with raises_clear(ValueError, "v"):
+        attention.scaled_dot_product_attention(q, q, torch.zeros(2, 2, 4))
+    with raises_clear(TypeError, "mask"):
+        attention.scaled_dot_product_attention(q, q, q, mask=torch.ones(3, 3))
+    with raises_clear(TypeError, "q"):
+        attention.scaled_dot_product_attention(q.long(), q, q)
+    with raises_clear(ValueError, "t_k"):
+        attention.causal_mask(4, 3)
+
+
+# --- MultiHeadAttention -------------------------------------------------------------------------
+
+@given(cfg=configs(), seed=seeds)
+@pytest.mark.parametrize("padded", [False, True])
+def test_layer_equals_brute_force(attention, cfg, seed, padded):
+    """Every variant and positional scheme equals the definition computed one head and one query at a time."""
+    attn = _build(attention, cfg, seed)
+    x = randn((cfg["b"], cfg["t"], cfg["n_heads"] * cfg["head_dim"]), seed, torch.float64)
+    mask = _padding(cfg["b"], cfg["t"], seed) if padded else None
+    got = attn(x, positions=torch.arange(cfg["t"]), padding_mask=mask)
+    assert_close(got, _brute_force(attn, cfg, x, mask), what=f"attention {cfg}")
+
+
+@given(n_heads=st.sampled_from([1, 2, 4]), head_dim=sizes(4), t=sizes(6), bias=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=seeds)
+def test_mha_equals_torch_multihead_attention(attention, n_heads, head_dim, t, bias, dtype, seed):
+    """MultiHeadAttention equals torch.nn.MultiheadAttention (in_proj = cat(q, k, v), out_proj) under a causal mask."""
+    cfg = dict(n_heads=n_heads, n_kv_heads=n_heads, head_dim=head_dim, window=None, positional="none", bias=bias)
+    attn = _build(attention, cfg, seed, dtype)
+    d = n_heads * head_dim
+    x = randn((2, t, d), seed, dtype)
+    got = attn(x)
+    ref = torch.nn.MultiheadAttention(d, n_heads, bias=bias, batch_first=True).to(dtype)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+        ref.out_proj.weight.copy_(attn.out_proj.weight)
+        if bias:
+            ref.in_proj_bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+            ref.out_proj.bias.copy_(attn.out_proj.bias)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    expected, _ = ref(x, x, x, attn_mask=~causal, need_weights=False)  # torch: True = NOT allowed
+    assert_close(got, expected, what="MultiHeadAttention vs torch.nn.MultiheadAttention")
+
+
+@given(n_heads=st.sampled_from([2, 4]), head_dim=sizes(4), t=sizes(6), seed=seeds)
+def test_mha_is_concatenated_heads(attention, n_heads, head_dim, t, seed):
+    """MHA = out_proj(concat_h SDPA(x Wq_h, x Wk_h, x Wv_h, causal)), head h using rows h*D:(h+1)*D."""
+    cfg = dict(n_heads=n_heads, n_kv_heads=n_heads, head_dim=head_dim, window=None, positional="none", bias=True)
+    attn = _build(attention, cfg, seed)
+    x = randn((2, t, n_heads * head_dim), seed, torch.float64)
+    got = attn(x)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    heads = []
+    for h in range(n_heads):
+        rows = slice(h * head_dim, (h + 1) * head_dim)
+        q, k, v = (F.linear(x, p.weight[rows], p.bias[rows]) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        heads.append(F.scaled_dot_product_attention(q, k, v, attn_mask=causal))
+    expected = F.linear(torch.cat(heads, dim=-1), attn.out_proj.weight, attn.out_proj.bias)
+    assert_close(got, expected, what="MHA vs concatenated per-head attention")
+
+
+@given(n_heads=st.sampled_from([2, 4]), head_dim=st.sampled_from([2, 4]), t=sizes(6), positional=schemes, seed=seeds)
+def test_gqa_with_all_kv_heads_equals_mha(attention, n_heads, head_dim, t, positional, seed):
+    """GroupedQueryAttention with n_kv_heads == n_heads equals MultiHeadAttention with the same weights."""
+    d = n_heads * head_dim
+    seed_all(seed)
+    gqa = attention.GroupedQueryAttention(d, n_heads, n_kv_heads=n_heads, positional=positional, max_len=16)
+    mha = attention.MultiHeadAttention(d, n_heads, positional=positional, max_len=16)
+    with torch.no_grad():
+        for i, (p, r) in enumerate(zip(gqa.parameters(), mha.parameters())):
+            p.copy_(randn(p.shape, seed + i, scale=0.6))
+            r.copy_(p)
+    x = randn((2, t, d), seed)
+    assert_close(gqa(x), mha(x), what="GQA(n_kv_heads=n_heads) vs MHA")
+
+
+@given(n_heads=st.sampled_from([2, 4, 6]), head_dim=st.sampled_from([2, 4]), t=sizes(6), positional=schemes,
+       seed=seeds, data=st.data())
+def test_gqa_equals_mha_with_repeated_kv_weights(attention, n_heads, head_dim, t, positional, seed, data):
+    """GQA equals MHA whose k/v weights repeat kv head g for query heads g*G .. g*G+G-1 (G = H / H_kv)."""
+    n_kv = data.draw(st.sampled_from([k for k in range(1, n_heads) if n_heads % k == 0]), label="n_kv_heads")
+    d, group = n_heads * head_dim, n_heads // n_kv
+    cfg = dict(n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim, window=None, positional=positional, bias=True)
+    gqa = _build(attention, cfg, seed)
+    x = randn((2, t, d), seed, torch.float64)
+    got = gqa(x)
+    mha = attention.MultiHeadAttention(d, n_heads, positional=positional, max_len=64).double()
+    with torch.no_grad():
+        for name in ("q_proj", "out_proj"):
+            getattr(mha, name).load_state_dict(getattr(gqa, name).state_dict())
+        for name in ("k_proj", "v_proj"):
+            src, dst = getattr(gqa, name), getattr(mha, name)
+            dst.weight.copy_(src.weight.view(n_kv, head_dim, d).repeat_interleave(group, dim=0).reshape(d, d))
+            dst.bias.copy_(src.bias.view(n_kv, head_dim).repeat_interleave(group, dim=0).reshape(d))
+    assert_close(got, mha(x), what=f"GQA(n_kv_heads={n_kv}) vs MHA with repeated kv weights")
+
+
+@given(cfg=configs(), seed=seeds)
+def test_window_at_least_t_is_full_causal(attention, cfg, seed):
+    """Sliding-window attention with window >= T equals full causal attention."""
+    windowed = dict(cfg, window=cfg["t"] + cfg["b"] - 1)
+    attn = _build(attention, windowed, seed)
+    x = randn((cfg["b"], cfg["t"], cfg["n_heads"] * cfg["head_dim"]), seed, torch.float64)
+    got = attn(x)
+    full = _build(attention, dict(cfg, window=None), seed)
+    assert_close(got, full(x), what=f"window {windowed['window']} >= T={cfg['t']} vs full causal")
+
+
+@given(t=sizes(7), window=sizes(4), seed=seeds)
+def test_window_weights(attention, t, window, seed):
+    """With window w, query i puts weight only on keys i - w < j <= i (and the weights sum to 1)."""
+    attn = _build(attention, dict(n_heads=2, n_kv_heads=2, head_dim=2, window=window, positional="none",
+                                  bias=True), seed)
+    _, weights = attn(randn((1, t, 4), seed, torch.float64), return_weights=True)
+    allowed = torch.tensor([[i - window < j <= i for j in range(t)] for i in range(t)])
+    assert_equal(tuple(weights.shape), (1, 2, t, t), what="weights shape (B, H, T, L)")
+    assert bool((weights[..., ~allowed] == 0).all()), f"weight outside the window {window}"
+    assert bool((weights[..., allowed] > 0).all()), f"zero weight inside the window {window}"
+    assert_close(weights.sum(-1), torch.ones(1, 2, t, dtype=torch.float64), what="row sums")
+
+
+@given(cfg=configs(), seed=seeds)
+def test_causal(attention, cfg, seed):
+    """Changing x after position t never changes the outputs at positions <= t (every scheme and variant)."""
+    attn = _build(attention, cfg, seed)
+    b, t = cfg["b"], cfg["t"]
+    x = randn((b, t, cfg["n_heads"] * cfg["head_dim"]), seed, torch.float64)
+    cut = int(randint(0, t, (), seed))
+    y = attn(x)
+    x2 = x.clone()
+    x2[:, cut + 1:] = randn(x2[:, cut + 1:].shape, seed + 1, torch.float64, 3.0)
+    assert_close(attn(x2)[:, : cut + 1], y[:, : cut + 1], what=f"outputs at <= {cut} after changing the future")
+
+
+@given(cfg=configs(), seed=seeds)
+def test_padding_values_never_matter(attention, cfg, seed):
+    """The values at padded positions never change the outputs at real positions."""
+    attn = _build(attention, cfg, seed)
+    b, t = cfg["b"], cfg["t"]
+    x = randn((b, t, cfg["n_heads"] * cfg["head_dim"]), seed, torch.float64)
+    mask = _padding(b, t, seed)
+    y = attn(x, padding_mask=mask)
+    x2 = torch.where(mask[..., None], x, randn(x.shape, seed + 1, torch.float64, 5.0))
+    y2 = attn(x2, padding_mask=mask)
+    assert not bool(torch.isnan(y2).any()), "NaN in the output with padding"
+    assert_close(y2[mask], y[mask], what="outputs at real positions after changing the padded inputs")
+
+
+@given(cfg=configs(), seed=seeds, padded=st.booleans())
+def test_fast_path_equals_written_out(attention, cfg, seed, padded):
+    """fast=True gives the same outputs as the written-out path (padding and fully masked rows included)."""
+    fast = _build(attention, cfg, seed, torch.float32, fast=True)
+    x = randn((cfg["b"], cfg["t"], cfg["n_heads"] * cfg["head_dim"]), seed)
+    mask = None
+    if padded:
+        mask = _padding(cfg["b"], cfg["t"], seed)
+        mask[0, 0] = False  # a fully masked query row (the first query of a padded row)
+    got = fast(x, padding_mask=mask)
+    slow = _build(attention, cfg, seed, torch.float32, fast=False)
+    assert not bool(torch.isnan(got).any()), "NaN from the fast path"
+    assert_close(got, slow(x, padding_mask=mask), what="fast path vs written-out path")
+    _, weights = fast(x, padding_mask=mask, return_weights=True)
+    assert weights is not None, "return_weights=True must return the weights even with fast=True"
+
+
+@given(cfg=configs(), seed=seeds, data=st.data())
+@pytest.mark.parametrize("padded", [False, True])
+def test_kv_cache_equals_full_forward(attention, cfg, seed, data, padded):
+    """Decoding chunk by chunk (one token or more) with a KVCache gives the full causal forward's outputs."""
+    attn = _build(attention, cfg, seed)
+    b, t, d = cfg["b"], cfg["t"], cfg["n_heads"] * cfg["head_dim"]
+    x = randn((b, t, d), seed, torch.float64)
+    mask = _padding(b, t, seed) if padded else None
+    cache = attention.KVCache(b, cfg["n_kv_heads"], t + 2, cfg["head_dim"], dtype=torch.float64)
+    outs, start = [], 0
+    while start < t:
+        n = data.draw(st.integers(1, t - start), label="chunk")
+        chunk_mask = None if mask is None else mask[:, start:start + n]
+        outs.append(attn(x[:, start:start + n], positions=torch.arange(start, start + n),
+                         padding_mask=chunk_mask, kv_cache=cache))
+        start += n
+        assert_equal(cache.length, start, what="cache.length after the chunk")
+    got = torch.cat(outs, dim=1)
+    full = attn(x, padding_mask=mask)
+    if mask is not None:
+        got, full = got[mask], full[mask]
+    assert_close(got, full, what=f"cached decoding vs full forward {cfg}")
+
+
+def test_kv_cache_one_token_at_a_time(attention):
+    """Token-by-token decoding (positions defaulting to the cache length) matches for rope, alibi, GQA, window."""
+    cfg = dict(n_heads=4, n_kv_heads=2, head_dim=4, window=3, positional="rope", bias=True, b=2)
+    for positional in ("rope", "alibi"):
+        attn = _build(attention, dict(cfg, positional=positional), 0)
+        x = randn((2, 9, 16), 1, torch.float64)
+        cache = attention.KVCache(2, 2, 9, 4, dtype=torch.float64)
+        got = torch.cat([attn(x[:, i:i + 1], kv_cache=cache) for i in range(9)], dim=1)
+        assert_close(got, attn(x), what=f"one token at a time ({positional}, GQA, window 3) vs full forward")
+
+
+def test_kv_cache_update_and_overflow(attention):
+    """KVCache.update appends and returns everything stored; overflowing max_len is a ValueError naming max_len."""
+    cache = attention.KVCache(2, 3, 5, 4)
+    assert_equal(cache.length, 0, what="length of a new cache")
+    k1, v1 = randn((2, 3, 2, 4), 0), randn((2, 3, 2, 4), 1)
+    k2, v2 = randn((2, 3, 3, 4), 2), randn((2, 3, 3, 4), 3)
+    cache.update(k1, v1)
+    k_all, v_all = cache.update(k2, v2)
+    assert_equal(cache.length, 5, what="length after 2 + 3 positions")
+    assert_close(k_all, torch.cat([k1, k2], dim=2), what="keys stored")
+    assert_close(v_all, torch.cat([v1, v2], dim=2), what="values stored")
+    with raises_clear(ValueError, "max_len", "5"):
+        cache.update(k1[:, :, :1], v1[:, :, :1])
+    assert_equal(cache.length, 5, what="length after a refused update")
+    cache.reset()
+    assert_equal(cache.length, 0, what="length after reset()")
+    with raises_clear(ValueError, "k"):
+        cache.update(randn((2, 2, 1, 4), 0), randn((2, 2, 1, 4), 0))
+    with raises_clear(ValueError, "max_len"):
+        attention.KVCache(2, 3, 0, 4)
+
+
+def test_layer_kv_cache_overflow_and_positions(attention):
+    """Through the layer: a cache overflow names max_len; positions that do not continue the cache are refused."""
+    attn = attention.MultiHeadAttention(8, 2, max_len=32).eval()
+    cache = attention.KVCache(1, 2, 4, 4)
+    attn(randn((1, 3, 8), 0), kv_cache=cache)
+    with raises_clear(ValueError, "max_len"):
+        attn(randn((1, 2, 8), 1), kv_cache=cache)
+    cache = attention.KVCache(1, 2, 8, 4)
+    attn(randn((1, 3, 8), 0), kv_cache=cache)
+    with raises_clear(ValueError, "positions"):
+        attn(randn((1, 1, 8), 1), positions=torch.tensor([0]), kv_cache=cache)
+
+
+@given(cfg=configs(), seed=seeds)
+def test_dropout_only_in_training(attention, cfg, seed):
+    """Eval mode ignores dropout (same as dropout=0); training mode drops attention weights."""
+    attn = _build(attention, dict(cfg, t=6), seed, dropout=0.5)
+    x = randn((cfg["b"], 6, cfg["n_heads"] * cfg["head_dim"]), seed, torch.float64)
+    got = attn(x)
+    plain = _build(attention, dict(cfg, t=6), seed, dropout=0.0)
+    assert_close(got, plain(x), what="eval mode with dropout=0.5 vs dropout=0")
+    _, kept = attn(x, return_weights=True)
+    attn.train()
+    torch.manual_seed(seed)
+    _, dropped = attn(x, return_weights=True)
+    assert bool(((dropped == 0) & (kept > 0)).any()), "training mode: no attention weight was dropped"
+    survivors = dropped != 0
+    assert_close(dropped[survivors], kept[survivors] * 2, what="kept weights in training (scaled by 1/(1-0.5))")
+
+
+def test_gradients_reach_every_parameter(attention):
+    """Backpropagating through attention gives every parameter and the input a gradient."""
+    for n_kv, window, positional in ((4, None, "none"), (2, 3, "rope"), (1, 2, "alibi")):
+        cfg = dict(n_heads=4, n_kv_heads=n_kv, head_dim=4, window=window, positional=positional, bias=True)
+        attn = _build(attention, cfg, 0, torch.float32)
+        x = randn((2, 5, 16), 1).requires_grad_()
+        (attn(x) * randn((2, 5, 16), 2)).sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0, "no gradient reached the input"
+        for name, p in attn.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"parameter {name} got no gradient ({cfg})"
+
+
+def test_build_attention_picks_the_class(attention):
+    """build_attention picks MHA, GQA, sliding window or both from (n_kv_heads, window); names its layers."""
+    kw = dict(d_model=16, n_heads=4, dropout=0.0, bias=True, positional="rope", max_len=32, fast=False)
+    plain = attention.build_attention(n_kv_heads=None, window=None, **kw)
+    assert type(plain) is attention.MultiHeadAttention, f"expected MultiHeadAttention, got {type(plain).__name__}"
+    assert type(attention.build_attention(n_kv_heads=4, window=None, **kw)) is attention.MultiHeadAttention
+    gqa = attention.build_attention(n_kv_heads=2, window=None, **kw)
+    assert isinstance(gqa, attention.GroupedQueryAttention), f"n_kv_heads=2: got {type(gqa).__name__}"
+    swa = attention.build_attention(n_kv_heads=None, window=3, **kw)
+    assert isinstance(swa, attention.SlidingWindowAttention), f"window=3: got {type(swa).__name__}"
+    both = attention.build_attention(n_kv_heads=1, window=3, **kw)
+    assert isinstance(both, attention.GroupedQueryAttention) and isinstance(both, attention.SlidingWindowAttention)
+    for layer in (plain, gqa, both):
+        assert isinstance(layer, attention.MultiHeadAttention)
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            assert hasattr(layer, name), f"{type(layer).__name__} has no {name}"
+    assert_equal(tuple(gqa.k_proj.weight.shape), (8, 16), what="k_proj weight shape with 2 kv heads of 4")
+
+
+def test_subclass_overriding_one_hook(attention):
+    """A subclass overriding only attention_mask changes which keys are seen (an all-True mask: bidirectional)."""
+    class Bidirectional(attention.MultiHeadAttention):
+        def attention_mask(self, t_q, t_k, device=None):
+            return torch.ones(t_q, t_k, dtype=torch.bool, device=device)
+
+    seed_all(0)
+    layer = Bidirectional(8, 2)
+    x = randn((2, 5, 8), 0)
+    got = layer(x)
+    ref = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight]))
+        ref.in_proj_bias.copy_(torch.cat([layer.q_proj.bias, layer.k_proj.bias, layer.v_proj.bias]))
+        ref.out_proj.weight.copy_(layer.out_proj.weight)
+        ref.out_proj.bias.copy_(layer.out_proj.bias)
+    assert_close(got, ref(x, x, x, need_weights=False)[0], what="bidirectional subclass vs torch MHA without mask")
+
+
+def test_bad_arguments(attention):
+    """Bad sizes, ratios, windows, schemes and inputs raise clear errors naming the argument."""
+    build = attention.build_attention
+    with raises_clear(ValueError, "d_model", "n_heads"):
+        build(d_model=10, n_heads=4)
+    with raises_clear(ValueError, "n_kv_heads"):
+        build(d_model=12, n_heads=6, n_kv_heads=4)
+    with raises_clear(ValueError, "window"):
+        build(d_model=8, n_heads=2, window=0)
+    with raises_clear(ValueError, "positional", "rope"):
+        build(d_model=8, n_heads=2, positional="relative")
+    with raises_clear(ValueError, "head_dim"):
+        build(d_model=6, n_heads=2, positional="rope")
+    with raises_clear(ValueError, "dropout"):
+        build(d_model=8, n_heads=2, dropout=1.0)
+    attn = build(d_model=8, n_heads=2, max_len=6)
+    with raises_clear(ValueError, "x"):
+        attn(torch.zeros(2, 3, 7))
+    with raises_clear(ValueError, "x"):
+        attn(torch.zeros(3, 8))
+    with raises_clear(ValueError, "padding_mask"):
+        attn(torch.zeros(2, 3, 8), padding_mask=torch.ones(2, 4, dtype=torch.bool))
+    with raises_clear(TypeError, "padding_mask"):
+        attn(torch.zeros(2, 3, 8), padding_mask=torch.ones(2, 3))
+    with raises_clear(ValueError, "max_len"):
+        attn(torch.zeros(1, 7, 8))
+    with raises_clear(ValueError, "positions"):
+        attn(torch.zeros(1, 3, 8), positions=torch.arange(4))

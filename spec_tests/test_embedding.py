@@ -1,0 +1,76 @@
+"""Spec of ``embedding``: ``TokenEmbedding(vocab_size, d_model)``."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .support import assert_close, assert_equal, batch_shapes, randint, randn, raises_clear, seed_all, seeds, sizes
+
+
+@pytest.fixture(scope="module")
+def embedding(impl):
+    return impl.component("embedding")
+
+
+@given(lead=batch_shapes(0, 3), vocab=sizes(20), d=sizes(8), seed=seeds)
+def test_lookup_equals_torch(embedding, lead, vocab, d, seed):
+    """TokenEmbedding(ids) is row ids[...] of its weight, as torch.nn.functional.embedding."""
+    seed_all(seed)
+    emb = embedding.TokenEmbedding(vocab, d)
+    ids = randint(0, vocab, lead, seed)
+    got = emb(ids)
+    assert_close(got, F.embedding(ids, emb.weight), what="TokenEmbedding(ids)")
+
+
+@given(vocab=sizes(12), d=sizes(6), seed=seeds)
+def test_gradient_reaches_the_rows_used(embedding, vocab, d, seed):
+    """The weight's gradient is the sum of the upstream gradients of each id's occurrences."""
+    seed_all(seed)
+    emb = embedding.TokenEmbedding(vocab, d)
+    ids = randint(0, vocab, (3, 5), seed)
+    upstream = randn((3, 5, d), seed + 1)
+    (emb(ids) * upstream).sum().backward()
+    expected = torch.zeros(vocab, d).index_add_(0, ids.flatten(), upstream.reshape(-1, d))
+    assert_close(emb.weight.grad, expected, what="weight.grad")
+
+
+def test_initialisation(embedding):
+    """The weight is a (vocab_size, d_model) float32 Parameter drawn from N(0, 0.02^2)."""
+    seed_all(0)
+    emb = embedding.TokenEmbedding(1000, 64)
+    w = emb.weight.detach()
+    assert_equal(tuple(w.shape), (1000, 64), what="weight shape")
+    assert w.dtype == torch.float32, f"weight dtype: expected float32, got {w.dtype}"
+    assert abs(w.std().item() - 0.02) < 0.001, f"weight std: expected 0.02, got {w.std().item():.5f}"
+    assert abs(w.mean().item()) < 0.001, f"weight mean: expected 0, got {w.mean().item():.5f}"
+    names = [n for n, _ in emb.named_parameters()]
+    assert_equal(names, ["weight"], what="parameters")
+
+
+@given(vocab=sizes(10), bad=st.sampled_from(["vocab", "vocab+3", "-1", "-vocab"]))
+def test_ids_outside_the_vocabulary(embedding, vocab, bad):
+    """An id outside [0, vocab_size) is a ValueError naming the id and vocab_size; negatives never wrap."""
+    emb = embedding.TokenEmbedding(vocab, 4)
+    value = {"vocab": vocab, "vocab+3": vocab + 3, "-1": -1, "-vocab": -vocab}[bad]
+    ids = torch.tensor([[0, value, 0]])
+    with raises_clear(ValueError, str(value), "vocab_size", str(vocab)):
+        emb(ids)
+
+
+def test_bad_arguments(embedding):
+    """Non-positive sizes and non-integer ids raise clear errors."""
+    with raises_clear(ValueError, "vocab_size"):
+        embedding.TokenEmbedding(0, 4)
+    with raises_clear(ValueError, "d_model"):
+        embedding.TokenEmbedding(4, 0)
+    with raises_clear(TypeError, "vocab_size"):
+        embedding.TokenEmbedding(4.0, 4)
+    emb = embedding.TokenEmbedding(4, 3)
+    with raises_clear(TypeError, "ids"):
+        emb(torch.zeros(2, 3))
+    with raises_clear(TypeError, "ids"):
+        emb(torch.zeros(2, 3, dtype=torch.bool))
+    with raises_clear(TypeError, "ids"):
+        emb([0, 1])

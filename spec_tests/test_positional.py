@@ -1,0 +1,221 @@
+"""Spec of ``positional``: sinusoidal and learned tables, RoPE and ALiBi."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .support import assert_close, assert_equal, batch_shapes, randint, randn, raises_clear, seed_all, seeds, sizes
+
+even = sizes(8).map(lambda n: 2 * n)   # 2 .. 16
+
+
+@pytest.fixture(scope="module")
+def positional(impl):
+    return impl.component("positional")
+
+
+def _paper_alibi_slopes(n):
+    """The ALiBi paper's reference code (Press et al., 2022), verbatim in spirit."""
+    def power_of_2(n):
+        start = 2 ** (-2 ** -(math.log2(n) - 3))
+        return [start * start ** i for i in range(n)]
+    if math.log2(n).is_integer():
+        return power_of_2(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_2(closest) + _paper_alibi_slopes(2 * closest)[0::2][: n - closest]
+
+
+def _rope_complex(x, positions, base=10000.0):
+    """RoPE as complex multiplication: z_i = x[2i] + j x[2i+1] times exp(j p base^(-2i/D))."""
+    d = x.shape[-1]
+    z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)            # (D/2,)
+    angle = positions.double()[:, None] * theta                                   # (T, D/2)
+    return torch.view_as_real(z * torch.polar(torch.ones_like(angle), angle)).reshape(x.shape)
+
+
+# --- sinusoidal ---------------------------------------------------------------------------------
+
+@given(max_len=sizes(40), d=even)
+def test_sinusoidal_formula(positional, max_len, d):
+    """sinusoidal_table: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d))."""
+    table = positional.sinusoidal_table(max_len, d)
+    expected = torch.tensor([[math.sin(p / 10000 ** (c / d)) if c % 2 == 0 else math.cos(p / 10000 ** ((c - 1) / d))
+                              for c in range(d)] for p in range(max_len)], dtype=torch.float32)
+    assert_close(table, expected, what="sinusoidal_table")
+
+
+@given(d=even, p=sizes(60, 0), q=sizes(60, 0), shift=sizes(30))
+def test_sinusoidal_dot_product_is_relative(positional, d, p, q, shift):
+    """PE(p) . PE(q) depends only on p - q: shifting both positions keeps the dot product."""
+    table = positional.sinusoidal_table(100, d).double()
+    assert_close(table[p + shift] @ table[q + shift], table[p] @ table[q], what="PE(p+s).PE(q+s) vs PE(p).PE(q)",
+                 atol=1e-5)
+
+
+@given(d=even, max_len=sizes(20), seed=seeds)
+def test_sinusoidal_module_looks_up_positions(positional, d, max_len, seed):
+    """SinusoidalPositionalEncoding(positions) is table[positions] (any positions), with no parameters."""
+    enc = positional.SinusoidalPositionalEncoding(d, max_len)
+    positions = randint(0, max_len, (7,), seed)
+    got = enc(positions)
+    assert_close(got, positional.sinusoidal_table(max_len, d)[positions], what="encoding(positions)")
+    assert_equal(list(enc.parameters()), [], what="parameters of the fixed encoding")
+
+
+# --- learned ------------------------------------------------------------------------------------
+
+@given(max_len=sizes(20), d=sizes(8), seed=seeds)
+def test_learned_looks_up_positions(positional, max_len, d, seed):
+    """LearnedPositionalEmbedding(positions) is weight[positions]; weight is (max_len, d_model)."""
+    seed_all(seed)
+    emb = positional.LearnedPositionalEmbedding(max_len, d)
+    positions = randint(0, max_len, (5,), seed)
+    got = emb(positions)
+    assert_equal(tuple(emb.weight.shape), (max_len, d), what="weight shape")
+    assert_close(got, emb.weight[positions], what="embedding(positions)")
+
+
+def test_learned_initialisation(positional):
+    """The learned table is drawn from N(0, 0.02^2)."""
+    seed_all(0)
+    w = positional.LearnedPositionalEmbedding(1000, 64).weight.detach()
+    assert abs(w.std().item() - 0.02) < 0.001, f"weight std: expected 0.02, got {w.std().item():.5f}"
+
+
+@pytest.mark.parametrize("kind", ["learned", "sinusoidal"])
+def test_position_beyond_max_len(positional, kind):
+    """A position >= max_len (an input longer than max_len) is a ValueError naming max_len."""
+    emb = positional.LearnedPositionalEmbedding(8, 4) if kind == "learned" else \
+        positional.SinusoidalPositionalEncoding(4, 8)
+    emb(torch.arange(8))  # exactly max_len positions is fine
+    with raises_clear(ValueError, "max_len", "8"):
+        emb(torch.arange(9))
+    with raises_clear(ValueError, "max_len"):
+        emb(torch.tensor([8]))
+    with raises_clear(ValueError, "positions"):
+        emb(torch.tensor([-1, 0]))
+    with raises_clear(TypeError, "positions"):
+        emb(torch.arange(3.0))
+
+
+# --- RoPE ---------------------------------------------------------------------------------------
+
+@given(lead=batch_shapes(0, 2), t=sizes(6), d=even, seed=seeds)
+def test_rope_equals_complex_rotation(positional, lead, t, d, seed):
+    """RoPE multiplies z_i = x[2i] + j x[2i+1] by exp(j p 10000^(-2i/D)) (interleaved pairs)."""
+    rope = positional.RotaryEmbedding(d, 64)
+    x = randn((*lead, t, d), seed, torch.float64)
+    positions = randint(0, 64, (t,), seed)
+    assert_close(rope(x, positions), _rope_complex(x, positions), what="RoPE(x, positions)")
+
+
+@given(t=sizes(5), d=even, seed=seeds, base=st.sampled_from([100.0, 10000.0, 500000.0]))
+def test_rope_rotation_matrix_and_base(positional, t, d, seed, base):
+    """RoPE with any base equals the block-diagonal 2x2 rotation matrices R(p theta_i) on (x[2i], x[2i+1])."""
+    rope = positional.RotaryEmbedding(d, 1000, base=base)
+    x = randn((t, d), seed, torch.float64)
+    positions = randint(0, 1000, (t,), seed + 1)
+    got = rope(x, positions)
+    expected = torch.empty_like(x)
+    for r in range(t):
+        for i in range(d // 2):
+            a = positions[r].item() * base ** (-2 * i / d)
+            rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
+            expected[r, 2 * i: 2 * i + 2] = rot @ x[r, 2 * i: 2 * i + 2]
+    assert_close(got, expected, what=f"RoPE(x) with base {base}")
+
+
+@given(t=sizes(6), d=even, seed=seeds)
+def test_rope_preserves_norms_and_position_zero_is_identity(positional, t, d, seed):
+    """RoPE preserves every vector's norm, and rotates position 0 by nothing."""
+    rope = positional.RotaryEmbedding(d, 32)
+    x = randn((2, t, d), seed, torch.float64)
+    y = rope(x, randint(0, 32, (t,), seed))
+    assert_close(y.norm(dim=-1), x.norm(dim=-1), what="|RoPE(x)| vs |x|")
+    assert_close(rope(x, torch.zeros(t, dtype=torch.long)), x, what="RoPE at position 0")
+
+
+@given(d=even, p=sizes(50, 0), s=sizes(50, 0), shift=sizes(40), seed=seeds)
+def test_rope_scores_depend_on_offset_only(positional, d, p, s, shift, seed):
+    """<RoPE(q, p), RoPE(k, s)> depends only on p - s: shifting both positions keeps the score."""
+    rope = positional.RotaryEmbedding(d, 128)
+    q, k = randn((1, d), seed, torch.float64), randn((1, d), seed + 1, torch.float64)
+    score = (rope(q, torch.tensor([p])) * rope(k, torch.tensor([s]))).sum()
+    shifted = (rope(q, torch.tensor([p + shift])) * rope(k, torch.tensor([s + shift]))).sum()
+    assert_close(shifted, score, what="score at (p+shift, s+shift) vs (p, s)", atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_keeps_dtype(positional, dtype):
+    """RoPE keeps the input's dtype and shape; float32 agrees with the float64 formula."""
+    rope = positional.RotaryEmbedding(8, 512)
+    x = randn((2, 3, 5, 8), 0).to(dtype)
+    positions = torch.tensor([0, 7, 100, 300, 511])
+    y = rope(x, positions)
+    assert y.dtype == dtype and y.shape == x.shape, f"expected {dtype} {tuple(x.shape)}, got {y.dtype} {tuple(y.shape)}"
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    assert_close(y.double(), _rope_complex(x.double(), positions), what=f"RoPE in {dtype}", atol=tol, rtol=tol)
+
+
+def test_rope_bad_arguments(positional):
+    """Odd head_dim, wrong last dim, mismatched positions and positions >= max_len raise clear errors."""
+    with raises_clear(ValueError, "head_dim"):
+        positional.RotaryEmbedding(5, 8)
+    with raises_clear(ValueError, "head_dim"):
+        positional.RotaryEmbedding(0, 8)
+    rope = positional.RotaryEmbedding(4, 8)
+    with raises_clear(ValueError, "x", "4"):
+        rope(torch.zeros(3, 6), torch.arange(3))
+    with raises_clear(ValueError, "positions"):
+        rope(torch.zeros(3, 4), torch.arange(2))
+    with raises_clear(ValueError, "max_len"):
+        rope(torch.zeros(9, 4), torch.arange(9))
+    with raises_clear(TypeError, "x"):
+        rope(torch.zeros(3, 4, dtype=torch.long), torch.arange(3))
+
+
+# --- ALiBi --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_heads", list(range(1, 17)) + [24, 32, 48])
+def test_alibi_slopes_match_the_paper(positional, n_heads):
+    """alibi_slopes(n): 2^(-8h/n) for powers of two, else n' slopes then every other slope of 2n'."""
+    slopes = positional.alibi_slopes(n_heads)
+    assert_close(slopes.double(), torch.tensor(_paper_alibi_slopes(n_heads), dtype=torch.float64),
+                 what=f"alibi_slopes({n_heads})", atol=1e-7, rtol=1e-6)
+
+
+def test_alibi_slopes_examples(positional):
+    """alibi_slopes(8) = 1/2, 1/4, ..., 1/256 and alibi_slopes(6) = 1/4, 1/16, 1/64, 1/256, 1/2, 1/8."""
+    assert_close(positional.alibi_slopes(8).double(), torch.tensor([2.0 ** -h for h in range(1, 9)],
+                 dtype=torch.float64), what="alibi_slopes(8)")
+    assert_close(positional.alibi_slopes(6).double(), torch.tensor([1 / 4, 1 / 16, 1 / 64, 1 / 256, 1 / 2, 1 / 8],
+                 dtype=torch.float64), what="alibi_slopes(6)")
+
+
+@given(n_heads=sizes(12), tq=sizes(6), tk=sizes(6), seed=seeds)
+def test_alibi_bias_formula(positional, n_heads, tq, tk, seed):
+    """alibi_bias[h, i, j] = -m_h * (q_positions[i] - k_positions[j])."""
+    qp, kp = randint(0, 50, (tq,), seed), randint(0, 50, (tk,), seed + 1)
+    bias = positional.alibi_bias(n_heads, qp, kp)
+    m = torch.tensor(_paper_alibi_slopes(n_heads), dtype=torch.float64)
+    expected = -m[:, None, None] * (qp[:, None] - kp[None, :]).double()
+    assert_close(bias.double(), expected, what="alibi_bias", atol=1e-5, rtol=1e-6)
+
+
+def test_constants_and_bad_arguments(positional):
+    """POSITIONAL lists the five schemes; odd d for sinusoidal and non-positive sizes raise clear errors."""
+    assert_equal(tuple(positional.POSITIONAL), ("sinusoidal", "learned", "rope", "alibi", "none"), what="POSITIONAL")
+    with raises_clear(ValueError, "d_model"):
+        positional.sinusoidal_table(8, 5)
+    with raises_clear(ValueError, "d_model"):
+        positional.SinusoidalPositionalEncoding(3, 8)
+    with raises_clear(ValueError, "max_len"):
+        positional.sinusoidal_table(0, 4)
+    with raises_clear(ValueError, "max_len"):
+        positional.LearnedPositionalEmbedding(0, 4)
+    with raises_clear(ValueError, "n_heads"):
+        positional.alibi_slopes(0)
