@@ -76,8 +76,7 @@ def run_one(mutant: Mutant, source: Path, workdir: Path, profile: str) -> Outcom
     return Outcome(mutant, "caught", caught_by, seconds)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bare-lm mutants", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--component", action="append", default=[],
                         help="only the mutants of this component (repeatable)")
     parser.add_argument("--name", action="append", default=[], help="only this mutant (repeatable)")
@@ -86,7 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--profile", default="mutants", help="hypothesis profile (default: mutants)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bare-lm mutants", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
 
     mutants = [m for m in all_mutants()
                if (not args.component or set(m.components) & set(args.component) or

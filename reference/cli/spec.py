@@ -17,11 +17,13 @@ def register(commands) -> None:
     status.add_argument("pytest_args", nargs=argparse.REMAINDER, help="further pytest arguments")
     status.set_defaults(run=run_status)
 
+    from spec_tests import mutate
+
     mutants = commands.add_parser(
         "mutants", help="prove the spec bites: every classic bug in the catalogue must be caught",
-        add_help=False)
-    mutants.add_argument("args", nargs=argparse.REMAINDER)
-    mutants.set_defaults(run=lambda args: _mutate_main(args.args))
+        description=mutate.__doc__)
+    mutate.add_arguments(mutants)
+    mutants.set_defaults(run=mutate.run)
 
 
 def run_status(args) -> int:
@@ -34,8 +36,3 @@ def run_status(args) -> int:
     return int(pytest.main([*targets, "-p", "spec_tests.plugin", "--impl", args.impl, "-q", "--tb=line",
                             "--no-header", "-p", "no:cacheprovider", *args.pytest_args]))
 
-
-def _mutate_main(argv) -> int:
-    from spec_tests.mutate import main
-
-    return main(argv)
