@@ -1,8 +1,92 @@
-"""``bare-lm generate``: not written yet."""
+"""``bare-lm generate``: sample text from a trained checkpoint, streamed to the terminal as it comes.
+
+``bare-lm generate --checkpoint PATH --prompt TEXT [--max-new-tokens N] [--temperature T]
+[--top-k K] [--top-p P] [--seed S] [--device cpu|cuda] [--no-cache] [--interactive]``
+
+The checkpoint (a directory written by ``checkpoint.save_checkpoint``) must hold a tokenizer.
+Generation stops at the tokenizer's ``<|endoftext|>`` when it has that special token.
+``--interactive``: read a prompt, print the answer, repeat until EOF or an empty line.
+"""
 
 from __future__ import annotations
 
+import sys
+
 
 def register(commands) -> None:
-    parser = commands.add_parser("generate", help="(not written yet)")
-    parser.set_defaults(run=lambda args: print("bare-lm generate: not written yet") or 1)
+    parser = commands.add_parser(
+        "generate", help="sample text from a checkpoint (streamed as it is produced)",
+        description="Load a checkpoint (model + tokenizer) and stream generated text to the terminal.")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint directory")
+    parser.add_argument("--prompt", default=None, metavar="TEXT",
+                        help="the text to continue (required unless --interactive)")
+    parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="tokens to generate (default 200)")
+    parser.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                        help="sampling temperature; 0 is greedy (default 1.0)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K most likely tokens (ties kept)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling: keep mass P, in (0, 1]")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (reproducible output)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
+    parser.add_argument("--no-cache", action="store_true", help="recompute full forward passes (no KV cache)")
+    parser.add_argument("--interactive", action="store_true",
+                        help="ask for prompts until EOF or an empty line (--prompt, if given, goes first)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    """Load the checkpoint, then stream the answer to ``--prompt`` (and, interactive, to each prompt read)."""
+    from .. import generate
+    from ..checkpoint import load_checkpoint
+
+    if args.prompt is None and not args.interactive:
+        print("bare-lm generate: give --prompt TEXT or --interactive", file=sys.stderr)
+        return 2
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            print("bare-lm generate: --device cuda, but CUDA is not available", file=sys.stderr)
+            return 2
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"bare-lm generate: {err}", file=sys.stderr)
+        return 2
+    model, tokenizer = ckpt.model, ckpt.tokenizer
+    if tokenizer is None:
+        print(f"bare-lm generate: the checkpoint at {args.checkpoint} has no tokenizer", file=sys.stderr)
+        return 2
+    model.eval()
+    stop_ids = [i for name, i in getattr(tokenizer, "special_tokens", {}).items() if name == "<|endoftext|>"]
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, stop_ids=stop_ids, seed=args.seed, use_cache=not args.no_cache)
+
+    def answer(prompt: str, echo: bool) -> int:
+        try:
+            pieces = generate.stream_text(model, tokenizer, prompt, **options)  # checks the options
+            if echo:
+                sys.stdout.write(prompt)
+            for piece in pieces:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except (TypeError, ValueError) as err:
+            print(f"\nbare-lm generate: {err}", file=sys.stderr)
+            return 2
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return 0
+
+    if args.prompt is not None:
+        status = answer(args.prompt, echo=not args.interactive)
+        if status or not args.interactive:
+            return status
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            print()
+            return 0
+        if not prompt:
+            return 0
+        status = answer(prompt, echo=False)
+        if status:
+            return status

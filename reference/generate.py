@@ -1,0 +1,279 @@
+"""Sampling and decoding: turn a language model's logits into new tokens.
+
+The sampling distribution of one position, ``logits (..., V) -> probs (..., V)``, is built in this
+order (as in the common libraries)::
+
+    1. temperature   z = logits / T                      T = 0 means greedy (below)
+    2. top-k         keep i  iff  z_i >= z_(k)           z_(k): the k-th largest; ties at the
+                                                         boundary are kept (more than k may survive)
+    3. softmax       p = softmax(z) over the kept set    (zero outside it)
+    4. top-p         keep i  iff  sum_{j : p_j > p_i} p_j  <  top_p    (up to TOP_P_RTOL)
+                     the smallest set reaching top_p, closed under ties: it never depends on the
+                     order a sort puts tied tokens in. p is the distribution AFTER top-k.
+    5. renormalise   probs = p * keep / sum(p * keep)
+
+``T = 0`` (greedy) puts all the mass on the argmax, the lowest id winning ties (no division by
+zero). ``top_k >= V`` and ``top_p = 1`` keep everything. Everything is computed in float64; the
+result is float64 for float64 logits, else float32.
+
+Decoding (``generate`` / ``stream``) feeds the prompt, then one token at a time. With
+``use_cache=True`` the model's KV cache (``model.new_kv_cache``) holds the keys and values of every
+token already seen, so each step runs the model on the NEW token only; ``use_cache=False``
+recomputes the full forward pass each step. Both give identical tokens for the same seed.
+
+Context length ``L = model.config.context_length``:
+
+- a prompt longer than ``L`` is cropped to its last ``L`` tokens;
+- once the sequence grows past ``L``, each step recomputes (without cache) a forward pass over a
+  sliding window of the last ``L`` tokens (positions restart at 0 in the window).
+
+A stop id ends its sequence and IS included in the output. Batches: rows that have stopped emit
+``PAD_ID`` (-1) until every row has stopped or ``max_new_tokens`` is reached.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from . import checks
+
+#: What a batch row emits after it has produced a stop id (not a token id).
+PAD_ID = -1
+#: Float rounding at the top-p boundary: a mass above i within a relative 1e-6 of p counts as
+#: reaching p, so probs [0.3, 0.1, 0.1, 0.5] with p = 0.8 keep {0.5, 0.3} although softmax's
+#: rounding makes 0.5 + 0.3 come out as 0.79999999...
+TOP_P_RTOL = 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampling distribution and the sampler
+# ---------------------------------------------------------------------------------------------
+
+
+def sampling_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                          top_p: float | None = None) -> torch.Tensor:
+    """``logits (..., V) -> probs (..., V)``: the exact distribution ``sample`` draws from (see module doc)."""
+    _check_sampling_args(logits, temperature, top_k, top_p)
+    out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    x = logits.double()                                          # (..., V)
+    if temperature == 0:
+        best = torch.argmax(x, dim=-1, keepdim=True)             # (..., 1) first of tied maxima
+        return torch.zeros_like(x).scatter(-1, best, 1.0).to(out_dtype)
+    z = x / temperature                                          # (..., V) 1. temperature
+    if top_k is not None:
+        z = _keep_top_k(z, top_k)                                # (..., V) 2. -inf outside the top k
+    probs = _softmax(z)                                          # (..., V) 3. zero outside the top k
+    if top_p is not None and top_p < 1.0:
+        keep = _top_p_mask(probs, top_p)                         # (..., V) 4. bool
+        probs = torch.where(keep, probs, 0.0)
+    probs = probs / probs.sum(dim=-1, keepdim=True)              # (..., V) 5. renormalise
+    return probs.to(out_dtype)
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token id per row from ``sampling_distribution``: ``(B, V) -> (B,)``, ``(V,) -> ()`` long.
+
+    ``generator``: a ``torch.Generator`` on the logits' device (None: torch's global RNG).
+    """
+    probs = sampling_distribution(logits, temperature, top_k, top_p)   # (..., V)
+    v = probs.shape[-1]
+    flat = probs.reshape(-1, v)                                          # (N, V)
+    ids = torch.multinomial(flat, 1, generator=generator)                # (N, 1)
+    return ids.reshape(probs.shape[:-1])                                 # (...) long
+
+
+def _check_sampling_args(logits, temperature, top_k, top_p) -> None:
+    checks.tensor("logits", logits, min_dim=1, floating=True)
+    if logits.shape[-1] < 1:
+        raise ValueError(f"logits must have a non-empty last (vocabulary) dimension, got shape {tuple(logits.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("logits must be finite (no NaN or inf)")
+    checks.number_in_range("temperature", temperature, 0.0, None)
+    if top_k is not None:
+        checks.positive_int("top_k", top_k)
+    if top_p is not None:
+        checks.number_in_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
+
+
+def _softmax(z: torch.Tensor) -> torch.Tensor:
+    """Stable softmax along the last dim; ``-inf`` entries get probability 0."""
+    e = torch.exp(z - z.amax(dim=-1, keepdim=True))    # (..., V) max entry -> exp(0) = 1
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def _keep_top_k(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Set to ``-inf`` every entry below the k-th largest (ties with it are kept)."""
+    if k >= z.shape[-1]:
+        return z
+    kth = z.sort(dim=-1, descending=True).values[..., k - 1:k]   # (..., 1) the k-th largest
+    return z.masked_fill(z < kth, float("-inf"))
+
+
+def _top_p_mask(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """``keep[i] = (sum of the probabilities strictly greater than probs[i]) < p``, tie-independent."""
+    v = probs.shape[-1]
+    desc = probs.sort(dim=-1, descending=True).values                          # (..., V)
+    before = torch.cat([torch.zeros_like(desc[..., :1]), desc.cumsum(dim=-1)[..., :-1]], dim=-1)
+    # before[r] = mass of the r most probable tokens; a token with n_greater strictly larger ones
+    # sees exactly before[n_greater], whatever order the sort gave its ties.
+    ascending = desc.flip(-1).contiguous()                                     # (..., V)
+    n_greater = v - torch.searchsorted(ascending, probs.contiguous(), right=True)   # (..., V)
+    above = before.gather(-1, n_greater)                                       # (..., V)
+    return above < p * (1.0 - TOP_P_RTOL)   # rounding: a mass within TOP_P_RTOL of p has reached it
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+
+
+def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, stop_ids: Iterable[int] = (), seed: int | None = None,
+             use_cache: bool = True):
+    """The new token ids after ``prompt_ids``.
+
+    ``prompt_ids``: ``list[int]`` or a ``(T,)`` long tensor (one prompt) -> ``list[int]``;
+    a ``(B, T)`` long tensor (a batch) -> ``(B, n)`` long tensor, ``n <= max_new_tokens``, stopped
+    rows padded with ``PAD_ID``. A stop id is included and ends its sequence. ``seed``: the same
+    seed gives the same tokens (None: torch's global RNG). The model runs in eval mode under
+    ``torch.no_grad``; its training mode is restored afterwards.
+    """
+    tokens, single, generator = _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                                         seed, use_cache)
+    steps = list(_decode(model, tokens, single, max_new_tokens, temperature, top_k, top_p,
+                         _stop_set(stop_ids), generator, use_cache))
+    if single:
+        return steps
+    if not steps:
+        return torch.empty(tokens.shape[0], 0, dtype=torch.long, device=tokens.device)
+    return torch.stack(steps, dim=1)                                    # (B, n)
+
+
+def stream(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, stop_ids: Iterable[int] = (), seed: int | None = None,
+           use_cache: bool = True) -> Iterator:
+    """Like ``generate``, but yields each new token as it is produced: an ``int`` for one prompt,
+    a ``(B,)`` long tensor per step for a batch. The arguments are checked at the call, not at the
+    first ``next``. The model stays in eval mode until the iterator is exhausted or closed."""
+    tokens, single, generator = _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                                         seed, use_cache)
+    return _decode(model, tokens, single, max_new_tokens, temperature, top_k, top_p, _stop_set(stop_ids),
+                   generator, use_cache)
+
+
+def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, stop_ids: Iterable[int] = (),
+                seed: int | None = None, use_cache: bool = True) -> Iterator[str]:
+    """Encode ``prompt``, generate, and yield the new text piece by piece, always valid UTF-8.
+
+    A character whose bytes span several tokens is held back until it is complete, so the pieces
+    joined equal ``tokenizer.decode(all new ids)``; bytes that can never complete a character come
+    out as U+FFFD exactly as ``decode`` (errors="replace") does; the rest is flushed at the end.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    ids = tokenizer.encode(prompt)
+    if len(ids) == 0:
+        raise ValueError("prompt must encode to at least one token, got an empty prompt")
+    new_ids = stream(model, ids, max_new_tokens, temperature, top_k, top_p, stop_ids, seed, use_cache)
+    return _text_pieces(tokenizer, new_ids)
+
+
+def _text_pieces(tokenizer, ids: Iterable[int]) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")   # holds back incomplete characters
+    for token_id in ids:
+        piece = decoder.decode(tokenizer.decode_bytes([token_id]))
+        if piece:
+            yield piece
+    rest = decoder.decode(b"", final=True)                               # an unfinished character: U+FFFD
+    if rest:
+        yield rest
+
+
+def _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+    """Check every argument; return ``(tokens (B, T) long on the model's device, single, generator)``."""
+    checks.non_negative_int("max_new_tokens", max_new_tokens)
+    checks.number_in_range("temperature", temperature, 0.0, None)
+    if top_k is not None:
+        checks.positive_int("top_k", top_k)
+    if top_p is not None:
+        checks.number_in_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
+    if seed is not None:
+        checks.non_negative_int("seed", seed)
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache must be a bool, got {type(use_cache).__name__}")
+    device = _device(model)
+    if isinstance(prompt_ids, torch.Tensor):
+        checks.tensor("prompt_ids", prompt_ids, min_dim=1, max_dim=2, floating=False)
+        single = prompt_ids.dim() == 1
+        tokens = prompt_ids.reshape(1, -1) if single else prompt_ids
+    elif isinstance(prompt_ids, (list, tuple)):
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in prompt_ids):
+            raise TypeError("prompt_ids must be a list of ints or a (T,) / (B, T) long tensor")
+        single = True
+        tokens = torch.tensor([list(prompt_ids)], dtype=torch.long).reshape(1, -1)
+    else:
+        raise TypeError(f"prompt_ids must be a list of ints or a long tensor, got {type(prompt_ids).__name__}")
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(f"prompt_ids must hold at least one token (per row), got shape {tuple(tokens.shape)}")
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    return tokens.to(device=device, dtype=torch.long), single, generator
+
+
+def _stop_set(stop_ids) -> list[int]:
+    if isinstance(stop_ids, int):
+        stop_ids = (stop_ids,)
+    stops = list(stop_ids)
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in stops):
+        raise TypeError(f"stop_ids must be an iterable of ints, got {stops!r}")
+    return stops
+
+
+def _device(model) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _forward(model, ids: torch.Tensor, caches) -> torch.Tensor:
+    """Logits of the LAST position, ``(B, V)``, without building a graph."""
+    with torch.no_grad():
+        logits, _ = model(ids, kv_cache=caches) if caches is not None else model(ids)   # (B, T, V)
+    return logits[:, -1]
+
+
+def _decode(model, tokens, single, max_new_tokens, temperature, top_k, top_p, stops, generator,
+            use_cache) -> Iterator:
+    """The decoding loop shared by ``generate`` and ``stream`` (arguments already checked)."""
+    was_training = model.training
+    model.eval()
+    try:
+        context = model.config.context_length
+        tokens = tokens[:, -context:]                     # (B, T) a long prompt keeps its last `context` tokens
+        b, t = tokens.shape
+        stop_tensor = torch.tensor(stops, dtype=torch.long, device=tokens.device)
+        done = torch.zeros(b, dtype=torch.bool, device=tokens.device)   # (B,) rows that have stopped
+        caches = None
+        if use_cache and max_new_tokens > 0:
+            caches = model.new_kv_cache(b, min(context, t + max_new_tokens))
+        for _ in range(max_new_tokens):
+            if caches is not None and tokens.shape[1] <= context:
+                new = tokens[:, caches[0].length:]        # (B, T_new) the tokens not in the cache yet
+                logits = _forward(model, new, caches)                   # (B, V)
+            else:
+                logits = _forward(model, tokens[:, -context:], None)    # (B, V) full pass, sliding window
+            next_ids = sample(logits, temperature, top_k, top_p, generator)   # (B,)
+            emitted = torch.where(done, torch.full_like(next_ids, PAD_ID), next_ids)
+            fed = torch.where(done, tokens[:, -1], next_ids)            # stopped rows repeat a valid id
+            tokens = torch.cat([tokens, fed[:, None]], dim=1)           # (B, T + 1)
+            done = done | torch.isin(next_ids, stop_tensor)
+            yield int(emitted[0]) if single else emitted
+            if bool(done.all()):
+                return
+    finally:
+        model.train(was_training)
