@@ -13,7 +13,8 @@ order (as in the common libraries)::
     5. renormalise   probs = p * keep / sum(p * keep)
 
 ``T = 0`` (greedy) puts all the mass on the argmax, the lowest id winning ties (no division by
-zero). ``top_k >= V`` and ``top_p = 1`` keep everything. Everything is computed in float64; the
+zero). ``top_k = 1`` is greedy too, even with tied maxima: it is the one exception to the tie rule
+of step 2, so that "keep the single best token" never samples between equals. ``top_k >= V`` and ``top_p = 1`` keep everything. Everything is computed in float64; the
 result is float64 for float64 logits, else float32.
 
 Example: probs [0.3, 0.1, 0.1, 0.5], top_p = 0.8: the 0.5 token has mass 0 above it (kept), the 0.3

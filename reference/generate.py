@@ -13,7 +13,8 @@ order (as in the common libraries)::
     5. renormalise   probs = p * keep / sum(p * keep)
 
 ``T = 0`` (greedy) puts all the mass on the argmax, the lowest id winning ties (no division by
-zero). ``top_k >= V`` and ``top_p = 1`` keep everything. Everything is computed in float64; the
+zero). ``top_k = 1`` is greedy too, even with tied maxima: it is the one exception to the tie rule
+of step 2, so that "keep the single best token" never samples between equals. ``top_k >= V`` and ``top_p = 1`` keep everything. Everything is computed in float64; the
 result is float64 for float64 logits, else float32.
 
 Decoding (``generate`` / ``stream``) feeds the prompt, then one token at a time. With
@@ -59,7 +60,7 @@ def sampling_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k:
     _check_sampling_args(logits, temperature, top_k, top_p)
     out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     x = logits.double()                                          # (..., V)
-    if temperature == 0:
+    if temperature == 0 or top_k == 1:                           # greedy
         best = torch.argmax(x, dim=-1, keepdim=True)             # (..., 1) first of tied maxima
         return torch.zeros_like(x).scatter(-1, best, 1.0).to(out_dtype)
     z = x / temperature                                          # (..., V) 1. temperature

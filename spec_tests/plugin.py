@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, Phase, settings
 
 from .components import COMPONENTS, component_of
@@ -50,6 +51,8 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # The spec's tensors are tiny: one thread is faster than two, and far faster on a busy machine.
+    torch.set_num_threads(int(os.environ.get("BARE_LM_THREADS", "1")))
     for name in COMPONENTS:
         config.addinivalue_line("markers", f"{name}: the spec of the '{name}' component")
     try:

@@ -45,7 +45,7 @@ def _oracle(logits, temperature, top_k=None, top_p=None):
     """The definition, in float64: ``(probs, kept, margin)``; margin = distance of the top-p sums to p."""
     x = logits.double()
     v = x.shape[-1]
-    if temperature == 0:
+    if temperature == 0 or top_k == 1:   # greedy: the lowest id among tied maxima
         kept = torch.nn.functional.one_hot(x.argmax(dim=-1), v).bool()
         return kept.double(), kept, float("inf")
     z = x / temperature
@@ -203,6 +203,7 @@ def test_top_p_kept_set(gen, lead, v, n_levels, t, k, p, seed):
 @given(v=sizes(16, 2), n_levels=sizes(3), k=top_ks, p=st.floats(0.02, 1.0), seed=seeds)
 def test_top_p_closed_under_ties(gen, v, n_levels, k, p, seed):
     """Tied tokens are kept or dropped together, whatever their order: permuting the logits permutes the probs."""
+    assume(k != 1)   # top_k=1 is greedy: the lowest id wins, which is order-dependent by definition
     logits = _tied_logits((v,), seed, n_levels)
     perm = torch.randperm(v, generator=torch.Generator().manual_seed(seed))
     got = gen.sampling_distribution(logits[perm], top_k=k, top_p=p)
@@ -247,18 +248,19 @@ def test_greedy(gen, lead, v, n_levels, k, p, seed):
 
 
 @given(v=sizes(16), n_levels=sizes(4), t=temperatures, seed=seeds)
-def test_top_k_one_keeps_the_maxima(gen, v, n_levels, t, seed):
-    """top_k=1 keeps only the argmax (uniform over tied maxima): greedy with a unique max."""
+def test_top_k_one_is_greedy(gen, v, n_levels, t, seed):
+    """top_k=1 equals greedy (temperature 0) even with tied maxima: the lowest id takes all the mass."""
     logits = _tied_logits((v,), seed, n_levels)
     probs = gen.sampling_distribution(logits, temperature=t, top_k=1)
-    maxima = logits == logits.max()
-    expected = maxima.double() / maxima.sum()
-    assert_close(probs.double(), expected, what=f"top_k=1 probs of logits {logits.tolist()}", atol=1e-7)
+    first_max = int((logits == logits.max()).double().argmax())
+    expected = torch.nn.functional.one_hot(torch.tensor(first_max), v).double()
+    assert_close(probs.double(), expected, what=f"top_k=1 probs of logits {logits.tolist()}", atol=0, rtol=0)
 
 
 @given(v=sizes(16), n_levels=sizes(5), k=top_ks, seed=seeds)
 def test_low_temperature_tends_to_greedy(gen, v, n_levels, k, seed):
     """As T -> 0 the mass goes to the maxima (uniformly over tied maxima); levels are >= 0.05 apart."""
+    assume(k != 1)   # top_k=1 is greedy outright (test_top_k_one_is_greedy)
     levels = torch.arange(n_levels, dtype=torch.float64) * 0.05
     logits = levels[randint(0, n_levels, (v,), seed)]
     probs = gen.sampling_distribution(logits, temperature=1e-3, top_k=k)

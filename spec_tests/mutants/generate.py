@@ -27,7 +27,7 @@ MUTANTS = [
            "best = torch.argmax(x, dim=-1, keepdim=True)",
            "best = x.shape[-1] - 1 - torch.argmax(x.flip(-1), dim=-1, keepdim=True)"),
     Mutant("greedy-divides-by-zero", "generate.py", "temperature 0 divides by zero instead of taking the argmax",
-           "    if temperature == 0:\n        best", "    if temperature == -1:\n        best"),
+           "if temperature == 0 or top_k == 1:", "if top_k == 1:"),
     Mutant("no-renormalisation", "generate.py", "probabilities are not renormalised after top-p",
            "probs = probs / probs.sum(dim=-1, keepdim=True)  ", "probs = probs  "),
     Mutant("sample-ignores-filters", "generate.py", "the sampler forgets top-k and top-p",
@@ -64,4 +64,7 @@ MUTANTS = [
            "generator = torch.Generator(device=device).manual_seed(seed)", "generator = None"),
     Mutant("max-new-tokens-negative-accepted", "generate.py", "a negative max_new_tokens is not an error",
            "checks.non_negative_int(\"max_new_tokens\", max_new_tokens)", "int(max_new_tokens)"),
+    Mutant("top-k-one-samples-tied-maxima", "generate.py",
+           "top_k=1 keeps every tied maximum (the threshold rule) instead of acting as greedy",
+           "if temperature == 0 or top_k == 1:", "if temperature == 0:"),
 ]
