@@ -1,8 +1,104 @@
-"""``bare-lm tokenizer``: not written yet."""
+"""``bare-lm tokenizer``: train a byte-level BPE tokenizer, and inspect encodings.
+
+  bare-lm tokenizer train FILE --vocab-size N --out tok.json [--special TOKEN ...] [--pattern gpt2|none]
+  bare-lm tokenizer encode --tokenizer tok.json TEXT      tokens separated by '|', each with its id
+  bare-lm tokenizer decode --tokenizer tok.json IDS...
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+import time
+from pathlib import Path
+
 
 def register(commands) -> None:
-    parser = commands.add_parser("tokenizer", help="(not written yet)")
-    parser.set_defaults(run=lambda args: print("bare-lm tokenizer: not written yet") or 1)
+    p = commands.add_parser("tokenizer", help="train a BPE tokenizer, encode or decode text",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+
+    t = sub.add_parser("train", help="train a tokenizer on a UTF-8 text file")
+    t.add_argument("file", help="UTF-8 text file")
+    t.add_argument("--vocab-size", type=int, required=True, help="256 bytes + merges + special tokens")
+    t.add_argument("--out", required=True, help="output JSON file")
+    t.add_argument("--special", action="append", default=[], metavar="TOKEN",
+                   help="a special token (repeatable), e.g. '<|endoftext|>'")
+    t.add_argument("--pattern", choices=("gpt2", "none"), default="gpt2",
+                   help="pre-tokenization: GPT-2's regex (default) or none")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(run=run_train)
+
+    e = sub.add_parser("encode", help="show the tokens of a text")
+    e.add_argument("--tokenizer", required=True, help="tokenizer JSON file")
+    e.add_argument("text", help="text to encode")
+    e.add_argument("--ids-only", action="store_true", help="print only the ids")
+    e.set_defaults(run=run_encode)
+
+    d = sub.add_parser("decode", help="decode token ids to text")
+    d.add_argument("--tokenizer", required=True, help="tokenizer JSON file")
+    d.add_argument("ids", nargs="+", help="token ids (ints)")
+    d.set_defaults(run=run_decode)
+
+
+def _load(path):
+    from ..tokenizer import Tokenizer
+    return Tokenizer.load(path)
+
+
+def run_train(args) -> int:
+    from ..tokenizer import GPT2_PATTERN, Tokenizer
+
+    pattern = GPT2_PATTERN if args.pattern == "gpt2" else None
+    start = time.perf_counter()
+    try:
+        tok = Tokenizer.train(Path(args.file), args.vocab_size, special_tokens=args.special,
+                              pattern=pattern, progress=not args.no_progress)
+    except (ValueError, TypeError, OSError) as err:
+        print(f"bare-lm tokenizer train: {err}", file=sys.stderr)
+        return 2
+    tok.save(args.out)
+    print(f"trained {tok!r} in {time.perf_counter() - start:.2f} s -> {args.out}")
+    return 0
+
+
+def _show(tok, ids) -> str:
+    """Tokens separated by '|', each shown as its text (escaped if not valid UTF-8) and its id."""
+    parts = []
+    for i in ids:
+        raw = tok.vocab[i]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "".join(f"\\x{b:02x}" for b in raw)
+        text = text.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u2423")
+        parts.append(f"{text}({i})")
+    return "|".join(parts)
+
+
+def run_encode(args) -> int:
+    try:
+        tok = _load(args.tokenizer)
+        ids = tok.encode(args.text)
+    except (ValueError, OSError) as err:
+        print(f"bare-lm tokenizer encode: {err}", file=sys.stderr)
+        return 2
+    if args.ids_only:
+        print(" ".join(map(str, ids)))
+    else:
+        print(_show(tok, ids))
+        print(f"{len(ids)} tokens, {len(args.text.encode('utf-8'))} bytes")
+    return 0
+
+
+def run_decode(args) -> int:
+    try:
+        tok = _load(args.tokenizer)
+        ids = [int(x) for x in " ".join(args.ids).replace(",", " ").split()]
+        text = tok.decode(ids)
+    except (ValueError, OSError) as err:
+        print(f"bare-lm tokenizer decode: {err}", file=sys.stderr)
+        return 2
+    print(_show(tok, ids), file=sys.stderr)
+    print(text)
+    return 0

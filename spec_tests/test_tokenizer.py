@@ -1,0 +1,494 @@
+"""Spec of ``tokenizer``: byte-level BPE ``Tokenizer`` (train, encode, decode, save/load).
+
+Oracles written here: a brute-force trainer that recounts every pair at every step, and a
+rank-based encoder. ``tiktoken`` (optional) is a second encoding oracle.
+"""
+
+import json
+import random
+from collections import Counter
+
+import pytest
+import regex
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from .support import assert_equal, raises_clear
+
+GPT2 = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = "<|endoftext|>"
+
+#: Small alphabets give many repeated pairs, ties and long merges; the rest exercises UTF-8.
+small_text = st.text(alphabet="aab b  c\n'l.é😀0", max_size=40)
+#: Any code point assigned in Unicode except surrogates (regex engines disagree on unassigned ones).
+unicode_text = st.text(alphabet=st.characters(exclude_categories=("Cs", "Cn")), max_size=60)
+patterns = st.sampled_from(["gpt2", None])
+
+#: A fixed corpus for the shared trained tokenizer: prose, code, CJK, emoji, combining marks.
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. It's the dog's day; we'll see, they've said.\n" * 3,
+    "def f(x):\n    return x * 2  # doubled\n\n\nfor i in range(10):\n    print(f(i))\n" * 3,
+    "日本語のテキスト、中文文本。 한국어 텍스트 😀😀🎉 café naïve e\u0301 \t\t  end",
+    "numbers 123 4567 89, 3.14159 and 2.71828; aaa aaaa aaaaa bbb ab ab abab",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(impl):
+    return impl.component("tokenizer")
+
+
+@pytest.fixture(scope="module")
+def trained(tokenizer):
+    """Trained on CORPUS to vocab 256 + 150 merges + 2 specials (EOT and a longer one)."""
+    return tokenizer.Tokenizer.train(CORPUS, 408, special_tokens=[EOT, "<|endoftext|><|pad|>"])
+
+
+def _pattern(tokenizer, name):
+    return tokenizer.GPT2_PATTERN if name == "gpt2" else None
+
+
+# --- oracles ------------------------------------------------------------------------------------
+
+def _merge_left_to_right(word, pair, new_id):
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
+def _pretokens(docs, specials, pattern):
+    """Pre-tokens (as byte tuples) with counts: specials cut out (longest first), then the pattern."""
+    words = Counter()
+    cut = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
+    for doc in docs:
+        for piece in (regex.split(cut, doc) if specials else [doc]):
+            for pre in (regex.findall(pattern, piece) if pattern else [piece] if piece else []):
+                words[tuple(pre.encode())] += 1
+    return words
+
+
+def brute_force_merges(docs, n_merges, specials=(), pattern=GPT2):
+    """The definition: recount every pair (overlaps included) in every pre-token at every step,
+    merge the most frequent; ties -> greatest (bytes a, bytes b), then greatest (a, b)."""
+    words = _pretokens(docs, specials, pattern)
+    vocab = {i: bytes([i]) for i in range(256)}
+    merges = []
+    while len(merges) < n_merges:
+        counts = Counter()
+        for w, f in words.items():
+            for p in zip(w, w[1:]):
+                counts[p] += f
+        if not counts:
+            break
+        best = max(counts, key=lambda p: (counts[p], vocab[p[0]], vocab[p[1]], p))
+        new_id = 256 + len(merges)
+        merges.append(best)
+        vocab[new_id] = vocab[best[0]] + vocab[best[1]]
+        merged = Counter()
+        for w, f in words.items():
+            merged[_merge_left_to_right(w, best, new_id)] += f
+        words = merged
+    return merges
+
+
+def rank_encode(merges, specials, pattern, text):
+    """Rank-based BPE: in each pre-token merge the lowest-rank pair (everywhere) until none is a merge."""
+    ranks = {tuple(p): n for n, p in enumerate(merges)}
+    first_special = 256 + len(merges)
+    special_ids = {s: first_special + i for i, s in enumerate(specials)}
+    cut = "(" + "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")"
+    ids = []
+    for k, piece in enumerate(regex.split(cut, text) if specials else [text]):
+        if k % 2:
+            ids.append(special_ids[piece])
+            continue
+        for pre in (regex.findall(pattern, piece) if pattern else [piece] if piece else []):
+            word = tuple(pre.encode())
+            while len(word) > 1:
+                best = min(zip(word, word[1:]), key=lambda p: ranks.get(p, len(ranks)))
+                if best not in ranks:
+                    break
+                word = _merge_left_to_right(word, best, 256 + ranks[best])
+            ids.extend(word)
+    return ids
+
+
+# --- training -----------------------------------------------------------------------------------
+
+@given(docs=st.lists(small_text, min_size=1, max_size=4), n_merges=st.integers(0, 40), pattern=patterns)
+def test_merges_equal_brute_force(tokenizer, docs, n_merges, pattern):
+    """Training merges exactly the pairs of the recount-everything definition, in the same order."""
+    pat = _pattern(tokenizer, pattern)
+    tok = tokenizer.Tokenizer.train(docs, 256 + n_merges, pattern=pat)
+    expected = brute_force_merges(docs, n_merges, pattern=GPT2 if pattern else None)
+    assert_equal([tuple(m) for m in tok.merges], expected, what=f"merges (pattern={pattern})")
+
+
+@given(docs=st.lists(small_text, min_size=1, max_size=4), n_merges=st.integers(1, 30),
+       where=st.lists(st.integers(0, 40), max_size=4))
+def test_special_tokens_cut_out_before_training(tokenizer, docs, n_merges, where):
+    """Special tokens are cut out of the documents before counting: they never take part in merges."""
+    specials = ["<|s|>", "<|s|><|s|>x"]
+    docs = [d[:k] + "<|s|>" + d[k:] if i < len(where) and (k := where[i]) <= len(d) else d
+            for i, d in enumerate(docs)]
+    docs = docs + ["<|s|>" * 5 + "<|s|><|s|>x" * 3]
+    tok = tokenizer.Tokenizer.train(docs, 256 + n_merges + 2, special_tokens=specials)
+    expected = brute_force_merges(docs, n_merges, specials=specials)
+    assert_equal([tuple(m) for m in tok.merges], expected, what="merges with special tokens in the text")
+
+
+@given(docs=st.lists(small_text, min_size=2, max_size=5), n_merges=st.integers(1, 30), seed=st.integers(0, 99))
+def test_merges_depend_only_on_the_multiset_of_documents(tokenizer, docs, n_merges, seed):
+    """Shuffling the documents gives the same merges."""
+    tok = tokenizer.Tokenizer.train(docs, 256 + n_merges)
+    shuffled = list(docs)
+    random.Random(seed).shuffle(shuffled)
+    again = tokenizer.Tokenizer.train(shuffled, 256 + n_merges)
+    assert_equal(again.merges, tok.merges, what="merges after shuffling the documents")
+
+
+def test_training_inputs_str_path_iterable(tokenizer, tmp_path):
+    """A str, a path to a UTF-8 file and an iterable of one document train the same tokenizer."""
+    text = CORPUS[0] + CORPUS[2]
+    from_str = tokenizer.Tokenizer.train(text, 300)
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    from_path = tokenizer.Tokenizer.train(path, 300)
+    from_iter = tokenizer.Tokenizer.train(iter([text]), 300)
+    assert_equal(from_path.merges, from_str.merges, what="merges trained from a file path")
+    assert_equal(from_iter.merges, from_str.merges, what="merges trained from an iterator of documents")
+    assert_equal([tuple(m) for m in from_str.merges], brute_force_merges([text], 44), what="merges")
+
+
+def test_overlapping_pairs_count_and_merge_left_to_right(tokenizer):
+    """'aaa' holds (a, a) twice; merging it gives [aa, a] (left to right, no overlap)."""
+    tok = tokenizer.Tokenizer.train(["aaa", "bb", "bb", "bb"], 258, pattern=None)
+    # (a,a) counts 2, (b,b) counts 3 -> (b,b) first; then (a,a) 2 beats nothing else
+    assert_equal([tuple(m) for m in tok.merges], [(98, 98), (97, 97)], what="merges of ['aaa', 'bb' x3]")
+    tok = tokenizer.Tokenizer.train(["aaa", "bb", "bb"], 257, pattern=None)
+    # (a,a) counts 2 (overlapping), (b,b) counts 2: tie -> greatest bytes (b"b", b"b")
+    assert_equal([tuple(m) for m in tok.merges], [(98, 98)], what="merges of ['aaa', 'bb' x2] (tie)")
+    tok = tokenizer.Tokenizer.train(["aaa", "bb"], 257, pattern=None)
+    assert_equal([tuple(m) for m in tok.merges], [(97, 97)], what="merges of ['aaa', 'bb']")
+    assert_equal(tok.encode("aaa"), [256, 97], what="encode('aaa') with merge (a, a)")
+
+
+def test_ties_go_to_the_greatest_pair_of_bytes(tokenizer):
+    """Among pairs of equal count, the lexicographically greatest (bytes(a), bytes(b)) merges first."""
+    tok = tokenizer.Tokenizer.train(["ab", "cd", "ba", "ac"], 260, pattern=None)
+    assert_equal([tuple(m) for m in tok.merges], [(99, 100), (98, 97), (97, 99), (97, 98)],
+                 what="merges of four pairs that each occur once")
+
+
+def test_training_stops_early_without_error(tokenizer):
+    """When no pair is left, training stops with fewer merges; specials still follow the merges."""
+    tok = tokenizer.Tokenizer.train("ab ab", 1000, special_tokens=[EOT])
+    assert_equal([tuple(m) for m in tok.merges], [(97, 98), (32, 256)], what="merges of 'ab ab'")
+    assert_equal(tok.vocab_size, 259, what="vocab_size after stopping early")
+    assert_equal(tok.special_tokens, {EOT: 258}, what="special_tokens after stopping early")
+
+
+@given(seed=st.integers(0, 2**16), n_merges=st.integers(0, 60), n_specials=st.integers(0, 2))
+def test_vocab_size_is_reached_when_the_corpus_allows(tokenizer, seed, n_merges, n_specials):
+    """vocab_size counts bytes, merges and specials: len(vocab) == vocab_size on a rich corpus."""
+    rng = random.Random(seed)
+    text = "".join(rng.choice("abcdefghij kl") for _ in range(3000))
+    specials = ["<s>", "</s>"][:n_specials]
+    tok = tokenizer.Tokenizer.train(text, 256 + n_merges + n_specials, special_tokens=specials)
+    assert_equal(len(tok.vocab), 256 + n_merges + n_specials, what="len(vocab)")
+    assert_equal(tok.vocab_size, 256 + n_merges + n_specials, what="vocab_size")
+    assert_equal(len(tok.merges), n_merges, what="number of merges")
+
+
+def test_byte_level_vocabulary(tokenizer, trained):
+    """Ids 0-255 are the bytes; merge n is id 256+n, the concatenation of its pair; specials follow."""
+    tok = trained
+    for b in range(256):
+        assert_equal(tok.vocab[b], bytes([b]), what=f"vocab[{b}]")
+    assert_equal(len(tok.merges), 150, what="number of merges")
+    for n, (a, b) in enumerate(tok.merges):
+        assert a < 256 + n and b < 256 + n, f"merge {n} = {(a, b)} uses an id that is not older than it"
+        assert_equal(tok.vocab[256 + n], tok.vocab[a] + tok.vocab[b], what=f"vocab[{256 + n}]")
+    assert_equal(tok.special_tokens, {EOT: 406, "<|endoftext|><|pad|>": 407}, what="special_tokens")
+    assert_equal(tok.vocab[406], EOT.encode(), what="vocab of the first special token")
+    assert_equal(len(tok.vocab), tok.vocab_size, what="len(vocab)")
+    assert_equal(tok.vocab_size, 408, what="vocab_size")
+
+
+def test_training_is_fast(tokenizer):
+    """Training on ~60 KB of text to 1024 tokens takes well under the time of a full recount (< 5 s)."""
+    import time
+    rng = random.Random(0)
+    words = ["".join(rng.choice("etaoinshrdlucmfw") for _ in range(rng.randint(1, 9))) for _ in range(3000)]
+    text = " ".join(rng.choice(words) for _ in range(10_000))
+    start = time.perf_counter()
+    tok = tokenizer.Tokenizer.train(text, 1024)
+    elapsed = time.perf_counter() - start
+    assert_equal(len(tok.merges), 768, what="number of merges")
+    assert elapsed < 5.0, f"training took {elapsed:.1f} s: update pair counts incrementally, do not recount"
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+@given(text=unicode_text, specials=st.lists(st.sampled_from([EOT, "<|endoftext|><|pad|>"]), max_size=3),
+       where=st.lists(st.integers(0, 60), max_size=3))
+def test_round_trip(trained, text, specials, where):
+    """decode(encode(s)) == s for any unicode text, with special tokens anywhere in it."""
+    ids = trained.encode(text)
+    for s, k in zip(specials, where):
+        text = text[:k] + s + text[k:]
+    ids = trained.encode(text)
+    assert all(isinstance(i, int) and 0 <= i < trained.vocab_size for i in ids), f"ids out of range: {ids}"
+    assert_equal(trained.decode(ids), text, what="decode(encode(text))")
+    assert_equal(trained.decode_bytes(ids), text.encode(), what="decode_bytes(encode(text))")
+
+
+@given(text=st.text(alphabet="ab \n\t😀e\u0301日", max_size=30), pattern=patterns)
+def test_round_trip_any_pattern(tokenizer, text, pattern):
+    """The round trip holds with pre-tokenization off (pattern=None) and on."""
+    tok = tokenizer.Tokenizer.train(CORPUS[2] + CORPUS[3], 300, pattern=_pattern(tokenizer, pattern))
+    assert_equal(tok.decode(tok.encode(text)), text, what=f"decode(encode(text)) with pattern={pattern}")
+
+
+@given(text=unicode_text | small_text, specials=st.lists(st.sampled_from([EOT, "<|endoftext|><|pad|>"]), max_size=2))
+def test_encode_equals_rank_oracle(trained, text, specials):
+    """Encoding applies merges by rank inside each pre-token, specials atomic (oracle in this file)."""
+    got = trained.encode(text + "".join(specials) + text)
+    expected = rank_encode(trained.merges, list(trained.special_tokens), GPT2, text + "".join(specials) + text)
+    assert_equal(got, expected, what="encode(text)")
+
+
+@given(merges=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), max_size=12),
+       text=st.text(alphabet="abcd", max_size=25))
+def test_encode_by_pair_rank_with_repeated_bytes(tokenizer, merges, text):
+    """Given merges (which may produce the same bytes twice), encoding goes by pair rank, not bytes."""
+    pairs = []
+    for a, b in merges:  # ids among the 4 letters a..d (97..100) and the merges before
+        ids = [97, 98, 99, 100] + [256 + n for n in range(len(pairs))]
+        pair = (ids[a % len(ids)], ids[-1 - b % len(ids)])
+        if pair not in pairs:
+            pairs.append(pair)
+    tok = tokenizer.Tokenizer(pairs, pattern=None)
+    assert_equal(tok.encode(text), rank_encode(pairs, [], None, text), what=f"encode({text!r}) with merges {pairs}")
+
+
+def test_repeated_bytes_keep_their_own_ids(tokenizer):
+    """(a, bc) and (ab, c) both make b'abc' with different ids; encoding follows pair ranks."""
+    a, b, c = 97, 98, 99
+    tok = tokenizer.Tokenizer([(b, c), (a, b), (a, 256), (257, c)], pattern=None)
+    assert_equal(tok.vocab[258], b"abc", what="vocab[258]")
+    assert_equal(tok.vocab[259], b"abc", what="vocab[259]")
+    assert_equal(tok.encode("abc"), [258], what="encode('abc'): (b, c) has rank 0, then (a, bc)")
+    tok = tokenizer.Tokenizer([(a, b), (b, c), (a, 257), (256, c)], pattern=None)
+    assert_equal(tok.encode("abc"), [259], what="encode('abc'): (a, b) has rank 0, then (ab, c)")
+    assert_equal(tok.decode([258, 259]), "abcabc", what="decode([258, 259])")
+
+
+@given(text=unicode_text)
+def test_encode_equals_tiktoken(trained, text):
+    """Encoding equals tiktoken built from the same bytes ranks and pattern (no special tokens)."""
+    got = trained.encode(text)
+    assume(not any(s in text for s in trained.special_tokens))  # compared without special tokens
+    tiktoken = pytest.importorskip("tiktoken", reason="tiktoken (a test-only extra) is not installed")
+    ranks = {trained.vocab[i]: i for i in range(256 + len(trained.merges))}
+    assert len(ranks) == 256 + len(trained.merges), "no two merges of this corpus produce the same bytes"
+    enc = _tiktoken_encoding(tiktoken, trained)
+    assert_equal(got, enc.encode_ordinary(text), what=f"encode({text!r}) vs tiktoken")
+
+
+_TIKTOKEN = {}
+
+
+def _tiktoken_encoding(tiktoken, tok):
+    key = id(tok)
+    if key not in _TIKTOKEN:
+        ranks = {tok.vocab[i]: i for i in range(256 + len(tok.merges))}
+        _TIKTOKEN[key] = tiktoken.Encoding("bare-lm-spec", pat_str=GPT2, mergeable_ranks=ranks, special_tokens={})
+    return _TIKTOKEN[key]
+
+
+def test_encode_real_text_equals_tiktoken(trained):
+    """On the training corpus itself (long pre-tokens, code, CJK) encoding equals tiktoken."""
+    text = "".join(CORPUS)
+    got = trained.encode(text)
+    tiktoken = pytest.importorskip("tiktoken", reason="tiktoken (a test-only extra) is not installed")
+    assert_equal(got, _tiktoken_encoding(tiktoken, trained).encode_ordinary(text), what="encode(corpus) vs tiktoken")
+    assert len(got) < len(text.encode()) * 0.6, "150 merges should compress the training text"
+
+
+def test_special_tokens_are_atomic(trained):
+    """A special token encodes to its own id, never split, wherever it appears; text around it round-trips."""
+    eot = trained.special_tokens[EOT]
+    assert_equal(trained.encode(EOT), [eot], what=f"encode({EOT!r})")
+    for left, right in [("x", "y"), ("dog.", " The"), ("", "\n"), ("😀", "<|"), ("<|endof", "")]:
+        ids = trained.encode(left + EOT + right)
+        assert_equal(ids, trained.encode(left) + [eot] + trained.encode(right),
+                     what=f"encode({left + EOT + right!r})")
+    plain = trained.encode("<|endoftext")
+    assert eot not in plain and plain, "a partial special token is ordinary text"
+
+
+def test_longest_special_token_wins(tokenizer):
+    """Where registered special tokens overlap, the longest match wins (whatever the order given)."""
+    tok = tokenizer.Tokenizer([], special_tokens=["<a>", "<a><b>", "<b>"])
+    assert_equal(tok.special_tokens, {"<a>": 256, "<a><b>": 257, "<b>": 258}, what="special_tokens")
+    assert_equal(tok.encode("<a><b>"), [257], what="encode('<a><b>')")
+    assert_equal(tok.encode("<a><a><b><b>"), [256, 257, 258], what="encode('<a><a><b><b>')")
+    assert_equal(tok.encode("x<a>y"), [120, 256, 121], what="encode('x<a>y')")
+
+
+@given(text=small_text | unicode_text, specials=st.lists(st.sampled_from([EOT, "<|endoftext|><|pad|>", "<| a b |>"]),
+                                                         max_size=3),
+       where=st.lists(st.integers(0, 60), max_size=3), cuts=st.lists(st.integers(0, 100), max_size=8))
+def test_encode_iterable_equals_encode(tokenizer, text, specials, where, cuts):
+    """encode_iterable over chunks cut anywhere gives the ids of encode on the joined text."""
+    tok = tokenizer.Tokenizer.train(CORPUS, 350, special_tokens=[EOT, "<|endoftext|><|pad|>", "<| a b |>"])
+    for s, k in zip(specials, where):
+        text = text[:k] + s + text[k:]
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    chunks = [text[i:j] for i, j in zip(bounds, bounds[1:])]
+    got = list(tok.encode_iterable(iter(chunks)))
+    assert_equal(got, tok.encode(text), what=f"encode_iterable({chunks!r})")
+
+
+@pytest.mark.parametrize("chunks", [
+    ["we'l", "l go"], ["x'", "ll"], ["a  ", "  b"], ["ab <|endof", "text|> c"], ["<| a", " b |>z"],
+    ["x <| a b", " |>"], ["<|endoftext|>", "<|pad|>"], ["q", "", "<|endoftext|><|pa", "d|", ">"],
+    ["1", "23", "45 6", "7"], ["héllo", " wörld\n\n", "\n  ", "  x"],
+])
+def test_encode_iterable_chunk_boundaries(tokenizer, chunks):
+    """encode_iterable equals encode on the joined text for chunks cut inside words and specials."""
+    for specials in ([EOT, "<|endoftext|><|pad|>", "<| a b |>"], []):
+        tok = tokenizer.Tokenizer.train(CORPUS, 350, special_tokens=specials)
+        got = list(tok.encode_iterable(chunks))
+        assert_equal(got, tok.encode("".join(chunks)), what=f"encode_iterable({chunks!r}), specials {specials}")
+
+
+def test_encode_iterable_is_lazy(trained):
+    """encode_iterable yields ids before the input is exhausted (bounded memory on large files)."""
+    def chunks():
+        for _ in range(50):
+            yield "The quick brown fox jumps over the lazy dog. "
+        raise RuntimeError("read past the first 50 chunks")
+    it = trained.encode_iterable(chunks())
+    first = [next(it) for _ in range(20)]
+    assert_equal(first, trained.encode("The quick brown fox jumps over the lazy dog. " * 50)[:20],
+                 what="first ids of encode_iterable")
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+def test_decode_replaces_invalid_utf8(trained):
+    """decode replaces invalid UTF-8 with U+FFFD; decode_bytes gives the raw bytes."""
+    e_acute = list("é".encode())  # two bytes
+    assert_equal(trained.decode([0xFF]), "\ufffd", what="decode([0xff])")
+    assert_equal(trained.decode(e_acute[:1] + [120]), "\ufffdx", what="decode(first byte of 'é' + 'x')")
+    assert_equal(trained.decode(e_acute), "é", what="decode(bytes of 'é')")
+    assert_equal(trained.decode_bytes([0xFF, 120]), b"\xffx", what="decode_bytes([0xff, 120])")
+    assert_equal(trained.decode([]), "", what="decode([])")
+    import torch
+    assert_equal(trained.decode(torch.tensor(e_acute)), "é", what="decode(a 1-D tensor of ids)")
+
+
+def test_decode_unknown_id_raises(trained):
+    """An id outside the vocabulary raises ValueError naming it."""
+    with raises_clear(ValueError, "408"):
+        trained.decode([104, 408])
+    with raises_clear(ValueError, "-1"):
+        trained.decode_bytes([-1])
+
+
+# --- save / load --------------------------------------------------------------------------------
+
+@given(text=unicode_text | small_text)
+def test_save_load_round_trip(tokenizer, trained, tmp_path_factory, text):
+    """save then load gives the same merges, specials, pattern and encodings; the file is JSON."""
+    path = tmp_path_factory.mktemp("tok") / "tok.json"
+    trained.save(path)
+    loaded = tokenizer.Tokenizer.load(path)
+    json.loads(path.read_text(encoding="utf-8"))
+    assert_equal(loaded.merges, trained.merges, what="merges after load")
+    assert_equal(loaded.special_tokens, trained.special_tokens, what="special_tokens after load")
+    assert_equal(loaded.encode(text + EOT), trained.encode(text + EOT), what="encode after load")
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", None, r"\w+|\W"])
+def test_to_dict_from_dict_round_trip(tokenizer, pattern):
+    """to_dict is JSON-safe and from_dict(to_dict()) is the same tokenizer (pattern included)."""
+    pat = tokenizer.GPT2_PATTERN if pattern == "gpt2" else pattern
+    tok = tokenizer.Tokenizer.train(CORPUS, 320, special_tokens=[EOT], pattern=pat)
+    d = json.loads(json.dumps(tok.to_dict()))
+    back = tokenizer.Tokenizer.from_dict(d)
+    assert_equal(back.pattern, pat, what="pattern after from_dict")
+    text = "".join(CORPUS) + EOT + "abc"
+    assert_equal(back.encode(text), tok.encode(text), what="encode after from_dict(to_dict())")
+    assert_equal(back.vocab, tok.vocab, what="vocab after from_dict(to_dict())")
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def test_vocab_size_too_small_raises(tokenizer):
+    """vocab_size < 256 + len(special_tokens) raises ValueError naming vocab_size."""
+    with raises_clear(ValueError, "vocab_size"):
+        tokenizer.Tokenizer.train("hello", 256, special_tokens=[EOT])
+    with raises_clear(ValueError, "vocab_size"):
+        tokenizer.Tokenizer.train("hello", 100)
+    assert_equal(tokenizer.Tokenizer.train("hello", 257, special_tokens=[EOT]).merges, [],
+                 what="merges with vocab_size = 256 + 1 special")
+
+
+def test_lone_surrogate_raises(trained, tokenizer):
+    """A str that cannot be UTF-8 encoded (lone surrogate) raises a clear ValueError."""
+    with raises_clear(ValueError, "surrogate"):
+        trained.encode("ab\ud800cd")
+    with raises_clear(ValueError, "surrogate"):
+        tokenizer.Tokenizer.train(["ok", "x\udfffy"], 300)
+
+
+def _saved(trained, tmp_path):
+    path = tmp_path / "tok.json"
+    trained.save(path)
+    return path, json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: d.update(merges=d["merges"] + [[0, 99999]]), ["merges", "99999"]),
+    (lambda d: d.update(merges=[[300, 97]] + d["merges"]), ["merges", "300"]),
+    (lambda d: d.update(merges="abc"), ["merges"]),
+    (lambda d: d.update(merges=[[97, "b"]]), ["merges"]),
+    (lambda d: d.update(merges=[[97, 98, 99]]), ["merges"]),
+    (lambda d: d.update(special_tokens=5), ["special_tokens"]),
+    (lambda d: d.update(special_tokens=[EOT, EOT]), ["special_tokens"]),
+    (lambda d: d.update(special_tokens=[""]), ["special_tokens"]),
+    (lambda d: d.update(pattern=12), ["pattern"]),
+    (lambda d: d.update(pattern="(unclosed"), ["pattern"]),
+    (lambda d: d.pop("merges"), ["merges"]),
+])
+def test_bad_tokenizer_data_raises(tokenizer, trained, tmp_path, edit, words):
+    """Hand-edited or wrong-typed tokenizer data raises ValueError saying what is wrong."""
+    d = trained.to_dict()
+    edit(d)
+    with raises_clear(ValueError, *words):
+        tokenizer.Tokenizer.from_dict(d)
+    path = tmp_path / "tok.json"
+    path.write_text(json.dumps(d), encoding="utf-8")
+    with raises_clear(ValueError, *words):
+        tokenizer.Tokenizer.load(path)
+
+
+def test_corrupt_file_raises(tokenizer, trained, tmp_path):
+    """A truncated or non-JSON tokenizer file raises ValueError naming the file."""
+    path, _ = _saved(trained, tmp_path)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text[: len(text) // 2], encoding="utf-8")
+    with raises_clear(ValueError, "tok.json"):
+        tokenizer.Tokenizer.load(path)
+    path.write_text("[1, 2, 3]", encoding="utf-8")
+    with raises_clear(ValueError, "tok.json"):
+        tokenizer.Tokenizer.load(path)
