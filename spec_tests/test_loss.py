@@ -1,0 +1,161 @@
+"""Spec of ``loss``: ``cross_entropy(logits, targets, ignore_index=-100, reduction="mean")`` and ``log_softmax``."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .support import assert_close, batch_shapes, float_dtypes, randint, randn, raises_clear, seeds, sizes
+
+reductions = st.sampled_from(["mean", "sum", "none"])
+#: Logit scales: 1e4 overflows exp() in float32 and float64 unless the max is subtracted first.
+scales = st.sampled_from([0.1, 3.0, 1e4])
+
+
+@pytest.fixture(scope="module")
+def loss(impl):
+    return impl.component("loss")
+
+
+def _problem(lead, v, seed, dtype, scale, ignore_fraction=0.3, ignore_index=-100):
+    """Logits (*lead, V), targets (*lead,) with about ``ignore_fraction`` of them set to ``ignore_index``."""
+    logits = randn((*lead, v), seed, dtype, scale)
+    targets = randint(0, v, lead, seed + 1)
+    ignored = torch.rand(lead, generator=torch.Generator().manual_seed(seed + 2)) < ignore_fraction
+    return logits, targets.masked_fill(ignored, ignore_index)
+
+
+def _oracle(logits, targets, ignore_index=-100, reduction="mean"):
+    """torch's cross_entropy on the flattened problem (classes last -> (N, V))."""
+    v = logits.shape[-1]
+    out = F.cross_entropy(logits.reshape(-1, v), targets.reshape(-1), ignore_index=ignore_index,
+                          reduction=reduction)
+    return out.reshape(targets.shape) if reduction == "none" else out
+
+
+@given(lead=batch_shapes(1, 3), v=sizes(12, 1), reduction=reductions, dtype=float_dtypes, scale=scales,
+       seed=seeds)
+def test_equals_torch(loss, lead, v, reduction, dtype, scale, seed):
+    """cross_entropy equals torch.nn.functional.cross_entropy (ignored targets skipped) for every reduction."""
+    logits, targets = _problem(lead, v, seed, dtype, scale)
+    targets.view(-1)[0] = int(randint(0, v, (), seed + 3))  # at least one target is kept
+    got = loss.cross_entropy(logits, targets, reduction=reduction)
+    assert_close(got, _oracle(logits, targets, reduction=reduction),
+                 what=f"cross_entropy(reduction={reduction!r}) vs F.cross_entropy")
+
+
+@given(lead=batch_shapes(1, 2), v=sizes(10, 2), ignore_index=st.sampled_from([-1, 0, 3, 999]),
+       reduction=reductions, seed=seeds)
+def test_custom_ignore_index(loss, lead, v, ignore_index, reduction, seed):
+    """Any ignore_index, even a valid class id, removes those targets (from the mean's denominator too)."""
+    logits, targets = _problem(lead, v, seed, torch.float64, 2.0, ignore_fraction=0.0)
+    drop = torch.rand(lead, generator=torch.Generator().manual_seed(seed + 5)) < 0.4
+    drop.view(-1)[0] = False
+    targets = targets.masked_fill(drop, ignore_index)
+    kept = targets.view(-1)[0]
+    if kept == ignore_index:
+        targets.view(-1)[0] = (kept + 1) % v
+    got = loss.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)
+    assert_close(got, _oracle(logits, targets, ignore_index, reduction),
+                 what=f"cross_entropy(ignore_index={ignore_index}, reduction={reduction!r})")
+
+
+@given(lead=batch_shapes(1, 2), v=sizes(10), seed=seeds)
+def test_mean_is_sum_over_kept(loss, lead, v, seed):
+    """The mean divides the summed loss by the number of kept (non-ignored) targets, not by all targets."""
+    logits, targets = _problem(lead, v, seed, torch.float64, 1.0, ignore_fraction=0.5)
+    targets.view(-1)[0] = 0
+    mean = loss.cross_entropy(logits, targets, reduction="mean")
+    total = loss.cross_entropy(logits, targets, reduction="sum")
+    kept = int((targets != -100).sum())
+    assert_close(mean * kept, total, what=f"mean * kept ({kept}) vs sum")
+
+
+@given(lead=batch_shapes(1, 2), v=sizes(8), dtype=float_dtypes, seed=seeds)
+def test_all_ignored(loss, lead, v, dtype, seed):
+    """When every target is ignored: mean and sum are 0 (not NaN), per-position losses are all 0."""
+    logits = randn((*lead, v), seed, dtype).requires_grad_()
+    targets = torch.full(lead, -100, dtype=torch.long)
+    mean = loss.cross_entropy(logits, targets)
+    assert_close(mean, torch.zeros((), dtype=dtype), what="mean loss with every target ignored")
+    assert_close(loss.cross_entropy(logits, targets, reduction="sum"), torch.zeros((), dtype=dtype),
+                 what="summed loss with every target ignored")
+    assert_close(loss.cross_entropy(logits, targets, reduction="none"), torch.zeros(lead, dtype=dtype),
+                 what="per-position loss with every target ignored")
+    mean.backward()
+    assert_close(logits.grad, torch.zeros_like(logits), what="gradient with every target ignored")
+
+
+@given(lead=batch_shapes(1, 2), v=sizes(12, 2), reduction=st.sampled_from(["mean", "sum"]), seed=seeds)
+def test_gradient_equals_torch(loss, lead, v, reduction, seed):
+    """The gradient of cross_entropy with respect to the logits equals F.cross_entropy's."""
+    logits, targets = _problem(lead, v, seed, torch.float64, 3.0)
+    targets.view(-1)[0] = 1
+    ours = logits.clone().requires_grad_()
+    theirs = logits.clone().requires_grad_()
+    weights = randn((), seed + 7, torch.float64)
+    (loss.cross_entropy(ours, targets, reduction=reduction) * weights).backward()
+    (_oracle(theirs, targets, reduction=reduction) * weights).backward()
+    assert_close(ours.grad, theirs.grad, what="d loss / d logits")
+
+
+@given(v=sizes(64, 2), dtype=float_dtypes, seed=seeds)
+def test_huge_logits_stay_finite(loss, v, dtype, seed):
+    """Logits of scale 1e4 give a finite loss and finite gradients, equal to torch's (no overflow)."""
+    logits = (randn((4, v), seed, dtype, 1e4) + 5e4).requires_grad_()
+    targets = randint(0, v, (4,), seed + 1)
+    out = loss.cross_entropy(logits, targets)
+    assert torch.isfinite(out), f"cross_entropy of huge logits is {out.item()}, expected finite"
+    assert_close(out, _oracle(logits.detach(), targets), what="cross_entropy of logits ~ 5e4 +- 1e4")
+    out.backward()
+    assert torch.isfinite(logits.grad).all(), "gradient of cross_entropy of huge logits is not finite"
+
+
+@given(lead=batch_shapes(1, 2), v=sizes(10), dtype=float_dtypes, scale=scales, seed=seeds)
+def test_log_softmax_equals_torch(loss, lead, v, dtype, scale, seed):
+    """log_softmax equals torch.log_softmax along the last dim, even for huge logits."""
+    logits = randn((*lead, v), seed, dtype, scale)
+    got = loss.log_softmax(logits)
+    assert_close(got, torch.log_softmax(logits, dim=-1), what="log_softmax(logits)")
+
+
+@given(v=sizes(40, 2))
+def test_uniform_logits_give_log_v(loss, v):
+    """Equal logits give a loss of exactly ln(V) for every target."""
+    logits = torch.full((3, v), 7.0, dtype=torch.float64)
+    targets = torch.arange(3) % v
+    assert_close(loss.cross_entropy(logits, targets), torch.tensor(math.log(v), dtype=torch.float64),
+                 what=f"loss of uniform logits over V={v}")
+
+
+def test_half_precision(loss):
+    """bfloat16 logits give a bfloat16 loss close to the float32 loss (computed in float32 inside)."""
+    logits = randn((64, 50), 0, torch.float32, 30.0)
+    targets = randint(0, 50, (64,), 1)
+    got = loss.cross_entropy(logits.to(torch.bfloat16), targets)
+    assert got.dtype == torch.bfloat16, f"loss dtype: expected bfloat16, got {got.dtype}"
+    expected = F.cross_entropy(logits.to(torch.bfloat16).float(), targets)
+    assert_close(got.float(), expected, what="bfloat16 cross_entropy vs float32", atol=0.05, rtol=0.01)
+
+
+def test_bad_arguments(loss):
+    """Shape mismatch, out-of-range or non-integer targets, and an unknown reduction raise clear errors."""
+    logits = torch.zeros(2, 3, 5)
+    good = torch.zeros(2, 3, dtype=torch.long)
+    with raises_clear(ValueError, "targets", "(2, 3)"):
+        loss.cross_entropy(logits, torch.zeros(2, 4, dtype=torch.long))
+    with raises_clear(ValueError, "targets", "(2, 3)"):
+        loss.cross_entropy(logits, torch.zeros(6, dtype=torch.long))
+    with raises_clear(ValueError, "targets", "5"):
+        loss.cross_entropy(logits, good.clone().fill_(5))
+    with raises_clear(ValueError, "targets", "-1"):
+        loss.cross_entropy(logits, good.clone().fill_(-1))
+    with raises_clear(TypeError, "targets"):
+        loss.cross_entropy(logits, good.float())
+    with raises_clear(TypeError, "logits"):
+        loss.cross_entropy(good, good)
+    with raises_clear(ValueError, "reduction", "mean"):
+        loss.cross_entropy(logits, good, reduction="average")

@@ -1,0 +1,531 @@
+"""Spec of ``model``: ``ModelConfig``, ``TransformerBlock``, ``TransformerLM`` and ``dropout``.
+
+Most properties hold for every positional scheme, attention variant (MHA, GQA, MQA, sliding
+window) and norm placement: the tests sweep them with ``pytest.mark.parametrize`` and draw the rest
+of the configuration with hypothesis.
+"""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from .support import assert_close, assert_equal, randint, randn, raises_clear, seed_all, seeds
+
+POSITIONAL = ["learned", "sinusoidal", "rope", "alibi", "none"]
+#: Attention variants as ModelConfig overrides (n_heads = 4 in the sweeps).
+VARIANTS = {"mha": {}, "gqa": {"n_kv_heads": 2}, "mqa": {"n_kv_heads": 1}, "window": {"window": 3}}
+
+
+@pytest.fixture(scope="module")
+def model(impl):
+    return impl.component("model")
+
+
+@st.composite
+def configs(draw, positional=None, variant=None, **fixed):
+    """A small random ModelConfig as a dict (the sweeps fix ``positional`` and the attention variant)."""
+    n_heads = 4 if variant is not None else draw(st.sampled_from([1, 2, 4]))
+    head_dim = draw(st.sampled_from([2, 4]))
+    d = dict(vocab_size=draw(st.integers(5, 23)), context_length=draw(st.integers(6, 12)),
+             n_layers=draw(st.integers(1, 3)), d_model=n_heads * head_dim, n_heads=n_heads,
+             n_kv_heads=draw(st.sampled_from([None, *[k for k in (1, 2, 4) if n_heads % k == 0]])),
+             d_ff=draw(st.sampled_from([None, 12])),
+             activation=draw(st.sampled_from(["relu", "gelu", "swiglu"])),
+             norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
+             norm_placement=draw(st.sampled_from(["pre", "post"])),
+             positional=positional or draw(st.sampled_from(POSITIONAL)),
+             window=draw(st.sampled_from([None, None, 2, 4])),
+             tie_weights=draw(st.booleans()), bias=draw(st.booleans()))
+    if variant is not None:
+        d.update({"n_kv_heads": None, "window": None, **VARIANTS[variant]})
+    d.update(fixed)
+    return d
+
+
+def _build(model, config: dict, seed: int, dtype=torch.float64, randomise=True):
+    """A TransformerLM in eval mode; ``randomise`` gives every parameter (norm gains and biases too)
+    random values, so that nothing is invisible because it starts at 0 or 1."""
+    seed_all(seed)
+    lm = model.TransformerLM(model.ModelConfig(**config)).to(dtype).eval()
+    if randomise:
+        with torch.no_grad():
+            for i, p in enumerate(lm.parameters()):
+                p.copy_(randn(p.shape, seed + i, dtype, 0.3) + (1.0 if p.dim() == 1 else 0.0))
+    return lm
+
+
+def _expected_d_ff(c: dict) -> int:
+    if c.get("d_ff") is not None:
+        return c["d_ff"]
+    if c.get("activation", "gelu") == "swiglu":
+        return 8 * math.ceil(math.ceil(8 * c["d_model"] / 3) / 8)
+    return 4 * c["d_model"]
+
+
+def _closed_form_count(c: dict, exclude_embeddings=False) -> int:
+    """The parameter count, written from the architecture."""
+    v, d, n, h = c["vocab_size"], c["d_model"], c["n_layers"], c["n_heads"]
+    kv = (c.get("n_kv_heads") or h) * (d // h)            # width of k and of v
+    bias = c.get("bias", True)
+    f = _expected_d_ff(c)
+    norm = d * (2 if bias and c.get("norm", "layernorm") == "layernorm" else 1)
+    attention = d * d + 2 * d * kv + d * d + ((d + 2 * kv + d) if bias else 0)
+    mats = 3 if c.get("activation", "gelu") == "swiglu" else 2
+    ffn = mats * d * f + (((mats - 1) * f + d) if bias else 0)
+    total = n * (attention + ffn + 2 * norm)
+    total += norm if c.get("norm_placement", "pre") == "pre" else 0  # ln_f
+    if not exclude_embeddings:
+        total += v * d                                                # token table
+        total += c["context_length"] * d if c.get("positional", "learned") == "learned" else 0
+    total += 0 if c.get("tie_weights", True) else v * d               # untied lm_head (no bias)
+    return total
+
+
+def _zero_sublayer_outputs(lm):
+    """Zero every attention out_proj and FFN w2 (weights and biases): each sublayer outputs 0."""
+    with torch.no_grad():
+        for block in lm.blocks:
+            for layer in (block.attn.out_proj, block.ffn.w2):
+                layer.weight.zero_()
+                if layer.bias is not None:
+                    layer.bias.zero_()
+
+
+def _norm(kind, x, layer, eps=1e-5):
+    if kind == "layernorm":
+        return F.layer_norm(x, (x.shape[-1],), layer.weight, layer.bias, eps=eps)
+    return F.rms_norm(x, (x.shape[-1],), layer.weight, eps=eps)
+
+
+BASE = dict(vocab_size=13, context_length=10, n_layers=2, d_model=8, n_heads=2)
+
+
+# --- ModelConfig --------------------------------------------------------------------------------
+
+@given(c=configs(), dropout=st.sampled_from([0.0, 0.1, 0.5]), fast=st.booleans())
+def test_config_round_trip(model, c, dropout, fast):
+    """ModelConfig.from_dict(json round trip of to_dict()) == the config, field by field."""
+    config = model.ModelConfig(**c, dropout=dropout, fast_attention=fast)
+    d = config.to_dict()
+    back = model.ModelConfig.from_dict(json.loads(json.dumps(d)))
+    assert_equal(back, config, what="ModelConfig.from_dict(json.loads(json.dumps(to_dict())))")
+    expected = {**c, "dropout": dropout, "fast_attention": fast}
+    assert_equal({k: d[k] for k in expected}, expected, what="to_dict() fields")
+    assert_equal(sorted(d), sorted(f.name for f in dataclasses.fields(model.ModelConfig)),
+                 what="to_dict() keys (every field)")
+
+
+def test_config_defaults(model):
+    """Defaults: n_kv_heads None, d_ff None, dropout 0, gelu, layernorm, pre, learned, no window, tied, bias, not fast."""
+    config = model.ModelConfig(**BASE)
+    expected = dict(n_kv_heads=None, d_ff=None, dropout=0.0, activation="gelu", norm="layernorm",
+                    norm_placement="pre", positional="learned", window=None, tie_weights=True, bias=True,
+                    fast_attention=False)
+    assert_equal({k: getattr(config, k) for k in expected}, expected, what="ModelConfig defaults")
+
+
+def test_from_dict_rejects_unknown_and_missing_keys(model):
+    """from_dict names an unknown key (a typo is never silently dropped) and a missing required field."""
+    d = model.ModelConfig(**BASE).to_dict()
+    with raises_clear((ValueError, TypeError), "n_layer"):
+        model.ModelConfig.from_dict({**d, "n_layer": 3})
+    d.pop("d_model")
+    with raises_clear((ValueError, TypeError), "d_model"):
+        model.ModelConfig.from_dict(d)
+
+
+BAD_CONFIGS = [
+    ("vocab_size", ValueError, {"vocab_size": 0}),
+    ("vocab_size", TypeError, {"vocab_size": 12.0}),
+    ("context_length", ValueError, {"context_length": 0}),
+    ("n_layers", ValueError, {"n_layers": -1}),
+    ("d_model", ValueError, {"d_model": 0}),
+    ("n_heads", ValueError, {"n_heads": 0}),
+    ("n_heads", ValueError, {"n_heads": 3}),                   # 8 % 3 != 0: names d_model and n_heads
+    ("n_kv_heads", ValueError, {"n_kv_heads": 0}),
+    ("n_kv_heads", ValueError, {"n_heads": 4, "n_kv_heads": 3}),
+    ("d_ff", ValueError, {"d_ff": 0}),
+    ("dropout", ValueError, {"dropout": 1.0}),
+    ("dropout", ValueError, {"dropout": -0.1}),
+    ("activation", ValueError, {"activation": "tanh"}),
+    ("norm", ValueError, {"norm": "batchnorm"}),
+    ("norm_placement", ValueError, {"norm_placement": "sandwich"}),
+    ("positional", ValueError, {"positional": "relative"}),
+    ("window", ValueError, {"window": 0}),
+    ("tie_weights", TypeError, {"tie_weights": "yes"}),
+    ("bias", TypeError, {"bias": 1}),
+    ("fast_attention", TypeError, {"fast_attention": None}),
+    ("rope", ValueError, {"positional": "rope", "d_model": 6, "n_heads": 2}),        # head_dim 3
+    ("sinusoidal", ValueError, {"positional": "sinusoidal", "d_model": 7, "n_heads": 1}),
+]
+
+
+@pytest.mark.parametrize("field, error, override", BAD_CONFIGS, ids=[f"{f}-{i}" for i, (f, _, _) in
+                                                                      enumerate(BAD_CONFIGS)])
+def test_bad_config(model, field, error, override):
+    """A bad ModelConfig field raises a clear error naming it (rope: odd head_dim; sinusoidal: odd d_model)."""
+    words = {"rope": ("rope", "head_dim"), "sinusoidal": ("sinusoidal", "d_model")}.get(field, (field,))
+    if field == "n_heads" and override.get("n_heads") == 3:
+        words = ("d_model", "n_heads")
+    with raises_clear(error, *words):
+        model.ModelConfig(**{**BASE, **override})
+
+
+# --- dropout ------------------------------------------------------------------------------------
+
+@given(p=st.sampled_from([0.1, 0.5, 0.8]), seed=seeds)
+def test_dropout_function(model, p, seed):
+    """dropout zeroes about a fraction p and scales the rest by 1/(1-p); eval mode or p=0 is the identity."""
+    x = randn((64, 64), seed).abs() + 0.5
+    seed_all(seed)
+    y = model.dropout(x, p, True)
+    zero = y == 0
+    frac = zero.double().mean().item()
+    assert abs(frac - p) < 0.05, f"fraction dropped: expected about {p}, got {frac:.3f}"
+    assert_close(y[~zero], x[~zero] / (1 - p), what="kept values (should be x / (1 - p))")
+    assert model.dropout(x, p, False) is x or torch.equal(model.dropout(x, p, False), x), "eval dropout changed x"
+    assert torch.equal(model.dropout(x, 0.0, True), x), "dropout with p = 0 changed x"
+
+
+# --- behaviour of the stack -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("positional", POSITIONAL)
+@settings(max_examples=4)
+@given(data=st.data(), seed=seeds)
+def test_causal(model, positional, variant, data, seed):
+    """Changing the tokens after position t never changes the logits at positions <= t."""
+    c = data.draw(configs(positional, variant), label="config")
+    lm = _build(model, c, seed)
+    t_len = c["context_length"]
+    idx = randint(0, c["vocab_size"], (2, t_len), seed)
+    logits, _ = lm(idx)
+    t = data.draw(st.integers(0, t_len - 2), label="t")
+    changed = idx.clone()
+    changed[:, t + 1:] = randint(0, c["vocab_size"], (2, t_len - t - 1), seed + 1)
+    logits_changed, _ = lm(changed)
+    assert_close(logits_changed[:, :t + 1], logits[:, :t + 1],
+                 what=f"logits at positions <= {t} after changing later tokens")
+    assert_equal(tuple(logits.shape), (2, t_len, c["vocab_size"]), what="logits shape (B, T, V)")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("positional", POSITIONAL)
+@settings(max_examples=3)
+@given(data=st.data(), seed=seeds)
+def test_kv_cache_equals_full_forward(model, positional, variant, data, seed):
+    """Decoding with a KV cache, token by token or in chunks, gives the full forward pass's logits."""
+    c = data.draw(configs(positional, variant), label="config")
+    lm = _build(model, c, seed)
+    t_len = c["context_length"]
+    idx = randint(0, c["vocab_size"], (2, t_len), seed)
+    full, _ = lm(idx)
+    chunked = data.draw(st.booleans(), label="chunked")
+    cuts, pos = [], 0
+    while pos < t_len:
+        step = data.draw(st.integers(1, 4), label="chunk") if chunked else 1
+        cuts.append((pos, min(pos + step, t_len)))
+        pos += step
+    caches = lm.new_kv_cache(2)
+    pieces = []
+    for a, b in cuts:
+        logits, _ = lm(idx[:, a:b], kv_cache=caches)
+        pieces.append(logits)
+    assert_close(torch.cat(pieces, dim=1), full, what=f"cached logits in chunks {cuts} vs full forward")
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@given(seed=seeds)
+def test_block_with_zeroed_sublayers(model, placement, norm, seed):
+    """Sublayer outputs zeroed: a Pre-LN block is the identity; a Post-LN block returns ln_2(ln_1(x))."""
+    c = {**BASE, "norm": norm, "norm_placement": placement}
+    seed_all(seed)
+    block = model.TransformerBlock(model.ModelConfig(**c), 0).double().eval()
+    with torch.no_grad():
+        for i, p in enumerate(block.parameters()):
+            p.copy_(randn(p.shape, seed + i, torch.float64, 0.3) + (1.0 if p.dim() == 1 else 0.0))
+        for layer in (block.attn.out_proj, block.ffn.w2):
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+    x = randn((2, 5, c["d_model"]), seed, torch.float64, 2.0) + 1.0
+    out = block(x, torch.arange(5))
+    if placement == "pre":
+        assert_close(out, x, what="Pre-LN block with zeroed sublayers (should be the identity)")
+    else:
+        expected = _norm(norm, _norm(norm, x, block.ln_1), block.ln_2)
+        assert_close(out, expected, what="Post-LN block with zeroed sublayers (should be ln_2(ln_1(x)))")
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+@given(data=st.data(), seed=seeds)
+def test_stack_with_zeroed_sublayers(model, placement, data, seed):
+    """Sublayers zeroed: Pre-LN logits = head(ln_f(emb)); Post-LN logits = head(norms of every block (emb)), no ln_f."""
+    c = data.draw(configs(norm_placement=placement), label="config")
+    lm = _build(model, c, seed)
+    _zero_sublayer_outputs(lm)
+    t_len = c["context_length"]
+    idx = randint(0, c["vocab_size"], (2, t_len), seed)
+    logits, _ = lm(idx)
+    h = lm.token_embedding.weight[idx]
+    if c["positional"] in ("learned", "sinusoidal"):
+        h = h + lm.position_embedding(torch.arange(t_len))
+    if placement == "pre":
+        assert lm.ln_f is not None, "a Pre-LN stack needs a final norm ln_f"
+        h = _norm(c["norm"], h, lm.ln_f)
+    else:
+        assert lm.ln_f is None, "a Post-LN stack has no final norm (ln_f must be None)"
+        for block in lm.blocks:
+            h = _norm(c["norm"], _norm(c["norm"], h, block.ln_1), block.ln_2)
+    assert_close(logits, h @ lm.lm_head.weight.T, what=f"{placement}-LN logits with zeroed sublayers")
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+@given(seed=seeds)
+def test_residual_connections(model, placement, seed):
+    """Sublayer outputs a (attn), f (ffn): Pre-LN gives x + a + f; Post-LN gives ln_2(ln_1(x + a) + f)."""
+    c = {**BASE, "norm_placement": placement}
+    seed_all(seed)
+    block = model.TransformerBlock(model.ModelConfig(**c), 1).double().eval()
+    x = randn((1, 4, c["d_model"]), seed, torch.float64, 2.0)
+    a, f = randn(x.shape, seed + 1, torch.float64), randn(x.shape, seed + 2, torch.float64)
+
+    class Fixed(torch.nn.Module):
+        """A stand-in sublayer whose output is a fixed tensor."""
+
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, h, *args, **kwargs):
+            return self.value
+
+    block.attn, block.ffn = Fixed(a), Fixed(f)
+    out = block(x, torch.arange(4))
+    if placement == "pre":
+        expected = x + a + f
+    else:
+        expected = _norm("layernorm", _norm("layernorm", x + a, block.ln_1) + f, block.ln_2)
+    assert_close(out, expected, what=f"{placement}-LN block with fixed sublayer outputs a (attn), f (ffn)")
+
+
+@pytest.mark.parametrize("sublayer", ["attn", "ffn"])
+@given(p=st.sampled_from([0.2, 0.5]), seed=seeds)
+def test_residual_dropout(model, sublayer, p, seed):
+    """In train mode each sublayer's output is dropped elementwise (rate p, kept values / (1-p)) before the residual sum."""
+    c = {**BASE, "dropout": p, "d_model": 32, "n_heads": 4}
+    seed_all(seed)
+    block = model.TransformerBlock(model.ModelConfig(**c), 0).train()
+
+    class Ones(torch.nn.Module):
+        def forward(self, h, *args, **kwargs):
+            return torch.ones_like(h)
+
+    class Zeros(torch.nn.Module):
+        def forward(self, h, *args, **kwargs):
+            return torch.zeros_like(h)
+
+    setattr(block, "attn", Ones() if sublayer == "attn" else Zeros())
+    setattr(block, "ffn", Ones() if sublayer == "ffn" else Zeros())
+    x = randn((4, 16, 32), seed)
+    delta = block(x, torch.arange(16)) - x           # Pre-LN: the dropped sublayer output
+    dropped = (delta.abs() < 1e-6).double().mean().item()
+    assert abs(dropped - p) < 0.06, f"fraction of the {sublayer} output dropped: expected about {p}, got {dropped:.3f}"
+    kept = delta[delta.abs() >= 1e-6]
+    assert_close(kept, torch.full_like(kept, 1 / (1 - p)), what="kept sublayer outputs (1 / (1 - p))")
+
+
+@given(p=st.sampled_from([0.2, 0.5]), seed=seeds)
+def test_embedding_dropout(model, p, seed):
+    """In train mode the embeddings (token + position) are dropped elementwise (rate p, kept values / (1-p))."""
+    c = {**BASE, "dropout": p, "d_model": 32, "n_heads": 4, "context_length": 16}
+    lm = _build(model, c, seed, torch.float32, randomise=False).train()
+    _zero_sublayer_outputs(lm)
+    seen = {}
+    lm.ln_f.register_forward_pre_hook(lambda module, args: seen.update(h=args[0].detach()))
+    idx = randint(0, c["vocab_size"], (4, 16), seed)
+    lm(idx)
+    emb = lm.token_embedding.weight[idx] + lm.position_embedding(torch.arange(16))
+    h = seen["h"]
+    zero = h == 0
+    assert abs(zero.double().mean().item() - p) < 0.06, \
+        f"fraction of embedding entries dropped: expected about {p}, got {zero.double().mean().item():.3f}"
+    assert_close(h[~zero], emb.detach()[~zero] / (1 - p), what="kept embedding entries ((tok + pos) / (1 - p))")
+
+
+@given(seed=seeds)
+@settings(max_examples=5)
+def test_eval_is_deterministic_and_dropout_free(model, seed):
+    """Eval mode is deterministic and equals a dropout-0 model with the same weights; train mode is stochastic."""
+    c = {**BASE, "dropout": 0.3, "d_model": 16, "n_heads": 4}
+    lm = _build(model, c, seed, torch.float32)
+    idx = randint(0, c["vocab_size"], (2, 10), seed)
+    first, _ = lm(idx)
+    second, _ = lm(idx)
+    assert_close(second, first, what="two eval-mode forward passes")
+    plain = model.TransformerLM(model.ModelConfig(**{**c, "dropout": 0.0}))
+    plain.load_state_dict(lm.state_dict())
+    assert_close(plain(idx)[0], first, what="eval model with dropout 0.3 vs the same weights with dropout 0")
+    lm.train()
+    a, b = lm(idx)[0], lm(idx)[0]
+    assert not torch.allclose(a, b), "train mode with dropout 0.3 gave the same logits twice"
+    assert not torch.allclose(a, first), "train mode with dropout 0.3 gave the eval-mode logits"
+
+
+@given(data=st.data(), seed=seeds)
+@settings(max_examples=10)
+def test_loss_equals_cross_entropy(model, data, seed):
+    """The returned loss is F.cross_entropy of the returned logits and targets (ignore index -100); None without targets."""
+    c = data.draw(configs(), label="config")
+    lm = _build(model, c, seed)
+    idx = randint(0, c["vocab_size"], (3, c["context_length"]), seed)
+    targets = randint(0, c["vocab_size"], idx.shape, seed + 1)
+    targets[0, :2] = -100
+    logits, loss = lm(idx, targets)
+    expected = F.cross_entropy(logits.reshape(-1, c["vocab_size"]), targets.reshape(-1), ignore_index=-100)
+    assert_close(loss, expected, what="model loss vs F.cross_entropy(logits, targets)")
+    assert lm(idx)[1] is None, "the loss must be None when no targets are given"
+
+
+@given(seed=seeds, positional=st.sampled_from(POSITIONAL), placement=st.sampled_from(["pre", "post"]))
+@settings(max_examples=5)
+def test_initial_loss_is_log_vocab(model, seed, positional, placement):
+    """At initialisation the loss on uniform random tokens is within 0.15 of ln(vocab_size)."""
+    c = dict(vocab_size=256, context_length=32, n_layers=2, d_model=64, n_heads=4, positional=positional,
+             norm_placement=placement)
+    lm = _build(model, c, seed, torch.float32, randomise=False)
+    idx = randint(0, 256, (4, 32), seed)
+    _, loss = lm(idx, randint(0, 256, (4, 32), seed + 1))
+    assert abs(loss.item() - math.log(256)) < 0.15, f"initial loss: expected about ln(256) = 5.545, got {loss.item():.4f}"
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_initialisation(model, tie):
+    """Weights ~ N(0, 0.02^2), biases 0, norm gains 1; attn out_proj and FFN w2 ~ N(0, (0.02 / sqrt(2 n_layers))^2)."""
+    seed_all(0)
+    n_layers = 8
+    config = dict(vocab_size=512, context_length=64, n_layers=n_layers, d_model=64, n_heads=4, tie_weights=tie)
+    lm = model.TransformerLM(model.ModelConfig(**config))
+    residual = {id(b.attn.out_proj.weight) for b in lm.blocks} | {id(b.ffn.w2.weight) for b in lm.blocks}
+    norms = {id(p) for b in lm.blocks for p in (*b.ln_1.parameters(), *b.ln_2.parameters())}
+    norms |= {id(p) for p in lm.ln_f.parameters()}
+    for name, p in lm.named_parameters():
+        if id(p) in norms:
+            expected = torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p)
+            assert_close(p.detach(), expected, what=f"initial {name} (norm gain 1, bias 0)")
+        elif p.dim() == 1:
+            assert_close(p.detach(), torch.zeros_like(p), what=f"initial bias {name}")
+        else:
+            std = 0.02 / math.sqrt(2 * n_layers) if id(p) in residual else 0.02
+            got = p.detach().std().item()
+            assert abs(got - std) < 0.1 * std, f"initial std of {name}: expected {std:.4g}, got {got:.4g}"
+            assert abs(p.detach().mean().item()) < 0.1 * std, f"initial mean of {name}: expected 0"
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_weight_tying(model, tie):
+    """Tied: lm_head.weight IS token_embedding.weight (same storage, gradients add up); untied: separate."""
+    seed_all(0)
+    lm = model.TransformerLM(model.ModelConfig(**BASE, tie_weights=tie))
+    head, table = lm.lm_head.weight, lm.token_embedding.weight
+    if tie:
+        assert head.data_ptr() == table.data_ptr(), "tied lm_head.weight must share storage with the token table"
+        with torch.no_grad():
+            table[3, 0] += 1.0
+        assert head[3, 0] == table[3, 0], "tied weights diverged after changing the token table"
+    else:
+        assert head.data_ptr() != table.data_ptr(), "untied lm_head.weight must not share the token table"
+        assert not torch.equal(head, table), "untied lm_head.weight must be initialised independently"
+
+
+@given(c=configs())
+def test_num_parameters_closed_form(model, c):
+    """num_parameters() equals the closed form (embeddings, attention with kv heads, FFN, norms, head; tied once)."""
+    lm = model.TransformerLM(model.ModelConfig(**c))
+    got = lm.num_parameters()
+    assert_equal(got, _closed_form_count(c), what=f"num_parameters() of {c}")
+    unique = {p.data_ptr(): p.numel() for p in lm.parameters()}
+    assert_equal(got, sum(unique.values()), what="num_parameters() vs the distinct parameter tensors")
+    assert_equal(lm.num_parameters(exclude_embeddings=True), _closed_form_count(c, exclude_embeddings=True),
+                 what="num_parameters(exclude_embeddings=True)")
+
+
+@given(c=configs())
+@settings(max_examples=10)
+def test_default_d_ff(model, c):
+    """d_ff=None means 4*d_model, or for swiglu ceil(8*d_model/3) rounded up to a multiple of 8."""
+    c = {**c, "d_ff": None}
+    lm = model.TransformerLM(model.ModelConfig(**c))
+    for block in lm.blocks:
+        assert_equal(block.ffn.w1.weight.shape[0], _expected_d_ff(c), what=f"FFN width for {c['activation']}")
+
+
+@pytest.mark.parametrize("positional", POSITIONAL)
+def test_gradients_reach_every_parameter(model, positional):
+    """Backpropagating the loss gives every parameter a non-zero gradient."""
+    c = {**BASE, "positional": positional, "tie_weights": False, "n_kv_heads": 1}
+    lm = _build(model, c, 0, torch.float32)
+    idx = randint(0, c["vocab_size"], (2, c["context_length"]), 1)
+    lm(idx, randint(0, c["vocab_size"], idx.shape, 2))[1].backward()
+    for name, p in lm.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"parameter {name} got no gradient"
+
+
+@pytest.mark.parametrize("positional", POSITIONAL)
+@settings(max_examples=5)
+@given(seed=seeds)
+def test_padding_mask(model, positional, seed):
+    """With left padding (padding_mask False), the padded tokens do not change the logits of the real ones."""
+    c = {**BASE, "positional": positional, "d_model": 16, "n_heads": 4}
+    lm = _build(model, c, seed)
+    idx = randint(0, c["vocab_size"], (2, 10), seed)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[0, :4] = False
+    logits, _ = lm(idx, padding_mask=mask)
+    changed = idx.clone()
+    changed[0, :4] = randint(0, c["vocab_size"], (4,), seed + 1)
+    logits_changed, _ = lm(changed, padding_mask=mask)
+    assert_close(logits_changed[:, 4:], logits[:, 4:], what="logits of real tokens after changing padded ones")
+
+
+def test_bad_inputs(model):
+    """Ids outside [0, V), too-long input, a float or 1-D idx and wrong targets raise clear errors."""
+    seed_all(0)
+    lm = model.TransformerLM(model.ModelConfig(**BASE))
+    with raises_clear(ValueError, "13"):
+        lm(torch.tensor([[1, 13]]))
+    with raises_clear(ValueError, "-1"):
+        lm(torch.tensor([[-1, 2]]))
+    with raises_clear(ValueError, "context_length"):
+        lm(torch.zeros(1, 11, dtype=torch.long))
+    with raises_clear(TypeError, "idx"):
+        lm(torch.zeros(1, 4))
+    with raises_clear(ValueError, "idx"):
+        lm(torch.zeros(4, dtype=torch.long))
+    with raises_clear(ValueError, "targets"):
+        lm(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
+    caches = lm.new_kv_cache(1)
+    lm(torch.zeros(1, 8, dtype=torch.long), kv_cache=caches)
+    with raises_clear(ValueError, "context_length"):
+        lm(torch.zeros(1, 3, dtype=torch.long), kv_cache=caches)
+    with raises_clear(TypeError, "config"):
+        model.TransformerLM(BASE)
+
+
+def test_new_kv_cache(model):
+    """new_kv_cache(B, max_len) gives one empty cache per layer; each forward with it advances every cache."""
+    seed_all(0)
+    lm = model.TransformerLM(model.ModelConfig(**{**BASE, "n_layers": 3}))
+    caches = lm.new_kv_cache(2, max_len=6)
+    assert_equal(len(caches), 3, what="number of caches (one per layer)")
+    assert_equal([cache.length for cache in caches], [0, 0, 0], what="lengths of new caches")
+    lm(torch.zeros(2, 4, dtype=torch.long), kv_cache=caches)
+    lm(torch.zeros(2, 1, dtype=torch.long), kv_cache=caches)
+    assert_equal([cache.length for cache in caches], [5, 5, 5], what="cache lengths after 4 + 1 tokens")
