@@ -1,0 +1,26 @@
+from . import Mutant
+
+MUTANTS = [
+    Mutant("accumulation-without-loss-scaling", "train.py", "micro-batch losses summed, not averaged",
+           "(loss / k).backward()", "loss.backward()"),
+    Mutant("no-zero-grad", "train.py", "gradients are never zeroed between steps",
+           "    optimizer.zero_grad(set_to_none=True)\n    k = len", "    k = len"),
+    Mutant("clipping-skipped", "train.py", "grad_clip is ignored (the norm is only measured)",
+           "    if grad_clip is not None:\n        norm = clip_grad_norm", "    if False:\n        norm = clip_grad_norm"),
+    Mutant("resume-restarts-schedule", "train.py", "after resuming the schedule starts again from step 0",
+           "lr = lr_schedule(step, config.lr,", "lr = lr_schedule(step - start, config.lr,"),
+    Mutant("resume-restarts-rng", "train.py", "resuming does not restore the RNG state (dropout masks differ)",
+           "        set_rng_state(ckpt.rng_state)\n", ""),
+    Mutant("resume-restarts-sampler", "train.py", "resuming does not restore the batch sampler (same batches again)",
+           "        batches.load_state_dict(ckpt.data_state)\n", ""),
+    Mutant("resume-without-optimizer-state", "train.py", "resuming starts AdamW from zero moments",
+           "            optimizer.load_state_dict(ckpt.optimizer_state)\n", "            pass\n"),
+    Mutant("schedule-off-by-one-in-loop", "train.py", "the loop asks the schedule for step + 1",
+           "lr = lr_schedule(step, config.lr,", "lr = lr_schedule(step + 1, config.lr,"),
+    Mutant("evaluate-in-train-mode", "train.py", "evaluation runs with dropout on",
+           "    was_training = model.training\n    model.eval()", "    was_training = model.training\n    model.train()"),
+    Mutant("bpc-per-token", "train.py", "bits per token reported as bits per character",
+           "nats / math.log(2) / (val_chars * n / total_targets)", "nats / math.log(2) / max(n, 1)"),
+    Mutant("evaluate-counts-padding", "train.py", "padded targets counted as tokens",
+           "n = int((y != IGNORE_INDEX).sum())", "n = y.numel()"),
+]
