@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
             for outcome in pool.map(lambda m: run_one(m, source, Path(tmp), args.profile), mutants):
                 outcomes.append(outcome)
                 mark = "ok " if outcome.status == "caught" else "!! "
-                print(f"{mark}{outcome.mutant.name:<40} {outcome.status:<9} {outcome.caught_by}", flush=True)
+                print(f"{mark}{outcome.mutant.name:<40} {outcome.status:<9} {outcome.seconds:5.1f} s  "
+                      f"{outcome.caught_by}", flush=True)
     return report(outcomes)
 
 

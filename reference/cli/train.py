@@ -133,39 +133,15 @@ def _samples(result, n: int, seed: int) -> list[str]:
     """``n`` continuations of the end-of-text token (the start of a document), temperature 0.8, top-k 40."""
     if n <= 0:
         return []
+    from ..generate import generate
     from ..tokenizer import ENDOFTEXT
 
     tok = result.tokenizer
     eot = tok.special_tokens[ENDOFTEXT]
     max_new = min(result.model.config.context_length - 1, 120)
     texts = []
-    try:
-        from ..generate import generate
-    except ImportError:
-        generate = None
     for i in range(n):
-        if generate is not None:
-            ids = generate(result.model, [eot], max_new, temperature=0.8, top_k=40, stop_ids=(eot,), seed=seed + i)
-        else:
-            ids = _multinomial(result.model, eot, max_new, seed + i)
+        ids = generate(result.model, [eot], max_new, temperature=0.8, top_k=40, stop_ids=(eot,), seed=seed + i)
         texts.append(tok.decode([t for t in ids if t != eot]))
     return texts
 
-
-def _multinomial(model, start: int, max_new: int, seed: int) -> list[int]:
-    """Fallback sampler (no generate.py): plain multinomial sampling at temperature 0.8."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    ids = [start]
-    model.eval()
-    with torch.no_grad():
-        for _ in range(max_new):
-            logits, _ = model(torch.tensor([ids[-model.config.context_length:]], device=device))
-            probs = torch.softmax(logits[0, -1].float().cpu() / 0.8, dim=-1)
-            nxt = int(torch.multinomial(probs, 1, generator=g))
-            ids.append(nxt)
-            if nxt == start:
-                break
-    return ids[1:]
