@@ -2,9 +2,22 @@
 
 ``pytest benchmarks --benchmark-disable -q`` (CI) skips the study and runs its micro-budget smoke
 test; ``pytest benchmarks -m variants`` runs the study (about 20 minutes on 2 CPU cores).
+The spec runs with one torch thread (``spec_tests/plugin.py``); benchmarks use every core.
 """
 
+import os
+
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _all_cores():
+    """Benchmarks measure the machine: all its cores (``BARE_LM_THREADS`` overrides), not the spec's one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("BARE_LM_THREADS", os.cpu_count() or 1)))
+    yield
+    torch.set_num_threads(before)
 
 
 def pytest_configure(config):

@@ -1,0 +1,71 @@
+"""Turn pytest-benchmark JSON files into Markdown tables: one row per group, the ratio to torch visible.
+
+    pytest benchmarks/test_bench_model.py --benchmark-only --benchmark-json=model.json
+    python -m benchmarks.summarize model.json [more.json ...]
+
+Each benchmark group (one size and mode) becomes a row: the mean time of every contender, and each
+contender's time over the baseline's (``torch`` where the group has it, otherwise its first
+contender), so "1.30x" reads as "30% slower than torch". Numeric ``extra_info`` (tokens/s, ratios
+measured in one run) is listed under the table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+
+def _contender(bench: dict) -> str:
+    """The name of what a benchmark measured, within its group: its ``impl`` (or its id's first part)."""
+    params = bench.get("params") or {}
+    if "impl" in params:
+        return str(params["impl"])
+    name = bench["name"]
+    return name[name.find("[") + 1:-1] if "[" in name else name
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds >= 1.0:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} us"
+
+
+def summarize(paths: list[str]) -> str:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for path in paths:
+        with open(path) as f:
+            for bench in json.load(f)["benchmarks"]:
+                groups[bench.get("group") or bench["name"]].append(bench)
+    lines = []
+    extras = []
+    for group, benches in groups.items():
+        means = {_contender(b): b["stats"]["mean"] for b in benches}
+        base = "torch" if "torch" in means else next(iter(means))
+        cells = [f"{name} {_fmt_time(t)} ({t / means[base]:.2f}x)" if name != base else f"{name} {_fmt_time(t)}"
+                 for name, t in means.items()]
+        lines.append(f"| {group} | " + " / ".join(cells) + " |")
+        for b in benches:
+            info = {k: v for k, v in (b.get("extra_info") or {}).items() if isinstance(v, (int, float))}
+            if info:
+                extras.append(f"- {b['name']}: " + ", ".join(
+                    f"{k} {v:,.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()))
+    out = ["| group | mean time (ratio to the baseline) |", "|---|---|", *lines]
+    if extras:
+        out += ["", *extras]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
+        return 2
+    print(summarize(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
