@@ -5,7 +5,8 @@ Run: ``pytest benchmarks/test_bench_model.py --benchmark-only --benchmark-group-
 Each group holds, at one size, three models of the same shape and initialisation scheme:
 
 - ``reference``: ``TransformerLM(ModelConfig(...))``, attention written out from tensor primitives;
-- ``reference-fast``: the same with ``fast_attention=True`` (attention's fused opt-in path);
+- ``reference-fast``: the same with ``fast=True`` (every layer's opt-in fused path: attention, norms,
+  FFN activations, loss);
 - ``torch``: ``TorchGPT`` below, built only from ``torch.nn`` / ``torch.nn.functional``
   (``nn.Embedding``, ``nn.Linear``, ``nn.LayerNorm``, ``F.scaled_dot_product_attention``,
   ``F.gelu``, ``F.cross_entropy``).
@@ -91,7 +92,7 @@ def build(impl: str, size: str):
         model = TorchGPT(n_layers, d, h, t, v)
     else:
         model = TransformerLM(ModelConfig(vocab_size=v, context_length=t, n_layers=n_layers, d_model=d,
-                                          n_heads=h, fast_attention=impl == "reference-fast"))
+                                          n_heads=h, fast=impl == "reference-fast"))
     idx = torch.randint(0, v, (b, t), generator=torch.Generator().manual_seed(1))
     targets = torch.randint(0, v, (b, t), generator=torch.Generator().manual_seed(2))
     return model.train(), idx, targets

@@ -228,7 +228,7 @@ def base_config(study: Study, variant: Variant) -> ModelConfig:
     b = study.budget
     vocab = study.tokenizer(variant.vocab_size).vocab_size
     fields = dict(vocab_size=vocab, context_length=variant.train_context or b.context, n_layers=b.n_layers,
-                  d_model=b.d_model, n_heads=b.n_heads)
+                  d_model=b.d_model, n_heads=b.n_heads, fast=True)  # fused kernels: same results, faster
     fields.update(variant.config)
     return ModelConfig(**fields)
 
@@ -262,12 +262,12 @@ def swap_modules(attention: type | Callable[[ModelConfig, int], nn.Module] | Non
         if isinstance(attention, type) and issubclass(attention, MultiHeadAttention):
             return attention(config.d_model, config.n_heads, n_kv_heads=config.n_kv_heads, dropout=config.dropout,
                              bias=config.bias, positional=config.positional, max_len=config.context_length,
-                             window=config.window, fast=config.fast_attention)
+                             window=config.window, fast=config.fast)
         return attention(config, layer_index)
 
     def build_ffn(config: ModelConfig, layer_index: int) -> nn.Module:
         if isinstance(ffn, type) and issubclass(ffn, FeedForward):
-            return ffn(config.d_model, config.resolved_d_ff, config.activation, config.bias)
+            return ffn(config.d_model, config.resolved_d_ff, config.activation, config.bias, fast=config.fast)
         return ffn(config, layer_index)
 
     def factory(config: ModelConfig) -> TransformerLM:
@@ -927,8 +927,9 @@ def _setup_block(study: Study, seeds: Sequence[int]) -> str:
         f"- **Tokenizer**: byte-level BPE (`reference/tokenizer.py`, GPT-2 pre-tokenization, `<|endoftext|>`), "
         f"vocabulary {vocab}, trained once on the first {b.tokenizer_docs} training documents.",
         f"- **Base model**: `ModelConfig(d_model={b.d_model}, n_layers={b.n_layers}, n_heads={b.n_heads}, "
-        f"context_length={b.context})` with the defaults otherwise (GELU, LayerNorm, Pre-LN, learned "
-        f"positions, tied embeddings, no dropout): {params:,} parameters. Each experiment changes one thing.",
+        f"context_length={b.context}, fast=True)` with the defaults otherwise (GELU, LayerNorm, Pre-LN, learned "
+        f"positions, tied embeddings, no dropout): {params:,} parameters. Each experiment changes one thing. "
+        f"`fast=True` runs torch's fused kernels, which give the written-out layers' results (the spec checks it).",
         f"- **Training**: {b.steps} AdamW steps (`reference/optim.py`, weight decay {b.weight_decay:g} on "
         f"matrices) of {b.batch_size} x {b.context} tokens (`data.FixedLengthBatches`, seed = run seed), "
         f"peak lr {b.lr:g}, {b.warmup_steps} warmup steps, cosine decay to {b.min_lr_ratio:g} x peak "

@@ -8,6 +8,9 @@ Applied to each position independently, ``(..., d_model) -> (..., d_model)``::
 ``gelu`` is the exact form ``x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))``, not the tanh approximation.
 ``silu(x) = x * sigmoid(x)``. With ``bias=False`` no layer has a bias.
 
+``fast=True`` is an opt-in fast path with the same semantics: the activations come from
+``torch.nn.functional`` (``F.relu``, ``F.gelu`` (exact), ``F.silu``) instead of your functions.
+
 Spec: ``pytest --impl kata spec_tests/test_feedforward.py``.
 """
 
@@ -46,13 +49,15 @@ class FeedForward(nn.Module):
         d_model, d_ff: positive ints (``checks.positive_int`` with those names).
         activation: one of ``ACTIVATIONS`` (``checks.one_of("activation", ...)``).
         bias: passed to every ``Linear``.
+        fast: use ``F.relu`` / ``F.gelu`` / ``F.silu`` in forward (``checks.boolean("fast", fast)``).
 
     Attributes: ``w1 = Linear(d_model, d_ff)``, ``w2 = Linear(d_ff, d_model)``, and for swiglu only
     ``w3 = Linear(d_model, d_ff)`` (``None`` otherwise). Parameter count: ``2 d f`` (+ ``f + d``
     biases); swiglu ``3 d f`` (+ ``2 f + d``).
     """
 
-    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True):
+    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True,
+                 fast: bool = False):
         super().__init__()
         raise NotImplementedError("FeedForward.__init__: check the arguments, build w1, w2 (and w3 for swiglu)")
 

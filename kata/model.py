@@ -61,7 +61,8 @@ class ModelConfig:
     (1: multi-query). ``d_ff=None`` means ``4 * d_model``, or for ``swiglu`` ``8 * d_model / 3``
     rounded up to a multiple of 8 (same parameter count as ``4 * d_model`` with two matrices).
     ``window=None``: full causal attention; an int: each query sees at most ``window`` keys (itself
-    and the ``window - 1`` before it).
+    and the ``window - 1`` before it). ``fast=True`` turns on every layer's opt-in fast path (fused
+    torch kernels with the same semantics: attention, norms, FFN activations, the loss).
 
     ``__post_init__`` validates, in this spirit (each error names the field):
 
@@ -70,7 +71,7 @@ class ModelConfig:
     - ``dropout``: ``checks.number_in_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)``;
     - ``activation`` in ``ACTIVATIONS``, ``norm`` in ``NORMS``, ``norm_placement`` in
       ``NORM_PLACEMENTS``, ``positional`` in ``POSITIONAL`` (``checks.one_of``);
-    - ``tie_weights, bias, fast_attention``: bools (else TypeError);
+    - ``tie_weights, bias, fast``: bools (else TypeError);
     - ``d_model % n_heads == 0`` (ValueError naming d_model and n_heads), ``n_heads % n_kv_heads == 0``;
     - rope needs an even ``head_dim``, sinusoidal an even ``d_model`` (ValueError naming the scheme
       and ``head_dim`` / ``d_model``).
@@ -91,7 +92,7 @@ class ModelConfig:
     window: int | None = None
     tie_weights: bool = True
     bias: bool = True
-    fast_attention: bool = False
+    fast: bool = False
 
     def __post_init__(self):
         raise NotImplementedError("ModelConfig.__post_init__: validate every field (see the class docstring)")
@@ -140,10 +141,10 @@ class TransformerBlock(nn.Module):
     ``__init__`` builds, from the config (TypeError if ``config`` is not a ``ModelConfig``;
     ``layer_index`` must be in ``[0, n_layers)``):
 
-    - ``ln_1 = build_norm(config.norm, d_model, bias=config.bias)``, ``ln_2`` the same;
+    - ``ln_1 = build_norm(config.norm, d_model, bias=config.bias, fast=config.fast)``, ``ln_2`` the same;
     - ``attn = build_attention(d_model=..., n_heads=..., n_kv_heads=..., dropout=..., bias=...,
-      positional=..., max_len=config.context_length, window=..., fast=config.fast_attention)``;
-    - ``ffn = FeedForward(d_model, config.resolved_d_ff, activation=..., bias=...)``.
+      positional=..., max_len=config.context_length, window=..., fast=config.fast)``;
+    - ``ffn = FeedForward(d_model, config.resolved_d_ff, activation=..., bias=..., fast=config.fast)``.
     """
 
     def __init__(self, config: ModelConfig, layer_index: int):
@@ -203,8 +204,8 @@ class TransformerLM(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 padding_mask: torch.Tensor | None = None,
                 kv_cache: list[KVCache] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``idx (B, T)`` -> ``(logits (B, T, V), loss)``; loss = ``cross_entropy(logits, targets)``
-        (ignore index -100) when ``targets (B, T)`` is given, else None.
+        """``idx (B, T)`` -> ``(logits (B, T, V), loss)``; loss = ``cross_entropy(logits, targets,
+        fast=config.fast)`` (ignore index -100) when ``targets (B, T)`` is given, else None.
 
         1. Check ``idx``: an integer tensor of rank 2 (``checks.tensor``), at least one token, every id in
            ``[0, vocab_size)`` (ValueError naming the id and vocab_size).

@@ -15,6 +15,10 @@ RMSNorm (no centring, no bias)::
 Statistics of half-precision inputs (float16, bfloat16) are computed in float32, then cast back.
 Write them with tensor operations: ``torch.nn.LayerNorm`` and ``F.rms_norm`` are the spec's oracles.
 
+``fast=True`` is the one place torch's own kernels are allowed, as an opt-in fast path with the same
+semantics: ``F.layer_norm(x, (d_model,), weight, bias, eps)`` / ``F.rms_norm(x, (d_model,), weight,
+eps)`` when ``x.dtype == weight.dtype``; otherwise the written-out path. Do it last.
+
 Spec: ``pytest --impl kata spec_tests/test_norm.py``.
 """
 
@@ -35,12 +39,13 @@ class LayerNorm(nn.Module):
         d_model: size of the last dimension (positive int).
         eps: added to the variance *inside* the square root (a float > 0).
         bias: when False, ``self.bias`` is None.
+        fast: the opt-in fused path (``F.layer_norm``; see the module docstring), kept as ``self.fast``.
 
     Errors: ``checks.positive_int("d_model", ...)``, ``checks.number_in_range("eps", eps, 0.0, None,
-    low_inclusive=False)``; in forward, ``checks.tensor("x", x, min_dim=1, last_dim=d_model, floating=True)``.
+    low_inclusive=False)``, ``checks.boolean("fast", fast)``; in forward, ``checks.tensor("x", x, min_dim=1, last_dim=d_model, floating=True)``.
     """
 
-    def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True):
+    def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True, fast: bool = False):
         super().__init__()
         raise NotImplementedError(
             "LayerNorm.__init__: check the arguments; weight = Parameter(ones(d_model)), bias = zeros or None")
@@ -53,10 +58,10 @@ class LayerNorm(nn.Module):
 class RMSNorm(nn.Module):
     """RMSNorm with a learnable gain ``weight`` (ones) and no bias.
 
-    Args and errors as ``LayerNorm`` (no ``bias`` argument).
+    Args and errors as ``LayerNorm`` (no ``bias`` argument; ``fast`` uses ``F.rms_norm``).
     """
 
-    def __init__(self, d_model: int, eps: float = 1e-5):
+    def __init__(self, d_model: int, eps: float = 1e-5, fast: bool = False):
         super().__init__()
         raise NotImplementedError("RMSNorm.__init__: check the arguments; weight = Parameter(ones(d_model))")
 
@@ -65,8 +70,8 @@ class RMSNorm(nn.Module):
         raise NotImplementedError("RMSNorm.forward: divide by sqrt(mean(x^2) + eps), then scale by weight")
 
 
-def build_norm(kind: str, d_model: int, eps: float = 1e-5, bias: bool = True) -> nn.Module:
-    """``"layernorm"`` -> ``LayerNorm(d_model, eps, bias)``, ``"rmsnorm"`` -> ``RMSNorm(d_model, eps)``.
+def build_norm(kind: str, d_model: int, eps: float = 1e-5, bias: bool = True, fast: bool = False) -> nn.Module:
+    """``"layernorm"`` -> ``LayerNorm(d_model, eps, bias, fast)``, ``"rmsnorm"`` -> ``RMSNorm(d_model, eps, fast)``.
 
     Any other ``kind``: ``checks.one_of("norm", kind, NORMS)`` raises ValueError.
     """

@@ -62,12 +62,12 @@ PRESETS: dict[str, dict[str, dict]] = {
                       vocab_size=300),
     },
     "small": {  # the default of `bare-lm train`: about 0.26 bits/char on the built-in corpus in minutes on 2 cores
-        "model": dict(context_length=128, n_layers=2, d_model=64, n_heads=4, dropout=0.0, fast_attention=True),
+        "model": dict(context_length=128, n_layers=2, d_model=64, n_heads=4, dropout=0.0, fast=True),
         "train": dict(steps=800, batch_size=16, lr=6e-3, min_lr=6e-4, warmup=50, eval_interval=200,
                       eval_batches=8, vocab_size=512),
     },
     "medium": {  # a GPU, or patience
-        "model": dict(context_length=256, n_layers=6, d_model=256, n_heads=8, dropout=0.1, fast_attention=True),
+        "model": dict(context_length=256, n_layers=6, d_model=256, n_heads=8, dropout=0.1, fast=True),
         "train": dict(steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup=200, eval_interval=500,
                       eval_batches=20, vocab_size=1024),
     },

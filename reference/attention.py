@@ -205,9 +205,7 @@ class MultiHeadAttention(nn.Module):
         self.dropout = checks.number_in_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
         self.positional = checks.one_of("positional", positional, POSITIONAL)
         self.max_len = checks.positive_int("max_len", max_len)
-        if not isinstance(fast, bool):
-            raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
-        self.fast = fast
+        self.fast = checks.boolean("fast", fast)
         kv_dim = self.n_kv_heads * self.head_dim
         self.q_proj = Linear(d_model, d_model, bias=bias)   # C -> H * D
         self.k_proj = Linear(d_model, kv_dim, bias=bias)    # C -> H_kv * D

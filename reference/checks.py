@@ -20,6 +20,13 @@ def positive_int(name: str, value) -> int:
     return value
 
 
+def boolean(name: str, value) -> bool:
+    """``value`` must be a bool (``True``/``False``, not 0/1 or None)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
 def non_negative_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")

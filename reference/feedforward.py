@@ -7,6 +7,10 @@ Applied to each position independently, ``(..., d_model) -> (..., d_model)``::
 
 ``gelu`` is the exact form ``x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))``, not the tanh approximation.
 ``silu(x) = x * sigmoid(x)``. With ``bias=False`` no layer has a bias.
+
+``fast=True`` is an opt-in fast path with the same semantics: the activations come from
+``torch.nn.functional`` (``relu``, ``gelu`` exact, ``silu``), fused kernels, instead of the
+functions below.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import checks
@@ -39,24 +44,27 @@ def silu(x: torch.Tensor) -> torch.Tensor:
 class FeedForward(nn.Module):
     """Two-layer FFN (``w1``, ``w2``), plus the gate's linear branch ``w3`` for SwiGLU."""
 
-    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True):
+    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True,
+                 fast: bool = False):
         super().__init__()
         self.d_model = checks.positive_int("d_model", d_model)
         self.d_ff = checks.positive_int("d_ff", d_ff)
         self.activation = checks.one_of("activation", activation, ACTIVATIONS)
+        self.fast = checks.boolean("fast", fast)
         self.w1 = Linear(d_model, d_ff, bias=bias)                                       # C -> F
         self.w2 = Linear(d_ff, d_model, bias=bias)                                       # F -> C
         self.w3 = Linear(d_model, d_ff, bias=bias) if activation == "swiglu" else None   # C -> F
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         checks.tensor("x", x, min_dim=1, last_dim=self.d_model, floating=True)
+        _relu, _gelu, _silu = (F.relu, F.gelu, F.silu) if self.fast else (relu, gelu, silu)
         if self.activation == "swiglu":
-            h = silu(self.w1(x)) * self.w3(x)  # (..., F): the gated branch times the linear one
+            h = _silu(self.w1(x)) * self.w3(x)  # (..., F): the gated branch times the linear one
         elif self.activation == "gelu":
-            h = gelu(self.w1(x))               # (..., F)
+            h = _gelu(self.w1(x))               # (..., F)
         else:
-            h = relu(self.w1(x))               # (..., F)
-        return self.w2(h)                      # (..., C)
+            h = _relu(self.w1(x))               # (..., F)
+        return self.w2(h)                       # (..., C)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_ff={self.d_ff}, activation={self.activation!r}"
+        return f"d_model={self.d_model}, d_ff={self.d_ff}, activation={self.activation!r}, fast={self.fast}"

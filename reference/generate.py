@@ -205,8 +205,7 @@ def _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
         checks.number_in_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
     if seed is not None:
         checks.non_negative_int("seed", seed)
-    if not isinstance(use_cache, bool):
-        raise TypeError(f"use_cache must be a bool, got {type(use_cache).__name__}")
+    checks.boolean("use_cache", use_cache)
     device = _device(model)
     if isinstance(prompt_ids, torch.Tensor):
         checks.tensor("prompt_ids", prompt_ids, min_dim=1, max_dim=2, floating=False)

@@ -56,7 +56,8 @@ class ModelConfig:
     (1: multi-query). ``d_ff=None`` means ``4 * d_model``, or for ``swiglu`` ``8 * d_model / 3``
     rounded up to a multiple of 8 (same parameter count as ``4 * d_model`` with two matrices).
     ``window=None``: full causal attention; an int: each query sees at most ``window`` keys (itself
-    and the ``window - 1`` before it).
+    and the ``window - 1`` before it). ``fast=True`` turns on every layer's opt-in fast path (fused
+    torch kernels with the same semantics: attention, norms, FFN activations, the loss).
     """
 
     vocab_size: int
@@ -74,7 +75,7 @@ class ModelConfig:
     window: int | None = None
     tie_weights: bool = True
     bias: bool = True
-    fast_attention: bool = False
+    fast: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "n_layers", "d_model", "n_heads"):
@@ -87,10 +88,8 @@ class ModelConfig:
         checks.one_of("norm", self.norm, NORMS)
         checks.one_of("norm_placement", self.norm_placement, NORM_PLACEMENTS)
         checks.one_of("positional", self.positional, POSITIONAL)
-        for name in ("tie_weights", "bias", "fast_attention"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__} "
-                                f"{getattr(self, name)!r}")
+        for name in ("tie_weights", "bias", "fast"):
+            checks.boolean(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model must be divisible by n_heads: d_model={self.d_model}, n_heads={self.n_heads}")
         if self.n_heads % self.resolved_n_kv_heads:
@@ -172,13 +171,14 @@ class TransformerBlock(nn.Module):
         self.norm_placement = config.norm_placement
         self.dropout = config.dropout
         c = config.d_model
-        self.ln_1 = build_norm(config.norm, c, bias=config.bias)
+        self.ln_1 = build_norm(config.norm, c, bias=config.bias, fast=config.fast)
         self.attn = build_attention(d_model=c, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads,
                                     dropout=config.dropout, bias=config.bias, positional=config.positional,
                                     max_len=config.context_length, window=config.window,
-                                    fast=config.fast_attention)
-        self.ln_2 = build_norm(config.norm, c, bias=config.bias)
-        self.ffn = FeedForward(c, config.resolved_d_ff, activation=config.activation, bias=config.bias)
+                                    fast=config.fast)
+        self.ln_2 = build_norm(config.norm, c, bias=config.bias, fast=config.fast)
+        self.ffn = FeedForward(c, config.resolved_d_ff, activation=config.activation, bias=config.bias,
+                               fast=config.fast)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -220,7 +220,7 @@ class TransformerLM(nn.Module):
         else:
             self.position_embedding = None  # rope / alibi act inside attention; "none": no positions
         self.blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
-        self.ln_f = build_norm(config.norm, c, bias=config.bias) if config.norm_placement == "pre" else None
+        self.ln_f = build_norm(config.norm, c, bias=config.bias, fast=config.fast) if config.norm_placement == "pre" else None
         self.lm_head = Linear(c, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.token_embedding.weight  # one Parameter, two uses
@@ -292,5 +292,6 @@ class TransformerLM(nn.Module):
         if self.ln_f is not None:
             x = self.ln_f(x)
         logits = self.lm_head(x)                                          # (B, T, V)
-        loss = None if targets is None else cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+        loss = None if targets is None else cross_entropy(logits, targets, ignore_index=IGNORE_INDEX,
+                                                          fast=config.fast)
         return logits, loss

@@ -72,6 +72,24 @@ def test_gradients_reach_every_parameter(feedforward, activation):
         assert p.grad is not None and p.grad.abs().sum() > 0, f"parameter {name} got no gradient"
 
 
+@given(lead=batch_shapes(0, 2), d=sizes(8), f=sizes(12), activation=activations, bias=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=seeds)
+def test_fast_path_equals_written_out(feedforward, lead, d, f, activation, bias, dtype, seed):
+    """fast=True (torch's activations) gives the written-out outputs and input gradients."""
+    slow = _build(feedforward, d, f, activation, bias, seed, dtype)
+    fast = feedforward.FeedForward(d, f, activation=activation, bias=bias, fast=True).to(dtype)
+    fast.load_state_dict(slow.state_dict())
+    assert fast.fast is True and slow.fast is False, "FeedForward must store fast as .fast"
+    x = randn((*lead, d), seed, dtype, 2.0)
+    xs, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ys, yf = slow(xs), fast(xf)
+    assert_close(yf, ys, what=f"FeedForward[{activation}](fast=True) vs fast=False")
+    upstream = randn(ys.shape, seed + 1, dtype)
+    (ys * upstream).sum().backward()
+    (yf * upstream).sum().backward()
+    assert_close(xf.grad, xs.grad, what=f"FeedForward[{activation}](fast=True): gradient of the input")
+
+
 @given(seed=seeds)
 def test_activation_functions(feedforward, seed):
     """relu, gelu (exact erf form) and silu equal torch's own."""
@@ -89,6 +107,8 @@ def test_bad_arguments(feedforward):
         feedforward.FeedForward(0, 8)
     with raises_clear(ValueError, "d_ff"):
         feedforward.FeedForward(4, -2)
+    with raises_clear(TypeError, "fast"):
+        feedforward.FeedForward(4, 8, fast="yes")
     ffn = feedforward.FeedForward(4, 8)
     with raises_clear(ValueError, "x", "4"):
         ffn(torch.zeros(2, 5))

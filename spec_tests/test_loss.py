@@ -102,6 +102,23 @@ def test_gradient_equals_torch(loss, lead, v, reduction, seed):
     assert_close(ours.grad, theirs.grad, what="d loss / d logits")
 
 
+@given(lead=batch_shapes(1, 2), v=sizes(12, 1), reduction=reductions, dtype=float_dtypes, scale=scales,
+       ignore_fraction=st.sampled_from([0.0, 0.3, 1.0]), ignore_index=st.sampled_from([-100, -1, 2]), seed=seeds)
+def test_fast_path_equals_written_out(loss, lead, v, reduction, dtype, scale, ignore_fraction, ignore_index, seed):
+    """fast=True gives the written-out values and gradients: any ignore_index, all-ignored included."""
+    logits, targets = _problem(lead, v, seed, dtype, scale, ignore_fraction, ignore_index)
+    slow, fast = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    expected = loss.cross_entropy(slow, targets, ignore_index, reduction)
+    got = loss.cross_entropy(fast, targets, ignore_index, reduction, fast=True)
+    what = (f"cross_entropy(fast=True, ignore_index={ignore_index}, reduction={reduction!r}) vs fast=False "
+            f"({ignore_fraction:.0%} ignored)")
+    assert_close(got, expected, what=what)
+    upstream = randn(expected.shape, seed + 9, expected.dtype)
+    (expected * upstream).sum().backward()
+    (got * upstream).sum().backward()
+    assert_close(fast.grad, slow.grad, what=f"gradient of {what}")
+
+
 @given(v=sizes(64, 2), dtype=float_dtypes, seed=seeds)
 def test_huge_logits_stay_finite(loss, v, dtype, seed):
     """Logits of scale 1e4 give a finite loss and finite gradients, equal to torch's (no overflow)."""
@@ -159,3 +176,5 @@ def test_bad_arguments(loss):
         loss.cross_entropy(good, good)
     with raises_clear(ValueError, "reduction", "mean"):
         loss.cross_entropy(logits, good, reduction="average")
+    with raises_clear(TypeError, "fast"):
+        loss.cross_entropy(logits, good, fast=None)

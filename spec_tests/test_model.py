@@ -111,11 +111,11 @@ BASE = dict(vocab_size=13, context_length=10, n_layers=2, d_model=8, n_heads=2)
 @given(c=configs(), dropout=st.sampled_from([0.0, 0.1, 0.5]), fast=st.booleans())
 def test_config_round_trip(model, c, dropout, fast):
     """ModelConfig.from_dict(json round trip of to_dict()) == the config, field by field."""
-    config = model.ModelConfig(**c, dropout=dropout, fast_attention=fast)
+    config = model.ModelConfig(**c, dropout=dropout, fast=fast)
     d = config.to_dict()
     back = model.ModelConfig.from_dict(json.loads(json.dumps(d)))
     assert_equal(back, config, what="ModelConfig.from_dict(json.loads(json.dumps(to_dict())))")
-    expected = {**c, "dropout": dropout, "fast_attention": fast}
+    expected = {**c, "dropout": dropout, "fast": fast}
     assert_equal({k: d[k] for k in expected}, expected, what="to_dict() fields")
     assert_equal(sorted(d), sorted(f.name for f in dataclasses.fields(model.ModelConfig)),
                  what="to_dict() keys (every field)")
@@ -126,7 +126,7 @@ def test_config_defaults(model):
     config = model.ModelConfig(**BASE)
     expected = dict(n_kv_heads=None, d_ff=None, dropout=0.0, activation="gelu", norm="layernorm",
                     norm_placement="pre", positional="learned", window=None, tie_weights=True, bias=True,
-                    fast_attention=False)
+                    fast=False)
     assert_equal({k: getattr(config, k) for k in expected}, expected, what="ModelConfig defaults")
 
 
@@ -160,7 +160,7 @@ BAD_CONFIGS = [
     ("window", ValueError, {"window": 0}),
     ("tie_weights", TypeError, {"tie_weights": "yes"}),
     ("bias", TypeError, {"bias": 1}),
-    ("fast_attention", TypeError, {"fast_attention": None}),
+    ("fast", TypeError, {"fast": None}),
     ("rope", ValueError, {"positional": "rope", "d_model": 6, "n_heads": 2}),        # head_dim 3
     ("sinusoidal", ValueError, {"positional": "sinusoidal", "d_model": 7, "n_heads": 1}),
 ]
@@ -213,6 +213,31 @@ def test_causal(model, positional, variant, data, seed):
     assert_close(logits_changed[:, :t + 1], logits[:, :t + 1],
                  what=f"logits at positions <= {t} after changing later tokens")
     assert_equal(tuple(logits.shape), (2, t_len, c["vocab_size"]), what="logits shape (B, T, V)")
+
+
+@settings(max_examples=10)
+@given(c=configs(), padded=st.booleans(), seed=seeds)
+def test_fast_equals_written_out(model, c, padded, seed):
+    """fast=True changes speed, not results: same weights give the same logits, loss and gradients."""
+    slow = _build(model, {**c, "fast": False}, seed, torch.float32)
+    fast = _build(model, {**c, "fast": True}, seed, torch.float32, randomise=False)
+    fast.load_state_dict(slow.state_dict())
+    b, t = 2, c["context_length"]
+    idx = randint(0, c["vocab_size"], (b, t), seed)
+    targets = randint(0, c["vocab_size"], (b, t), seed + 1)
+    targets[:, -2:] = -100                                   # ignored targets take part too
+    mask = None
+    if padded:                                               # the second row: 2 real tokens, then padding
+        mask = torch.ones(b, t, dtype=torch.bool)
+        mask[1, 2:] = False
+    logits_s, loss_s = slow(idx, targets, padding_mask=mask)
+    logits_f, loss_f = fast(idx, targets, padding_mask=mask)
+    assert_close(logits_f, logits_s, what="logits of fast=True vs fast=False")
+    assert_close(loss_f, loss_s, what="loss of fast=True vs fast=False")
+    loss_s.backward()
+    loss_f.backward()
+    for (name, pf), ps in zip(fast.named_parameters(), slow.parameters()):
+        assert_close(pf.grad, ps.grad, what=f"gradient of {name}, fast=True vs fast=False", atol=1e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -118,6 +118,28 @@ def test_gradients_reach_every_parameter(norm, kind):
         assert p.grad is not None and p.grad.abs().sum() > 0, f"parameter {name} got no gradient"
 
 
+@given(kind=st.sampled_from(["layernorm", "rmsnorm"]), lead=batch_shapes(0, 2), d=sizes(16, 2),
+       scale=scales, eps=st.sampled_from([1e-5, 1e-2, 0.5]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       seed=seeds)
+def test_fast_path_equals_written_out(norm, kind, lead, d, scale, eps, dtype, seed):
+    """fast=True gives the written-out path's outputs and gradients (same eps, gain and bias)."""
+    slow = norm.build_norm(kind, d, eps=eps).to(dtype)
+    _randomise(slow, seed)
+    fast = norm.build_norm(kind, d, eps=eps, fast=True).to(dtype)
+    fast.load_state_dict(slow.state_dict())
+    assert fast.fast is True and slow.fast is False, "build_norm must pass fast on (stored as .fast)"
+    x = randn((*lead, d), seed, dtype, scale)
+    upstream = randn((*lead, d), seed + 1, dtype)
+    xs, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ys, yf = slow(xs), fast(xf)
+    assert_close(yf, ys, what=f"{kind}(fast=True) vs fast=False, eps={eps}")
+    (ys * upstream).sum().backward()
+    (yf * upstream).sum().backward()
+    assert_close(xf.grad, xs.grad, what=f"{kind}(fast=True): gradient of the input")
+    for (name, pf), ps in zip(fast.named_parameters(), slow.parameters()):
+        assert_close(pf.grad, ps.grad, what=f"{kind}(fast=True): gradient of {name}")
+
+
 def test_build_norm(norm):
     """build_norm("layernorm" | "rmsnorm", d_model) builds the named layer; other names are errors."""
     assert isinstance(norm.build_norm("layernorm", 4), norm.LayerNorm)
@@ -136,6 +158,8 @@ def test_bad_arguments(norm, cls):
         make(4.0)
     with raises_clear(ValueError, "eps"):
         make(4, eps=0.0)
+    with raises_clear(TypeError, "fast"):
+        make(4, fast=1)
     layer = make(4)
     with raises_clear(ValueError, "x", "4"):
         layer(torch.zeros(2, 3))

@@ -29,6 +29,12 @@ MUTANTS = [
            "rms = torch.sqrt((h * h).mean(dim=-1, keepdim=True)) + self.eps"),
     Mutant("norm-half-precision-statistics", "norm.py", "computes bfloat16 statistics in bfloat16",
            "return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x", "return x"),
+    Mutant("layernorm-fast-path-drops-bias", "norm.py", "the fused LayerNorm is called without the bias",
+           "self.weight, self.bias, self.eps)", "self.weight, None, self.eps)"),
+    Mutant("rmsnorm-fast-path-default-eps", "norm.py", "the fused RMSNorm is called without eps (torch's default eps)",
+           "F.rms_norm(x, (self.d_model,), self.weight, self.eps)", "F.rms_norm(x, (self.d_model,), self.weight)"),
+    Mutant("build-norm-drops-fast", "norm.py", "build_norm does not pass fast on",
+           "return LayerNorm(d_model, eps=eps, bias=bias, fast=fast)", "return LayerNorm(d_model, eps=eps, bias=bias)"),
     Mutant("build-norm-always-layernorm", "norm.py", "build_norm ignores the kind",
            "    if kind == \"layernorm\":\n        return LayerNorm", "    if True:\n        return LayerNorm"),
 ]
