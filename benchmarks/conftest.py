@@ -1,7 +1,7 @@
 """Benchmarks: the ``variants`` marker (the variants study) runs only when ``-m`` selects it.
 
 ``pytest benchmarks --benchmark-disable -q`` (CI) skips the study and runs its micro-budget smoke
-test; ``pytest benchmarks -m variants`` runs the study (about 20 minutes on 2 CPU cores).
+test; ``pytest benchmarks -m variants`` runs the study (about 15 minutes on 2 CPU cores).
 The spec runs with one torch thread (``spec_tests/plugin.py``); benchmarks use every core.
 """
 

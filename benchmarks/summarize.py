@@ -4,8 +4,8 @@
     python -m benchmarks.summarize model.json [more.json ...]
 
 Each benchmark group (one size and mode) becomes a row: the mean time of every contender, and each
-contender's time over the baseline's (``torch`` where the group has it, otherwise its first
-contender), so "1.30x" reads as "30% slower than torch". Numeric ``extra_info`` (tokens/s, ratios
+contender's time over the baseline's (torch's own or a peer library where the group has one,
+otherwise its first contender), so "1.30x" reads as "30% slower than torch". Numeric ``extra_info`` (tokens/s, ratios
 measured in one run) is listed under the table.
 """
 
@@ -16,13 +16,20 @@ import sys
 from collections import defaultdict
 
 
-def _contender(bench: dict) -> str:
-    """The name of what a benchmark measured, within its group: its ``impl`` (or its id's first part)."""
-    params = bench.get("params") or {}
-    if "impl" in params:
-        return str(params["impl"])
-    name = bench["name"]
-    return name[name.find("[") + 1:-1] if "[" in name else name
+#: Contenders that other contenders are measured against, when a group has one (torch's own, the peers).
+BASELINES = ("torch", "torch.multinomial", "hf_tokenizers", "tiktoken")
+
+
+def _labels(benches: list[dict]) -> list[str]:
+    """A name per benchmark of a group: its test (when the group mixes tests) and the params that vary."""
+    funcs = [b["name"].split("[")[0].removeprefix("test_") for b in benches]
+    keys = sorted({k for b in benches for k in (b.get("params") or {})})
+    varying = [k for k in keys if len({str((b.get("params") or {}).get(k)) for b in benches}) > 1]
+    labels = []
+    for func, b in zip(funcs, benches):
+        parts = ([func] if len(set(funcs)) > 1 else []) + [str(b["params"][k]) for k in varying]
+        labels.append("-".join(parts) or func)
+    return labels
 
 
 def _fmt_time(seconds: float) -> str:
@@ -42,8 +49,8 @@ def summarize(paths: list[str]) -> str:
     lines = []
     extras = []
     for group, benches in groups.items():
-        means = {_contender(b): b["stats"]["mean"] for b in benches}
-        base = "torch" if "torch" in means else next(iter(means))
+        means = dict(zip(_labels(benches), (b["stats"]["mean"] for b in benches)))
+        base = next((name for name in means if any(name.endswith(peer) for peer in BASELINES)), next(iter(means)))
         cells = [f"{name} {_fmt_time(t)} ({t / means[base]:.2f}x)" if name != base else f"{name} {_fmt_time(t)}"
                  for name, t in means.items()]
         lines.append(f"| {group} | " + " / ".join(cells) + " |")

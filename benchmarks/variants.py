@@ -83,7 +83,7 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    # The committed results (docs/variants/): about 20 minutes on 2 CPU cores.
+    # The committed results (docs/variants/): about 15 minutes on 2 CPU cores.
     "full": Budget(
         name="full", steps=300, batch_size=16, context=64, d_model=64, n_layers=2, n_heads=4,
         vocab_size=512, seeds=(0, 1), lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.01,
@@ -564,17 +564,7 @@ def experiment_activation(study: Study, out: Path | None, seeds: Sequence[int]) 
                   "val bits/char", "train tokens/s"], rows)
     body += (f"\n\nd_model {b.d_model}, {b.n_layers} layers; ReLU/GELU: d_ff = 4 x d_model = {d_ff}; SwiGLU: "
              f"d_ff = round(2/3 x {d_ff}) = {swiglu_d_ff(d_ff)} (three matrices instead of two).")
-    plots = []
-    plt = _plt()
-    if plt and out:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for v in variants:
-            ax.plot(_smooth(_mean_curve(runs[v.name])), label=v.name, lw=1.2)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss (nats/token, smoothed)")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-        plots.append(_save(fig, out / "activation.png"))
+    plots = [_plot_loss_curves(variants, runs, out / "activation.png")] if _plt() and out else []
     headline = {f"{v.name}_val_bpc": mean_sd(r.val_bpc for r in runs[v.name])[0] for v in variants}
     return Section("activation", "3. FFN activations at matched parameter count", body, plots, records, headline)
 
@@ -760,6 +750,18 @@ EXPERIMENTS: dict[str, Callable[[Study, Path | None, Sequence[int]], Section]] =
 }
 
 
+def _plot_loss_curves(variants: Sequence[Variant], runs: dict[str, list[Run]], path: Path) -> str:
+    """One smoothed, seed-averaged training-loss curve per variant, saved to ``path`` (matplotlib)."""
+    fig, ax = _plt().subplots(figsize=(5.5, 3.8))
+    for v in variants:
+        ax.plot(_smooth(_mean_curve(runs[v.name])), label=v.name, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats/token, smoothed)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -793,17 +795,7 @@ def compare(variants: Sequence[Variant], *, budget: Budget | str = "quick", seed
                      f"{sum(r.diverged for r in rs)}/{len(rs)}", fmt_int(mean_sd(r.tokens_per_s for r in rs)[0])])
     body = table(["variant", "params", "final train loss (nats/token)", "val bits/char", "diverged",
                   "train tokens/s"], rows)
-    plots = []
-    plt = _plt()
-    if plt and out:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for v in variants:
-            ax.plot(_smooth(_mean_curve(runs[v.name])), label=v.name, lw=1.2)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss (nats/token, smoothed)")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-        plots.append(_save(fig, out / f"{key}.png"))
+    plots = [_plot_loss_curves(variants, runs, out / f"{key}.png")] if _plt() and out else []
     section = Section(key, title, body, plots, records,
                       {f"{v.name}_val_bpc": mean_sd(r.val_bpc for r in runs[v.name])[0] for v in variants},
                       time.perf_counter() - start)

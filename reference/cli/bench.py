@@ -26,7 +26,7 @@ def register(commands) -> None:
         "variants", help="norm placement, positions, activations, attention, vocabulary size",
         description="Train each variant at a small fixed budget on the built-in corpus with fixed seeds "
                     "and write Markdown tables (and PNG plots, with matplotlib) to the results folder. "
-                    "The full study takes about 20 minutes on 2 CPU cores; --quick a few.")
+                    "The full study takes about 15 minutes on 2 CPU cores; --quick a few.")
     variants.add_argument("--quick", action="store_true",
                           help="a first look in a few minutes: 1 seed, 100 steps (default out: runs/variants-quick)")
     variants.add_argument("--out", default=None, metavar="DIR",
