@@ -1,12 +1,12 @@
-"""Turn pytest-benchmark JSON files into Markdown tables: one row per group, the ratio to torch visible.
+"""Turn pytest-benchmark JSON files into Markdown tables: one row per group, each ratio to its baseline.
 
     pytest benchmarks/test_bench_model.py --benchmark-only --benchmark-json=model.json
     python -m benchmarks.summarize model.json [more.json ...]
 
 Each benchmark group (one size and mode) becomes a row: the mean time of every contender, and each
 contender's time over the baseline's (torch's own or a peer library where the group has one,
-otherwise its first contender), so "1.30x" reads as "30% slower than torch". Numeric ``extra_info`` (tokens/s, ratios
-measured in one run) is listed under the table.
+otherwise its first contender), so "1.30x" reads as "30% slower than the baseline". Numeric
+``extra_info`` (tokens/s, ratios measured in one run) is listed under the table.
 """
 
 from __future__ import annotations
