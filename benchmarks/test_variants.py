@@ -110,7 +110,7 @@ def test_adding_a_variant_example_runs(micro, tmp_path):
 
 def test_cli_rejects_an_unknown_experiment(capsys):
     """`bare-lm bench variants --only NAME` names the experiments when NAME is not one."""
-    from reference.cli import main
+    from bare_lm.cli import main
 
     assert main(["bench", "variants", "--only", "nonsense", "--out", os.devnull]) == 2
     assert "positional" in capsys.readouterr().err

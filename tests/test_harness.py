@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from spec_tests.components import COMPONENTS
-from spec_tests.mutants import all_mutants
+from bare_lm.mutants import all_mutants
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +61,24 @@ def test_every_spec_file_is_a_component():
 
 
 def test_cli_help():
-    proc = subprocess.run([sys.executable, "-m", "reference.cli", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "bare_lm.cli", "--help"], capture_output=True, text=True,
                           cwd=ROOT)
     assert proc.returncode == 0 and "status" in proc.stdout, proc.stderr
+
+
+def test_reference_is_the_implementation_alone():
+    """reference/ imports nothing from the spec, the benchmarks or the tooling: it is what a learner
+    compares with and what an instructor strips, nothing more."""
+    import ast
+    for path in sorted((ROOT / "reference").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in ("spec_tests", "benchmarks", "bare_lm", "kata"), \
+                    f"{path.relative_to(ROOT)} imports {name}"

@@ -17,7 +17,7 @@ def register(commands) -> None:
     status.add_argument("pytest_args", nargs=argparse.REMAINDER, help="further pytest arguments")
     status.set_defaults(run=run_status)
 
-    from spec_tests import mutate
+    from bare_lm import mutate
 
     mutants = commands.add_parser(
         "mutants", help="prove the spec bites: every classic bug in the catalogue must be caught",

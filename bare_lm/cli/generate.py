@@ -35,8 +35,8 @@ def register(commands) -> None:
 
 def run(args) -> int:
     """Load the checkpoint, then stream the answer to ``--prompt`` (and, interactive, to each prompt read)."""
-    from .. import generate
-    from ..checkpoint import load_checkpoint
+    from reference import generate
+    from reference.checkpoint import load_checkpoint
 
     if args.prompt is None and not args.interactive:
         print("bare-lm generate: give --prompt TEXT or --interactive", file=sys.stderr)

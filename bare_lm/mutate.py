@@ -1,6 +1,6 @@
 """Run the mutant catalogue: each classic bug must make its component's spec fail.
 
-``bare-lm mutants`` (or ``python -m spec_tests.mutate``): for each mutant, copy ``reference/``, apply
+``bare-lm mutants`` (or ``python -m bare_lm.mutate``): for each mutant, copy ``reference/``, apply
 the edit, run the mutant's spec files against the copy with ``pytest --impl COPY -x``, and report
 which test caught it, or SURVIVED. Exits 1 if any mutant survives or no longer applies.
 """
@@ -19,10 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .impl import REPO_ROOT
+from spec_tests.impl import REPO_ROOT
+
 from .mutants import Mutant, all_mutants
 
-SPEC_DIR = Path(__file__).resolve().parent
+SPEC_DIR = REPO_ROOT / "spec_tests"
 TIMEOUT_S = 300
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-from ..components import COMPONENTS
+from spec_tests.components import COMPONENTS
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,12 @@ def register(commands) -> None:
 
 
 def _load(path):
-    from ..tokenizer import Tokenizer
+    from reference.tokenizer import Tokenizer
     return Tokenizer.load(path)
 
 
 def run_train(args) -> int:
-    from ..tokenizer import GPT2_PATTERN, Tokenizer
+    from reference.tokenizer import GPT2_PATTERN, Tokenizer
 
     pattern = GPT2_PATTERN if args.pattern == "gpt2" else None
     start = time.perf_counter()

@@ -52,9 +52,9 @@ OVERRIDES = ("steps", "batch_size", "accum", "lr", "min_lr", "warmup", "weight_d
 
 
 def run(args) -> int:
-    from .. import corpus
-    from ..checkpoint import load_checkpoint
-    from ..train import CHECKPOINT_DIR, PRESETS, TrainConfig, train
+    from reference import corpus
+    from reference.checkpoint import load_checkpoint
+    from reference.train import CHECKPOINT_DIR, PRESETS, TrainConfig, train
 
     started = time.perf_counter()
     if args.config not in PRESETS:
@@ -112,7 +112,7 @@ def run(args) -> int:
 
 
 def _documents(args) -> tuple[list[str], list[str]]:
-    from .. import corpus, data
+    from reference import corpus, data
 
     if args.data is None:
         return corpus.builtin_corpus()
@@ -133,8 +133,8 @@ def _samples(result, n: int, seed: int) -> list[str]:
     """``n`` continuations of the end-of-text token (the start of a document), temperature 0.8, top-k 40."""
     if n <= 0:
         return []
-    from ..generate import generate
-    from ..tokenizer import ENDOFTEXT
+    from reference.generate import generate
+    from reference.tokenizer import ENDOFTEXT
 
     tok = result.tokenizer
     eot = tok.special_tokens[ENDOFTEXT]
