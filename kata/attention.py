@@ -46,7 +46,7 @@ from torch import nn
 
 from . import checks
 from .linear import Linear
-from .positional import POSITIONAL, RotaryEmbedding, alibi_bias, check_positions
+from .positional import POSITIONAL, ROPE_PAIRINGS, RotaryEmbedding, alibi_bias, check_positions
 
 
 def causal_mask(t_q: int, t_k: int | None = None, device=None) -> torch.Tensor:
@@ -134,7 +134,7 @@ class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention, the base class of every variant.
 
     Args:
-        d_model: model width C (a multiple of ``n_heads``); head_dim D = C / H.
+        d_model: model width C (a multiple of ``n_heads`` unless ``head_dim`` is given).
         n_heads: number of query heads H.
         n_kv_heads: number of key/value heads (None: H). Only a subclass that overrides
             ``expand_kv`` (``GroupedQueryAttention``) accepts fewer than H.
@@ -146,12 +146,16 @@ class MultiHeadAttention(nn.Module):
             ``attention_mask`` (``SlidingWindowAttention``) accepts one.
         fast: use ``torch.nn.functional.scaled_dot_product_attention`` where its semantics are
             identical (no weights requested, no dropout active, no fully masked query row).
+        head_dim: the size D of each head (None: ``d_model // n_heads``; else a positive int).
+        rope_base, rope_pairing: RoPE's ``base`` and ``pairing`` (see ``positional``).
 
-    Attributes: the arguments (``n_kv_heads`` resolved to an int), ``head_dim``, ``q_proj``
-    (C -> C), ``k_proj`` and ``v_proj`` (C -> H_kv * D), ``out_proj`` (C -> C), all ``Linear`` with
-    ``bias``; ``rope`` (a ``RotaryEmbedding(head_dim, max_len)`` for ``"rope"``, else None).
+    Attributes: the arguments (``n_kv_heads`` resolved to an int), ``head_dim`` (resolved), ``q_proj``
+    (C -> H * D), ``k_proj`` and ``v_proj`` (C -> H_kv * D), ``out_proj`` (H * D -> C), all ``Linear``
+    with ``bias``; ``rope`` (a ``RotaryEmbedding(head_dim, max_len, base=rope_base,
+    pairing=rope_pairing)`` for ``"rope"``, else None).
 
-    Errors (ValueError naming the argument): ``d_model`` not divisible by ``n_heads``; ``n_heads``
+    Errors (ValueError naming the argument): ``d_model`` not divisible by ``n_heads`` (when
+    ``head_dim`` is None); ``rope_pairing`` not in ``ROPE_PAIRINGS``; ``n_heads``
     not divisible by ``n_kv_heads``; ``window < 1``; ``n_kv_heads < n_heads`` while
     ``type(self).expand_kv is MultiHeadAttention.expand_kv`` (name ``n_kv_heads``, suggest
     GroupedQueryAttention); a ``window`` while ``attention_mask`` is not overridden (name
@@ -163,7 +167,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, dropout: float = 0.0,
                  bias: bool = True, positional: str = "none", max_len: int = 2048, window: int | None = None,
-                 fast: bool = False):
+                 fast: bool = False, head_dim: int | None = None, rope_base: float = 10000.0,
+                 rope_pairing: str = "interleaved"):
         super().__init__()
         raise NotImplementedError("MultiHeadAttention.__init__: check arguments, build q/k/v/out projections, rope")
 
@@ -248,7 +253,8 @@ class SlidingWindowGroupedQueryAttention(GroupedQueryAttention, SlidingWindowAtt
 
 def build_attention(*, d_model: int, n_heads: int, n_kv_heads: int | None = None, dropout: float = 0.0,
                     bias: bool = True, positional: str = "none", max_len: int = 2048,
-                    window: int | None = None, fast: bool = False) -> MultiHeadAttention:
+                    window: int | None = None, fast: bool = False, head_dim: int | None = None,
+                    rope_base: float = 10000.0, rope_pairing: str = "interleaved") -> MultiHeadAttention:
     """The attention layer for a config: ``GroupedQueryAttention`` when ``n_kv_heads`` is set and below
     ``n_heads``, ``SlidingWindowAttention`` when ``window`` is set, both: ``SlidingWindowGroupedQueryAttention``,
     neither: ``MultiHeadAttention``. Keyword arguments only; the same meanings as ``MultiHeadAttention``

@@ -2,14 +2,20 @@
 
 Applied to each position independently, ``(..., d_model) -> (..., d_model)``::
 
-    relu, gelu:  FFN(x) = W2 act(W1 x + b1) + b2          W1: d_model -> d_ff, W2: d_ff -> d_model
+    relu, gelu, gelu_tanh:  FFN(x) = W2 act(W1 x + b1) + b2     W1: d_model -> d_ff, W2: d_ff -> d_model
     swiglu:      FFN(x) = W2 (silu(W1 x) * (W3 x))         W3: d_model -> d_ff, the linear branch
 
-``gelu`` is the exact form ``x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))``, not the tanh approximation.
+``gelu`` is the exact form ``x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))``. ``gelu_tanh`` is the tanh
+approximation of Hendrycks & Gimpel (2016), GPT-2's activation (``gelu_new`` in Hugging Face
+transformers)::
+
+    gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+
 ``silu(x) = x * sigmoid(x)``. With ``bias=False`` no layer has a bias.
 
 ``fast=True`` is an opt-in fast path with the same semantics: the activations come from
-``torch.nn.functional`` (``F.relu``, ``F.gelu`` (exact), ``F.silu``) instead of your functions.
+``torch.nn.functional`` (``F.relu``, ``F.gelu`` (exact), ``F.gelu(x, approximate="tanh")``,
+``F.silu``) instead of your functions.
 
 Spec: ``pytest --impl kata spec_tests/test_feedforward.py``.
 """
@@ -24,7 +30,7 @@ from torch import nn
 from . import checks
 from .linear import Linear
 
-ACTIVATIONS = ("relu", "gelu", "swiglu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +41,11 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact GELU: ``0.5 x (1 + erf(x / sqrt(2)))`` (``torch.erf``, ``math.sqrt``)."""
     raise NotImplementedError("gelu: 0.5 * x * (1 + erf(x / sqrt(2)))")
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation: ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))`` (``torch.tanh``)."""
+    raise NotImplementedError("gelu_tanh: 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))")
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +75,6 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., d_model) -> (..., d_model)``; check ``x`` with ``checks.tensor`` first.
 
-        swiglu: ``w2(silu(w1(x)) * w3(x))``; relu / gelu: ``w2(act(w1(x)))``.
+        swiglu: ``w2(silu(w1(x)) * w3(x))``; relu / gelu / gelu_tanh: ``w2(act(w1(x)))``.
         """
         raise NotImplementedError("FeedForward.forward: w2(act(w1(x))), or w2(silu(w1(x)) * w3(x)) for swiglu")

@@ -48,7 +48,7 @@ from .feedforward import ACTIVATIONS, FeedForward
 from .linear import INIT_STD, Linear
 from .loss import IGNORE_INDEX, cross_entropy
 from .norm import NORMS, build_norm
-from .positional import POSITIONAL, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .positional import POSITIONAL, ROPE_PAIRINGS, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 NORM_PLACEMENTS = ("pre", "post")
 
@@ -74,7 +74,17 @@ class ModelConfig:
     - ``tie_weights, bias, fast``: bools (else TypeError);
     - ``d_model % n_heads == 0`` (ValueError naming d_model and n_heads), ``n_heads % n_kv_heads == 0``;
     - rope needs an even ``head_dim``, sinusoidal an even ``d_model`` (ValueError naming the scheme
-      and ``head_dim`` / ``d_model``).
+      and ``head_dim`` / ``d_model``);
+    - ``head_dim``: None or a positive int (when given, ``d_model % n_heads`` is not required);
+      ``attention_bias, ffn_bias``: None or bools; ``norm_eps > 0``, ``rope_base > 1``
+      (``checks.number_in_range``); ``rope_pairing`` in ``ROPE_PAIRINGS``.
+
+    Options for models from elsewhere (Hugging Face GPT-2 and Llama; the defaults are Bare-LM's own):
+    ``norm_eps`` is every norm's eps; ``rope_base`` and ``rope_pairing`` (``"interleaved"``,
+    RoFormer and Meta's Llama code, or ``"half"``, GPT-NeoX and transformers' Llama) shape RoPE;
+    ``head_dim=None`` means ``d_model // n_heads`` (otherwise attention works in
+    ``n_heads * head_dim`` channels); ``attention_bias`` and ``ffn_bias`` (None: ``bias``) switch
+    the biases of the attention projections and of the FFN apart, ``bias`` still covers the norms.
     """
 
     vocab_size: int
@@ -93,14 +103,30 @@ class ModelConfig:
     tie_weights: bool = True
     bias: bool = True
     fast: bool = False
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    rope_pairing: str = "interleaved"
+    head_dim: int | None = None
+    attention_bias: bool | None = None
+    ffn_bias: bool | None = None
 
     def __post_init__(self):
         raise NotImplementedError("ModelConfig.__post_init__: validate every field (see the class docstring)")
 
     @property
-    def head_dim(self) -> int:
-        """``d_model // n_heads``."""
-        raise NotImplementedError("ModelConfig.head_dim: d_model // n_heads")
+    def resolved_head_dim(self) -> int:
+        """``head_dim``, or ``d_model // n_heads`` when it is None."""
+        raise NotImplementedError("ModelConfig.resolved_head_dim: head_dim, or d_model // n_heads if None")
+
+    @property
+    def resolved_attention_bias(self) -> bool:
+        """``attention_bias``, or ``bias`` when it is None."""
+        raise NotImplementedError("ModelConfig.resolved_attention_bias: attention_bias, or bias if None")
+
+    @property
+    def resolved_ffn_bias(self) -> bool:
+        """``ffn_bias``, or ``bias`` when it is None."""
+        raise NotImplementedError("ModelConfig.resolved_ffn_bias: ffn_bias, or bias if None")
 
     @property
     def resolved_n_kv_heads(self) -> int:
@@ -141,10 +167,13 @@ class TransformerBlock(nn.Module):
     ``__init__`` builds, from the config (TypeError if ``config`` is not a ``ModelConfig``;
     ``layer_index`` must be in ``[0, n_layers)``):
 
-    - ``ln_1 = build_norm(config.norm, d_model, bias=config.bias, fast=config.fast)``, ``ln_2`` the same;
-    - ``attn = build_attention(d_model=..., n_heads=..., n_kv_heads=..., dropout=..., bias=...,
-      positional=..., max_len=config.context_length, window=..., fast=config.fast)``;
-    - ``ffn = FeedForward(d_model, config.resolved_d_ff, activation=..., bias=..., fast=config.fast)``.
+    - ``ln_1 = build_norm(config.norm, d_model, eps=config.norm_eps, bias=config.bias, fast=config.fast)``,
+      ``ln_2`` the same (and ``ln_f`` of the model);
+    - ``attn = build_attention(d_model=..., n_heads=..., n_kv_heads=..., dropout=...,
+      bias=config.resolved_attention_bias, positional=..., max_len=config.context_length, window=...,
+      fast=config.fast, head_dim=config.head_dim, rope_base=..., rope_pairing=...)``;
+    - ``ffn = FeedForward(d_model, config.resolved_d_ff, activation=..., bias=config.resolved_ffn_bias,
+      fast=config.fast)``.
     """
 
     def __init__(self, config: ModelConfig, layer_index: int):
@@ -190,7 +219,7 @@ class TransformerLM(nn.Module):
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> list[KVCache]:
         """One empty ``KVCache`` per layer, for ``max_len`` tokens (default ``context_length``), in the
-        parameters' dtype and device: ``KVCache(batch_size, resolved_n_kv_heads, max_len, head_dim,
+        parameters' dtype and device: ``KVCache(batch_size, resolved_n_kv_heads, max_len, resolved_head_dim,
         dtype=..., device=...)``."""
         raise NotImplementedError("TransformerLM.new_kv_cache: one KVCache(B, n_kv_heads, max_len, head_dim) per block")
 

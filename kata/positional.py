@@ -20,7 +20,15 @@ angle ``p * theta_i`` with ``theta_i = base^(-2i/D)`` (``D`` = head_dim, even)::
     y[2i+1] = x[2i] sin(p theta_i) + x[2i+1] cos(p theta_i)
 
 so ``<R(p) q, R(s) k>`` depends on ``p - s`` only. As complex numbers: ``z_i = x[2i] + j x[2i+1]``,
-``z_i -> z_i * exp(j p theta_i)``. (Not the "half-split" pairs ``(x[i], x[i + D/2])`` of GPT-NeoX.)
+``z_i -> z_i * exp(j p theta_i)``.
+
+Which coordinates form a pair is a convention (``ROPE_PAIRINGS``), with the same angles ``theta_i``:
+``"interleaved"`` (the default): pairs ``(x[2i], x[2i+1])`` as above (the RoFormer paper, Meta's
+Llama code); ``"half"``: pairs ``(x[i], x[i + D/2])`` (GPT-NeoX, Hugging Face transformers' Llama,
+"rotate_half")::
+
+    y[i]       = x[i] cos(p theta_i) - x[i + D/2] sin(p theta_i)
+    y[i + D/2] = x[i] sin(p theta_i) + x[i + D/2] cos(p theta_i)
 
 ALiBi adds ``-m_h * (i - j)`` to the score of query position ``i`` and key position ``j`` of head
 ``h``. Slopes, for ``n`` heads (``h = 1 .. n``): if ``n`` is a power of two, ``m_h = 2^(-8h/n)``;
@@ -39,6 +47,7 @@ from torch import nn
 from . import checks
 
 POSITIONAL = ("sinusoidal", "learned", "rope", "alibi", "none")
+ROPE_PAIRINGS = ("interleaved", "half")  # which coordinates RoPE rotates together (module docstring)
 INIT_STD = 0.02  # learned position table ~ N(0, INIT_STD^2)
 
 
@@ -91,27 +100,29 @@ class LearnedPositionalEmbedding(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding on interleaved pairs; ``forward(x (..., T, D), positions (T,))``.
+    """Rotary position embedding; ``forward(x (..., T, D), positions (T,))``; ``pairing`` in
+    ``ROPE_PAIRINGS`` (``"interleaved"``: ``(x[2i], x[2i+1])``; ``"half"``: ``(x[i], x[i + D/2])``).
 
     No parameters. Compute the angles ``p * base^(-2i/D)`` in float64 for the given positions, then
     cast cos/sin to ``x.dtype``. Output: ``x``'s shape and dtype.
 
     Errors: ``head_dim`` not a positive int or odd (ValueError naming ``head_dim``); ``max_len`` not
-    a positive int; ``base <= 1``; in forward ``checks.tensor("x", x, min_dim=2, last_dim=head_dim,
+    a positive int; ``base <= 1``; ``pairing`` not in ``ROPE_PAIRINGS`` (``checks.one_of("pairing", ...)``); in forward ``checks.tensor("x", x, min_dim=2, last_dim=head_dim,
     floating=True)``, ``check_positions(positions, max_len)``, and ``positions`` of a length other
     than ``x.shape[-2]`` (ValueError naming ``positions``).
     """
 
-    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0, pairing: str = "interleaved"):
         super().__init__()
-        raise NotImplementedError("RotaryEmbedding.__init__: check head_dim (even), max_len, base > 1")
+        raise NotImplementedError("RotaryEmbedding.__init__: check head_dim (even), max_len, base > 1, pairing")
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
         """``(T, D/2)`` float64: ``angles[t, i] = positions[t] * base^(-2i/D)``."""
         raise NotImplementedError("RotaryEmbedding.angles: outer product of positions and base^(-2i/D), in float64")
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate ``(x[..., 2i], x[..., 2i+1])`` by ``angles(positions)[t, i]`` at each row ``t``."""
+        """Rotate each pair (``(x[..., 2i], x[..., 2i+1])``; ``"half"``: ``(x[..., i], x[..., i + D/2])``)
+        by ``angles(positions)[t, i]`` at each row ``t``."""
         raise NotImplementedError("RotaryEmbedding.forward: split even/odd elements, rotate, interleave back")
 
 

@@ -10,7 +10,7 @@ Scaled dot-product attention, for queries ``q (..., Tq, D)``, keys ``k (..., Tk,
     weights = dropout(weights)                   training only (inverted dropout)
     out     = weights v                          (..., Tq, Dv)
 
-Multi-head attention on ``x (B, T, C)`` with ``H`` heads of size ``D = C / H``::
+Multi-head attention on ``x (B, T, C)`` with ``H`` heads of size ``D`` (``head_dim``, default ``C / H``)::
 
     q = split(x Wq^T)  (B, H, T, D)      k, v = split(x Wk^T), split(x Wv^T)  (B, H_kv, T, D)
     q, k = RoPE(q, positions), RoPE(k, positions)          only when positional == "rope"
@@ -19,7 +19,7 @@ Multi-head attention on ``x (B, T, C)`` with ``H`` heads of size ``D = C / H``::
     mask = attention_mask(T, L) & key padding              (B, 1, T, L)     hook
     bias = -m_h (i - j)                                    (H, T, L)        only when positional == "alibi"
     out  = attend(q, k, v, mask, bias)                     (B, H, T, D)     hook
-    y    = merge(out) Wo^T                                 (B, T, C)        out_proj
+    y    = merge(out) Wo^T                                 (B, T, C)        out_proj: H * D -> C
 
 The base class ``MultiHeadAttention`` is plain causal multi-head attention; a variant subclasses it
 and overrides ONE hook: ``GroupedQueryAttention`` overrides ``expand_kv`` (H_kv < H kv heads, each
@@ -37,7 +37,7 @@ from torch import nn
 
 from . import checks
 from .linear import Linear
-from .positional import POSITIONAL, RotaryEmbedding, alibi_bias, check_positions
+from .positional import POSITIONAL, ROPE_PAIRINGS, RotaryEmbedding, alibi_bias, check_positions
 
 
 def causal_mask(t_q: int, t_k: int | None = None, device=None) -> torch.Tensor:
@@ -167,7 +167,7 @@ class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention, the base class of every variant.
 
     Args:
-        d_model: model width C (a multiple of ``n_heads``); head_dim D = C / H.
+        d_model: model width C (a multiple of ``n_heads`` unless ``head_dim`` is given).
         n_heads: number of query heads H.
         n_kv_heads: number of key/value heads (None: H). Only a subclass that overrides
             ``expand_kv`` (``GroupedQueryAttention``) accepts fewer than H.
@@ -179,19 +179,24 @@ class MultiHeadAttention(nn.Module):
             ``attention_mask`` (``SlidingWindowAttention``) accepts one.
         fast: use ``torch.nn.functional.scaled_dot_product_attention`` where its semantics are
             identical (no weights requested, no dropout active, no fully masked query row).
+        head_dim: the size D of each head (None: ``d_model // n_heads``); ``Wq`` is ``C -> H * D``,
+            ``Wk``, ``Wv`` are ``C -> H_kv * D``, ``Wo`` is ``H * D -> C``.
+        rope_base: RoPE's base (``theta_i = rope_base^(-2i/D)``); used when positional == "rope".
+        rope_pairing: one of ``ROPE_PAIRINGS``: which coordinates RoPE rotates together.
 
     Hooks (override ONE in a subclass): ``expand_kv``, ``attention_mask``, ``attend``.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, dropout: float = 0.0,
                  bias: bool = True, positional: str = "none", max_len: int = 2048, window: int | None = None,
-                 fast: bool = False):
+                 fast: bool = False, head_dim: int | None = None, rope_base: float = 10000.0,
+                 rope_pairing: str = "interleaved"):
         super().__init__()
         self.d_model = checks.positive_int("d_model", d_model)
         self.n_heads = checks.positive_int("n_heads", n_heads)
-        if d_model % n_heads:
+        if head_dim is None and d_model % n_heads:
             raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, n_heads={n_heads}")
-        self.head_dim = d_model // n_heads
+        self.head_dim = d_model // n_heads if head_dim is None else checks.positive_int("head_dim", head_dim)
         self.n_kv_heads = n_heads if n_kv_heads is None else checks.positive_int("n_kv_heads", n_kv_heads)
         if n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads must be divisible by n_kv_heads, got n_heads={n_heads}, "
@@ -206,12 +211,14 @@ class MultiHeadAttention(nn.Module):
         self.positional = checks.one_of("positional", positional, POSITIONAL)
         self.max_len = checks.positive_int("max_len", max_len)
         self.fast = checks.boolean("fast", fast)
-        kv_dim = self.n_kv_heads * self.head_dim
-        self.q_proj = Linear(d_model, d_model, bias=bias)   # C -> H * D
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.q_proj = Linear(d_model, q_dim, bias=bias)     # C -> H * D
         self.k_proj = Linear(d_model, kv_dim, bias=bias)    # C -> H_kv * D
         self.v_proj = Linear(d_model, kv_dim, bias=bias)    # C -> H_kv * D
-        self.out_proj = Linear(d_model, d_model, bias=bias)  # H * D -> C
-        self.rope = RotaryEmbedding(self.head_dim, max_len) if positional == "rope" else None
+        self.out_proj = Linear(q_dim, d_model, bias=bias)   # H * D -> C
+        checks.one_of("rope_pairing", rope_pairing, ROPE_PAIRINGS)
+        self.rope = (RotaryEmbedding(self.head_dim, max_len, base=rope_base, pairing=rope_pairing)
+                     if positional == "rope" else None)
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -343,7 +350,8 @@ class SlidingWindowGroupedQueryAttention(GroupedQueryAttention, SlidingWindowAtt
 
 def build_attention(*, d_model: int, n_heads: int, n_kv_heads: int | None = None, dropout: float = 0.0,
                     bias: bool = True, positional: str = "none", max_len: int = 2048,
-                    window: int | None = None, fast: bool = False) -> MultiHeadAttention:
+                    window: int | None = None, fast: bool = False, head_dim: int | None = None,
+                    rope_base: float = 10000.0, rope_pairing: str = "interleaved") -> MultiHeadAttention:
     """The attention layer for a config: ``GroupedQueryAttention`` when ``n_kv_heads`` is set and below
     ``n_heads``, ``SlidingWindowAttention`` when ``window`` is set, both: ``SlidingWindowGroupedQueryAttention``,
     neither: ``MultiHeadAttention``. Keyword arguments only; the same meanings as ``MultiHeadAttention``."""
@@ -357,4 +365,5 @@ def build_attention(*, d_model: int, n_heads: int, n_kv_heads: int | None = None
     else:
         cls = MultiHeadAttention
     return cls(d_model, n_heads, n_kv_heads=n_kv_heads, dropout=dropout, bias=bias, positional=positional,
-               max_len=max_len, window=window, fast=fast)
+               max_len=max_len, window=window, fast=fast, head_dim=head_dim, rope_base=rope_base,
+               rope_pairing=rope_pairing)

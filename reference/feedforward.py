@@ -2,14 +2,19 @@
 
 Applied to each position independently, ``(..., d_model) -> (..., d_model)``::
 
-    relu, gelu:  FFN(x) = W2 act(W1 x + b1) + b2          W1: d_model -> d_ff, W2: d_ff -> d_model
+    relu, gelu, gelu_tanh:  FFN(x) = W2 act(W1 x + b1) + b2     W1: d_model -> d_ff, W2: d_ff -> d_model
     swiglu:      FFN(x) = W2 (silu(W1 x) * (W3 x))         W3: d_model -> d_ff, the linear branch
 
-``gelu`` is the exact form ``x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))``, not the tanh approximation.
+``gelu`` is the exact form ``x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))``. ``gelu_tanh`` is the tanh
+approximation of Hendrycks & Gimpel (2016), GPT-2's activation (``gelu_new`` in Hugging Face
+transformers)::
+
+    gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+
 ``silu(x) = x * sigmoid(x)``. With ``bias=False`` no layer has a bias.
 
 ``fast=True`` is an opt-in fast path with the same semantics: the activations come from
-``torch.nn.functional`` (``relu``, ``gelu`` exact, ``silu``), fused kernels, instead of the
+``torch.nn.functional`` (``relu``, ``gelu`` exact, ``gelu(approximate="tanh")``, ``silu``), fused kernels, instead of the
 functions below.
 """
 
@@ -24,7 +29,7 @@ from torch import nn
 from . import checks
 from .linear import Linear
 
-ACTIVATIONS = ("relu", "gelu", "swiglu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
@@ -34,6 +39,11 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact GELU: ``0.5 x (1 + erf(x / sqrt(2)))``."""
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation: ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))``."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +72,8 @@ class FeedForward(nn.Module):
             h = _silu(self.w1(x)) * self.w3(x)  # (..., F): the gated branch times the linear one
         elif self.activation == "gelu":
             h = _gelu(self.w1(x))               # (..., F)
+        elif self.activation == "gelu_tanh":
+            h = F.gelu(self.w1(x), approximate="tanh") if self.fast else gelu_tanh(self.w1(x))  # (..., F)
         else:
             h = _relu(self.w1(x))               # (..., F)
         return self.w2(h)                       # (..., C)

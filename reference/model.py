@@ -43,7 +43,7 @@ from .feedforward import ACTIVATIONS, FeedForward
 from .linear import INIT_STD, Linear
 from .loss import IGNORE_INDEX, cross_entropy
 from .norm import NORMS, build_norm
-from .positional import POSITIONAL, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .positional import POSITIONAL, ROPE_PAIRINGS, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 NORM_PLACEMENTS = ("pre", "post")
 
@@ -58,6 +58,13 @@ class ModelConfig:
     ``window=None``: full causal attention; an int: each query sees at most ``window`` keys (itself
     and the ``window - 1`` before it). ``fast=True`` turns on every layer's opt-in fast path (fused
     torch kernels with the same semantics: attention, norms, FFN activations, the loss).
+
+    Options for models from elsewhere (Hugging Face GPT-2 and Llama; the defaults are Bare-LM's own):
+    ``norm_eps`` is every norm's eps; ``rope_base`` and ``rope_pairing`` (``ROPE_PAIRINGS``:
+    ``"interleaved"``, RoFormer and Meta's Llama code, or ``"half"``, GPT-NeoX and transformers'
+    Llama) shape RoPE; ``head_dim=None`` means ``d_model // n_heads`` (otherwise attention works in
+    ``n_heads * head_dim`` channels); ``attention_bias`` and ``ffn_bias`` (None: ``bias``) switch
+    the biases of the attention projections and of the FFN apart, ``bias`` still covers the norms.
     """
 
     vocab_size: int
@@ -76,11 +83,17 @@ class ModelConfig:
     tie_weights: bool = True
     bias: bool = True
     fast: bool = False
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    rope_pairing: str = "interleaved"
+    head_dim: int | None = None
+    attention_bias: bool | None = None
+    ffn_bias: bool | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "n_layers", "d_model", "n_heads"):
             checks.positive_int(name, getattr(self, name))
-        for name in ("n_kv_heads", "d_ff", "window"):
+        for name in ("n_kv_heads", "d_ff", "window", "head_dim"):
             if getattr(self, name) is not None:
                 checks.positive_int(name, getattr(self, name))
         self.dropout = checks.number_in_range("dropout", self.dropout, 0.0, 1.0, high_inclusive=False)
@@ -90,21 +103,37 @@ class ModelConfig:
         checks.one_of("positional", self.positional, POSITIONAL)
         for name in ("tie_weights", "bias", "fast"):
             checks.boolean(name, getattr(self, name))
-        if self.d_model % self.n_heads:
+        for name in ("attention_bias", "ffn_bias"):
+            if getattr(self, name) is not None:
+                checks.boolean(name, getattr(self, name))
+        self.norm_eps = checks.number_in_range("norm_eps", self.norm_eps, 0.0, None, low_inclusive=False)
+        self.rope_base = checks.number_in_range("rope_base", self.rope_base, 1.0, None, low_inclusive=False)
+        checks.one_of("rope_pairing", self.rope_pairing, ROPE_PAIRINGS)
+        if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model must be divisible by n_heads: d_model={self.d_model}, n_heads={self.n_heads}")
         if self.n_heads % self.resolved_n_kv_heads:
             raise ValueError(f"n_heads must be divisible by n_kv_heads: n_heads={self.n_heads}, "
                              f"n_kv_heads={self.n_kv_heads}")
-        if self.positional == "rope" and self.head_dim % 2:
-            raise ValueError(f"positional='rope' needs an even head_dim = d_model / n_heads, got "
-                             f"{self.head_dim} (d_model={self.d_model}, n_heads={self.n_heads})")
+        if self.positional == "rope" and self.resolved_head_dim % 2:
+            raise ValueError(f"positional='rope' needs an even head_dim (default d_model / n_heads), got "
+                             f"{self.resolved_head_dim} (d_model={self.d_model}, n_heads={self.n_heads})")
         if self.positional == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"positional='sinusoidal' needs an even d_model, got d_model={self.d_model}")
 
     @property
-    def head_dim(self) -> int:
-        """``d_model // n_heads``."""
-        return self.d_model // self.n_heads
+    def resolved_head_dim(self) -> int:
+        """``head_dim``, or ``d_model // n_heads`` when it is None."""
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def resolved_attention_bias(self) -> bool:
+        """``attention_bias``, or ``bias`` when it is None."""
+        return self.bias if self.attention_bias is None else self.attention_bias
+
+    @property
+    def resolved_ffn_bias(self) -> bool:
+        """``ffn_bias``, or ``bias`` when it is None."""
+        return self.bias if self.ffn_bias is None else self.ffn_bias
 
     @property
     def resolved_n_kv_heads(self) -> int:
@@ -171,14 +200,15 @@ class TransformerBlock(nn.Module):
         self.norm_placement = config.norm_placement
         self.dropout = config.dropout
         c = config.d_model
-        self.ln_1 = build_norm(config.norm, c, bias=config.bias, fast=config.fast)
+        self.ln_1 = build_norm(config.norm, c, eps=config.norm_eps, bias=config.bias, fast=config.fast)
         self.attn = build_attention(d_model=c, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads,
-                                    dropout=config.dropout, bias=config.bias, positional=config.positional,
-                                    max_len=config.context_length, window=config.window,
-                                    fast=config.fast)
-        self.ln_2 = build_norm(config.norm, c, bias=config.bias, fast=config.fast)
-        self.ffn = FeedForward(c, config.resolved_d_ff, activation=config.activation, bias=config.bias,
-                               fast=config.fast)
+                                    dropout=config.dropout, bias=config.resolved_attention_bias,
+                                    positional=config.positional, max_len=config.context_length,
+                                    window=config.window, fast=config.fast, head_dim=config.head_dim,
+                                    rope_base=config.rope_base, rope_pairing=config.rope_pairing)
+        self.ln_2 = build_norm(config.norm, c, eps=config.norm_eps, bias=config.bias, fast=config.fast)
+        self.ffn = FeedForward(c, config.resolved_d_ff, activation=config.activation,
+                               bias=config.resolved_ffn_bias, fast=config.fast)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -220,7 +250,8 @@ class TransformerLM(nn.Module):
         else:
             self.position_embedding = None  # rope / alibi act inside attention; "none": no positions
         self.blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
-        self.ln_f = build_norm(config.norm, c, bias=config.bias, fast=config.fast) if config.norm_placement == "pre" else None
+        self.ln_f = (build_norm(config.norm, c, eps=config.norm_eps, bias=config.bias, fast=config.fast)
+                     if config.norm_placement == "pre" else None)
         self.lm_head = Linear(c, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.token_embedding.weight  # one Parameter, two uses
@@ -245,7 +276,7 @@ class TransformerLM(nn.Module):
         checks.positive_int("batch_size", batch_size)
         max_len = self.config.context_length if max_len is None else checks.positive_int("max_len", max_len)
         weight = self.token_embedding.weight
-        return [KVCache(batch_size, self.config.resolved_n_kv_heads, max_len, self.config.head_dim,
+        return [KVCache(batch_size, self.config.resolved_n_kv_heads, max_len, self.config.resolved_head_dim,
                         dtype=weight.dtype, device=weight.device) for _ in self.blocks]
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

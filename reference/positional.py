@@ -22,6 +22,19 @@ angle ``p * theta_i`` with ``theta_i = base^(-2i/D)`` (``D`` = head_dim, even)::
 so ``<R(p) q, R(s) k>`` depends on ``p - s`` only. As complex numbers: ``z_i = x[2i] + j x[2i+1]``,
 ``z_i -> z_i * exp(j p theta_i)``.
 
+Which coordinates form a pair is a convention (``ROPE_PAIRINGS``), with the same angles ``theta_i``:
+
+- ``"interleaved"``: pairs ``(x[2i], x[2i+1])``, as above: the RoFormer paper and Meta's original
+  Llama code;
+- ``"half"``: pairs ``(x[i], x[i + D/2])`` (the two halves of the head vector): GPT-NeoX and
+  Hugging Face transformers' Llama ("rotate_half")::
+
+      y[i]       = x[i] cos(p theta_i) - x[i + D/2] sin(p theta_i)
+      y[i + D/2] = x[i] sin(p theta_i) + x[i + D/2] cos(p theta_i)
+
+  The two conventions differ by a fixed permutation of each head's coordinates, so a model trained
+  with one converts to the other exactly by permuting the rows of ``Wq`` and ``Wk``.
+
 ALiBi adds ``-m_h * (i - j)`` to the score of query position ``i`` and key position ``j`` of head
 ``h``. Slopes, for ``n`` heads (``h = 1 .. n``): if ``n`` is a power of two, ``m_h = 2^(-8h/n)``;
 otherwise, with ``n'`` the largest power of two below ``n``, the ``n'`` slopes of ``n'`` followed by
@@ -38,6 +51,7 @@ from torch import nn
 from . import checks
 
 POSITIONAL = ("sinusoidal", "learned", "rope", "alibi", "none")
+ROPE_PAIRINGS = ("interleaved", "half")  # which coordinates RoPE rotates together (module docstring)
 INIT_STD = 0.02  # learned position table ~ N(0, INIT_STD^2)
 
 
@@ -111,19 +125,22 @@ class LearnedPositionalEmbedding(nn.Module):
 # --- RoPE ---------------------------------------------------------------------------------------
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding on interleaved pairs; ``forward(x (..., T, D), positions (T,))``.
+    """Rotary position embedding; ``forward(x (..., T, D), positions (T,))``.
 
     No parameters. The angles ``p * base^(-2i/D)`` are computed in float64 for the given positions
     (exact for any dtype of ``x``), then cos/sin are cast to ``x.dtype``. Positions must be < max_len.
+    ``pairing`` (``ROPE_PAIRINGS``): ``"interleaved"`` rotates ``(x[2i], x[2i+1])``, ``"half"``
+    rotates ``(x[i], x[i + D/2])``.
     """
 
-    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0, pairing: str = "interleaved"):
         super().__init__()
         self.head_dim = checks.positive_int("head_dim", head_dim)
         if head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE (it rotates pairs), got {head_dim}")
         self.max_len = checks.positive_int("max_len", max_len)
         self.base = checks.number_in_range("base", base, 1.0, None, low_inclusive=False)
+        self.pairing = checks.one_of("pairing", pairing, ROPE_PAIRINGS)
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
         """``(T, D/2)`` float64: ``angles[t, i] = positions[t] * base^(-2i/D)``."""
@@ -140,14 +157,20 @@ class RotaryEmbedding(nn.Module):
         angle = self.angles(positions)                  # (T, D/2)
         cos = torch.cos(angle).to(x.dtype)              # (T, D/2)
         sin = torch.sin(angle).to(x.dtype)              # (T, D/2)
-        x1 = x[..., 0::2]                               # (..., T, D/2) even elements x[2i]
-        x2 = x[..., 1::2]                               # (..., T, D/2) odd elements x[2i+1]
+        if self.pairing == "half":
+            x1 = x[..., : self.head_dim // 2]           # (..., T, D/2) first half x[i]
+            x2 = x[..., self.head_dim // 2:]            # (..., T, D/2) second half x[i + D/2]
+        else:
+            x1 = x[..., 0::2]                           # (..., T, D/2) even elements x[2i]
+            x2 = x[..., 1::2]                           # (..., T, D/2) odd elements x[2i+1]
         y1 = x1 * cos - x2 * sin                        # (..., T, D/2)
         y2 = x1 * sin + x2 * cos                        # (..., T, D/2)
+        if self.pairing == "half":
+            return torch.cat((y1, y2), dim=-1)          # (..., T, D) halves side by side
         return torch.stack((y1, y2), dim=-1).flatten(-2)  # (..., T, D) pairs interleaved back
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, max_len={self.max_len}, base={self.base}"
+        return f"head_dim={self.head_dim}, max_len={self.max_len}, base={self.base}, pairing={self.pairing!r}"
 
 
 # --- ALiBi --------------------------------------------------------------------------------------
