@@ -20,6 +20,7 @@ COMPONENTS: tuple[str, ...] = (
     "checkpoint",
     "train",
     "generate",
+    "interop",
 )
 
 
