@@ -29,6 +29,7 @@ from ``caches[0].length``; each layer's attention appends its keys and values to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from .feedforward import ACTIVATIONS, FeedForward
 from .linear import INIT_STD, Linear
 from .loss import IGNORE_INDEX, cross_entropy
 from .norm import NORMS, build_norm
+from .norm import build_norm as _build_norm
 from .positional import POSITIONAL, ROPE_PAIRINGS, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 NORM_PLACEMENTS = ("pre", "post")
@@ -109,8 +111,9 @@ class ModelConfig:
         self.norm_eps = checks.number_in_range("norm_eps", self.norm_eps, 0.0, None, low_inclusive=False)
         self.rope_base = checks.number_in_range("rope_base", self.rope_base, 1.0, None, low_inclusive=False)
         checks.one_of("rope_pairing", self.rope_pairing, ROPE_PAIRINGS)
-        if self.head_dim is None and self.d_model % self.n_heads:
-            raise ValueError(f"d_model must be divisible by n_heads: d_model={self.d_model}, n_heads={self.n_heads}")
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(f"d_model must be divisible by n_heads: d_model={self.d_model}, n_heads={self.n_heads}")
         if self.n_heads % self.resolved_n_kv_heads:
             raise ValueError(f"n_heads must be divisible by n_kv_heads: n_heads={self.n_heads}, "
                              f"n_kv_heads={self.n_kv_heads}")
@@ -250,8 +253,8 @@ class TransformerLM(nn.Module):
         else:
             self.position_embedding = None  # rope / alibi act inside attention; "none": no positions
         self.blocks = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
-        self.ln_f = (build_norm(config.norm, c, eps=config.norm_eps, bias=config.bias, fast=config.fast)
-                     if config.norm_placement == "pre" else None)
+        build_norm = functools.partial(_build_norm, eps=config.norm_eps)  # ln_f too has the config's eps
+        self.ln_f = build_norm(config.norm, c, bias=config.bias, fast=config.fast) if config.norm_placement == "pre" else None
         self.lm_head = Linear(c, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.token_embedding.weight  # one Parameter, two uses
