@@ -201,21 +201,26 @@ def family_of(config: ModelConfig) -> str:
         raise ValueError(f"norm_placement={config.norm_placement!r} cannot be expressed by transformers' "
                          f"GPT-2 or Llama (both are Pre-LN)")
     if config.positional == "learned":
-        family, needed = "gpt2", dict(norm="layernorm", bias=True, resolved_attention_bias=True,
-                                      resolved_ffn_bias=True, resolved_n_kv_heads=config.n_heads,
-                                      resolved_head_dim=config.d_model // config.n_heads)
         if config.activation not in _GPT2_ACTIVATION_NAMES:
             raise ValueError(f"activation={config.activation!r} cannot be expressed by GPT-2 "
                              f"(positional='learned'); use one of {sorted(_GPT2_ACTIVATION_NAMES)}")
+        family = "gpt2"   # field: (its value, what GPT-2 needs)
+        needed = {"norm": (config.norm, "layernorm"), "bias": (config.bias, True),
+                  "attention_bias": (config.resolved_attention_bias, True),
+                  "ffn_bias": (config.resolved_ffn_bias, True),
+                  "n_kv_heads": (config.resolved_n_kv_heads, config.n_heads),
+                  "head_dim": (config.resolved_head_dim, config.d_model // config.n_heads)}
     elif config.positional == "rope":
-        family, needed = "llama", dict(norm="rmsnorm", activation="swiglu", dropout=0.0)
+        family = "llama"
+        needed = {"norm": (config.norm, "rmsnorm"), "activation": (config.activation, "swiglu"),
+                  "dropout": (config.dropout, 0.0)}
     else:
         raise ValueError(f"positional={config.positional!r} cannot be expressed by transformers' GPT-2 "
                          f"('learned') or Llama ('rope')")
-    for name, value in needed.items():
-        if getattr(config, name) != value:
-            raise ValueError(f"{name}={getattr(config, name)!r} cannot be expressed by {family} "
-                             f"(positional={config.positional!r}); it needs {name}={value!r}")
+    for name, (value, wanted) in needed.items():
+        if value != wanted:
+            raise ValueError(f"{name}={value!r} cannot be expressed by {family} "
+                             f"(positional={config.positional!r}); it needs {name}={wanted!r}")
     return family
 
 

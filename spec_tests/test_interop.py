@@ -455,6 +455,8 @@ def test_config_bare_lm_cannot_express_is_a_clear_error(interop, base, change, f
     ({"n_kv_heads": 2}, "n_kv_heads"),
     ({"activation": "swiglu"}, "activation"),
     ({"attention_bias": False}, "attention_bias"),
+    ({"ffn_bias": False}, "ffn_bias"),
+    ({"head_dim": 4}, "head_dim"),
     ({"positional": "rope", "norm": "rmsnorm", "activation": "gelu"}, "activation"),
     ({"positional": "rope", "norm": "layernorm", "activation": "swiglu"}, "norm"),
     ({"positional": "rope", "norm": "rmsnorm", "activation": "swiglu", "dropout": 0.1}, "dropout"),
