@@ -88,7 +88,14 @@ OVERRIDES = ("steps", "batch_size", "accum", "lr", "min_lr", "warmup", "weight_d
              "seed", "device")
 
 
+#: The library's words for its options, as the command's flags.
+FLAGS = {"allow_new_data=True": "--allow-new-data", "overwrite=True": "--force", "resume=True": "--resume",
+         "special_in_text='text'": "--special-in-text text"}
+
+
 def _fail(message: str, status: int) -> int:
+    for words, flag in FLAGS.items():
+        message = message.replace(words, flag)
     print(f"bare-lm train: {message}", file=sys.stderr)
     return status
 
@@ -183,7 +190,9 @@ def _run(args) -> int:
         clip = "--grad-clip 1.0" if config.grad_clip is None else f"a smaller --grad-clip (now {config.grad_clip:g})"
         kept = (f"the last checkpoint (step {err.checkpoint_step}) is kept in {out / CHECKPOINT_DIR}"
                 if err.checkpoint_step is not None else "no checkpoint was written")
-        return _fail(f"training diverged at step {err.step} (loss {err.loss}, gradient norm {err.grad_norm}); "
+        what = (f"loss {err.loss}, gradient norm {err.grad_norm}" if err.loss is not None
+                else "a weight is not finite")
+        return _fail(f"training diverged at step {err.step} ({what}); "
                      f"the update was not applied and {kept}. Try a fresh run (--force) with a lower --lr "
                      f"(now {config.lr:g}, e.g. {config.lr / 10:g}) or {clip}", 1)
     except RunInUseError as err:
