@@ -9,7 +9,8 @@
    start-up, training, logging and checkpoint writes). It is started fresh (``--force``) while
    there is no checkpoint yet, with ``--resume`` afterwards. After every kill the checkpoint must
    load (``load_checkpoint``), or be absent before the first save, and every complete log line
-   must parse.
+   must parse. A run that reaches its last step is removed and started over, so the kills keep
+   landing in live runs.
 3. After ``--kills`` kills the run is resumed to its end. Its final weights must equal the
    reference's bit for bit, and its log must hold each logged step exactly once, as the clean run's.
 
@@ -94,7 +95,7 @@ def soak(kills: int, seed: int = 0, steps: int = 30, workdir: Path | None = None
                        stderr=subprocess.PIPE)
         run_time = time.monotonic() - t0
         say(f"clean run: {steps} steps in {run_time:.1f} s")
-        steps_seen = []
+        steps_seen, cycles = [], 0
         for k in range(kills):
             step = check_loadable(victim)
             cmd = train_command(data, victim, steps, "--resume" if step is not None else "--force")
@@ -112,8 +113,9 @@ def soak(kills: int, seed: int = 0, steps: int = 30, workdir: Path | None = None
             steps_seen.append(after)
             say(f"kill {k + 1}/{kills}: after {delay:.2f} s, checkpoint at step {after}"
                 + (" (the run had finished)" if finished else ""))
-            if finished and after == steps:
+            if after == steps:
                 shutil.rmtree(victim)               # start over: there is nothing left to interrupt
+                cycles += 1
         step = check_loadable(victim)
         subprocess.run(train_command(data, victim, steps, "--resume" if step is not None else "--force"),
                        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -123,9 +125,9 @@ def soak(kills: int, seed: int = 0, steps: int = 30, workdir: Path | None = None
         assert logged_steps(victim / "log.jsonl") == logged_steps(clean / "log.jsonl"), \
             "the resumed run's log does not hold each step exactly once"
         summary = {"kills": kills, "seed": seed, "steps": steps, "checkpoint_steps_after_kills": steps_seen,
-                   "bit_identical": True}
-        say(f"soak: {kills} kills, every checkpoint loadable, final weights bit-identical to the clean run, "
-            f"log complete")
+                   "restarts": cycles, "bit_identical": True}
+        say(f"soak: {kills} kills ({cycles} runs completed and restarted on the way), every checkpoint "
+            f"loadable, final weights bit-identical to the clean run, log complete")
         return summary
     finally:
         if own:
