@@ -5,8 +5,11 @@
 1. An uninterrupted run of ``--steps`` steps (checkpoint every step, tiny preset, a small seeded
    JSONL corpus) gives the reference weights.
 2. The same run is started again and again in a second directory, each time killed with SIGKILL
-   after a random delay (seeded; uniform over the time a whole run takes, so kills land in
-   start-up, training, logging and checkpoint writes). It is started fresh (``--force``) while
+   at a random moment (seeded): one kill in five during start-up (uniform over the clean run's
+   time to its first logged step), the others once the run trains again (a step past its
+   checkpoint is logged), uniform over 1.2 times the clean run's time from its first to its last
+   logged step - so kills land in start-up,
+   steps, log appends and checkpoint writes. It is started fresh (``--force``) while
    there is no checkpoint yet, with ``--resume`` afterwards. After every kill the checkpoint must
    load (``load_checkpoint``), or be absent before the first save, and every complete log line
    must parse. A run that reaches its last step is removed and started over, so the kills keep
@@ -77,6 +80,19 @@ def check_loadable(out: Path) -> int | None:
         return None
 
 
+def _wait_for_log(log: Path, past: int, proc: subprocess.Popen, timeout: float = 600.0) -> float | None:
+    """Wait until ``log`` records a step > ``past``; the time then, or None if ``proc`` ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if any(s > past for s in logged_steps(log)):
+                return time.monotonic()
+        except (ValueError, KeyError):
+            pass                                # a line being written
+        time.sleep(0.02)
+    return None
+
+
 def soak(kills: int, seed: int = 0, steps: int = 30, workdir: Path | None = None, say=print) -> dict:
     """Run the soak test (see the module docstring); returns a summary dict, raises AssertionError
     when a check fails."""
@@ -91,16 +107,28 @@ def soak(kills: int, seed: int = 0, steps: int = 30, workdir: Path | None = None
         for d in (clean, victim):
             shutil.rmtree(d, ignore_errors=True)
         t0 = time.monotonic()
-        subprocess.run(train_command(data, clean, steps), check=True, env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE)
-        run_time = time.monotonic() - t0
-        say(f"clean run: {steps} steps in {run_time:.1f} s")
+        proc = subprocess.Popen(train_command(data, clean, steps), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        first = _wait_for_log(clean / "log.jsonl", 0, proc) or time.monotonic()
+        last = _wait_for_log(clean / "log.jsonl", steps - 1, proc) or time.monotonic()
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, stderr=err)
+        startup, training = first - t0, max(last - first, 0.05) * 1.2   # 1.2: some kills land in the final save
+        say(f"clean run: {steps} steps, start-up {startup:.1f} s, training {training:.1f} s")
         steps_seen, cycles = [], 0
         for k in range(kills):
             step = check_loadable(victim)
             cmd = train_command(data, victim, steps, "--resume" if step is not None else "--force")
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            delay = rng.uniform(0.0, run_time)
+            started = time.monotonic()
+            if rng.random() < 0.2:
+                phase, delay = "start-up", rng.uniform(0.0, startup)
+            else:
+                phase, delay = "training", rng.uniform(0.0, training)
+                past = max([step or 0, *logged_steps(victim / "log.jsonl")])  # stale records do not count
+                if _wait_for_log(victim / "log.jsonl", past, proc) is None:
+                    phase = "start-up"           # it ended (or never trained) before the wait was over
             try:
                 proc.wait(timeout=delay)
                 finished = True
@@ -108,10 +136,11 @@ def soak(kills: int, seed: int = 0, steps: int = 30, workdir: Path | None = None
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 finished = False
+            delay = time.monotonic() - started
             after = check_loadable(victim)          # raises when the checkpoint is unreadable
             logged_steps(victim / "log.jsonl")      # raises when a complete line does not parse
             steps_seen.append(after)
-            say(f"kill {k + 1}/{kills}: after {delay:.2f} s, checkpoint at step {after}"
+            say(f"kill {k + 1}/{kills} ({phase}): after {delay:.2f} s, checkpoint at step {after}"
                 + (" (the run had finished)" if finished else ""))
             if after == steps:
                 shutil.rmtree(victim)               # start over: there is nothing left to interrupt

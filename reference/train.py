@@ -106,22 +106,18 @@ RUN_FIELDS = ("steps", "schedule_steps", "batch_size", "accum", "lr", "min_lr", 
 
 
 class DivergenceError(RuntimeError):
-    """A non-finite loss, gradient norm or weight: the step was not applied (``.step``: the 1-based
-    step that failed, ``.loss``, ``.grad_norm``; ``.checkpoint_step``: the step of the checkpoint left
-    in the run directory, or None)."""
+    """A non-finite loss, gradient norm or weight: the step was not applied. Attributes (None when
+    unknown): ``step`` (the 1-based step that failed), ``loss``, ``grad_norm``, ``checkpoint_step``
+    (the step of the checkpoint left in the run directory)."""
 
-    def __init__(self, message: str, step: int | None = None, loss: float | None = None,
-                 grad_norm: float | None = None, checkpoint_step: int | None = None):
-        super().__init__(message)
-        self.step, self.loss, self.grad_norm, self.checkpoint_step = step, loss, grad_norm, checkpoint_step
+    step = loss = grad_norm = checkpoint_step = None
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM stopped ``train`` after a step; the run was saved at ``.step`` in ``.checkpoint``."""
+    """SIGINT/SIGTERM stopped ``train`` after a step; the run was saved at ``step`` in ``checkpoint``
+    (``signal_name``: "SIGINT" or "SIGTERM")."""
 
-    def __init__(self, message: str, step: int = 0, checkpoint: Path | None = None, signal_name: str = "SIGINT"):
-        super().__init__(message)
-        self.step, self.checkpoint, self.signal_name = step, checkpoint, signal_name
+    step = checkpoint = signal_name = None
 
 
 class RunInUseError(RuntimeError):
@@ -274,8 +270,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_b
         norm = math.sqrt(sum(float(p.grad.detach().double().pow(2).sum()) for p in params))
     if not (math.isfinite(total) and math.isfinite(norm)):
         optimizer.zero_grad(set_to_none=True)   # the divergent gradients are dropped, not applied
-        raise DivergenceError(f"non-finite loss ({total}) or gradient norm ({norm}); the update was not applied",
-                              loss=total, grad_norm=norm)
+        raise _with(DivergenceError(f"non-finite loss ({total}) or gradient norm ({norm}); the update was not "
+                                    f"applied"), loss=total, grad_norm=norm)
     optimizer.step()
     return total, norm
 
@@ -430,8 +426,8 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
     def save(step):
         nonlocal saved_step, saved_at
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise DivergenceError(_diverged_message(step, "a weight is not finite", config, saved_step, ckpt_path),
-                                  step=step, checkpoint_step=saved_step)
+            raise _with(DivergenceError(_diverged_message(step, "a weight is not finite", config, saved_step,
+                                                          ckpt_path)), step=step, checkpoint_step=saved_step)
         try:
             save_checkpoint(ckpt_path, model, step=step, optimizer=optimizer, tokenizer=tokenizer,
                             rng_state=get_rng_state(), data_state=batches.state_dict(),
@@ -460,8 +456,8 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
                 loss, grad_norm = train_step(model, optimizer, micro, config.grad_clip)
             except DivergenceError as err:
                 what = f"loss {err.loss}, gradient norm {err.grad_norm}"
-                raise DivergenceError(_diverged_message(done, what, config, saved_step, ckpt_path), step=done,
-                                      loss=err.loss, grad_norm=err.grad_norm, checkpoint_step=saved_step) from None
+                raise _with(DivergenceError(_diverged_message(done, what, config, saved_step, ckpt_path)), step=done,
+                            loss=err.loss, grad_norm=err.grad_norm, checkpoint_step=saved_step) from None
             train_time += time.perf_counter() - tick
             tokens += x.numel()
             last = done == end
@@ -483,9 +479,9 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
             if signals.received and not last:
                 if saved_step != done:
                     save(done)
-                raise TrainingInterrupted(f"{signals.received}: stopped after step {done}; the run is saved in "
-                                          f"{ckpt_path}", step=done, checkpoint=ckpt_path,
-                                          signal_name=signals.received)
+                raise _with(TrainingInterrupted(f"{signals.received}: stopped after step {done}; the run is "
+                                                f"saved in {ckpt_path}"), step=done, checkpoint=ckpt_path,
+                            signal_name=signals.received)
     val_loss, val_bpc = (history[-1]["val_loss"], history[-1]["val_bpc"]) if history else val_metrics()
     try:
         _plot(log_path, out / PLOT_FILE)
@@ -659,6 +655,13 @@ class _DeferredSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
+
+
+def _with(error: BaseException, **attributes) -> BaseException:
+    """``error`` with the given attributes set (the exceptions' fields)."""
+    for name, value in attributes.items():
+        setattr(error, name, value)
+    return error
 
 
 def _device(name: str) -> torch.device:
