@@ -325,6 +325,16 @@ def test_divergence_keeps_the_last_good_checkpoint(train, impl, corpus_docs, tok
     assert all(bool(torch.isfinite(p).all()) for p in ckpt.model.parameters()), "the checkpoint must be finite"
 
 
+def test_non_finite_weights_are_never_saved(train, corpus_docs, tokenizer, tmp_path):
+    """lr 1e39 overflows the weights in the first update (finite loss): DivergenceError at step 1, no checkpoint."""
+    config = _config(train, tmp_path, steps=3, lr=1e39, min_lr=0.0, warmup=0, checkpoint_interval=1,
+                     checkpoint_minutes=0)
+    with pytest.raises(train.DivergenceError) as info:
+        train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    assert_equal(info.value.step, 1, what="step of the divergence (the update of step 1 overflowed)")
+    assert not (tmp_path / "checkpoint").exists(), "a checkpoint with non-finite weights was written"
+
+
 def test_checkpoint_every_n_steps(train, impl, corpus_docs, tokenizer, tmp_path):
     """checkpoint_interval=2: while step s is evaluated the checkpoint on disk is the last even step before it."""
     ckpt_mod = impl.component("checkpoint")
