@@ -203,6 +203,8 @@ def _run(args) -> int:
         return _fail(f"{out} already holds a run; continue it with --resume or replace it with --force", 2)
     except (ValueError, FileNotFoundError) as err:
         return _fail(str(err), 2)
+    except OSError as err:   # e.g. the token cache cannot be written
+        return _fail(f"{getattr(err, 'filename', None) or out}: {err.strerror or err}", 1)
 
     m = result.model
     print(f"\nmodel: {m.num_parameters():,} parameters ({m.config.n_layers} layers, d_model {m.config.d_model}, "
