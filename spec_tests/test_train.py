@@ -194,3 +194,239 @@ def test_presets(train, impl):
         preset = train.PRESETS[name]
         model.ModelConfig(vocab_size=300, **preset["model"])
         train.TrainConfig(**preset["train"])
+
+
+# --- what the loop actually does ------------------------------------------------------------------
+
+def _schedule(s, lr, min_lr, warmup, total):
+    """The documented schedule, written out: linear warmup, cosine to min_lr, then min_lr."""
+    if s < warmup:
+        return lr * (s + 1) / warmup
+    if s >= total:
+        return min_lr
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+
+
+def _kw(corpus_docs, tokenizer):
+    return dict(train_docs=corpus_docs[0], val_docs=corpus_docs[1], tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_optimizer_uses_the_scheduled_lr(train, impl, corpus_docs, tokenizer, tmp_path, k):
+    """Step k's update equals torch.optim.AdamW's step from checkpoint k at lr_schedule(k) (not only the logged lr)."""
+    data, optim = impl.component("data"), impl.component("optim")
+    ckpt_mod = impl.component("checkpoint")
+    config = _config(train, tmp_path, steps=8, warmup=3, weight_decay=0.1, grad_clip=0.5, checkpoint_interval=0,
+                     checkpoint_minutes=0)
+    train.train(config, dict(TINY, dropout=0.0), stop_after=k, **_kw(corpus_docs, tokenizer))
+    before = ckpt_mod.load_checkpoint(tmp_path / "checkpoint")
+    train.train(config, dict(TINY, dropout=0.0), resume=True, stop_after=k + 1, **_kw(corpus_docs, tokenizer))
+    after = ckpt_mod.load_checkpoint(tmp_path / "checkpoint")
+    assert_equal(after.step, k + 1, what="step of the checkpoint after one more step")
+
+    model = before.model                                             # the oracle: weights at step k
+    oracle = torch.optim.AdamW(optim.param_groups(model, 0.1), lr=1.0, betas=config.betas, eps=1e-8,
+                               foreach=False)
+    oracle.load_state_dict(before.optimizer_state)
+    lr = _schedule(k, 1e-2, 1e-3, 3, 8)
+    for group in oracle.param_groups:
+        group["lr"] = lr
+    eot = tokenizer.special_tokens[impl.component("tokenizer").ENDOFTEXT]
+    stream = data.token_stream(data.tokenize_documents(corpus_docs[0], tokenizer), eot)
+    x, y = data.FixedLengthBatches(stream, 4, TINY["context_length"], seed=0).batch(k)
+    model.train()
+    oracle.zero_grad()
+    model(x, y)[1].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+    oracle.step()
+    got = after.model.state_dict()
+    for name, expected in model.state_dict().items():
+        assert_close(got[name], expected, what=f"{name} after step {k + 1} vs AdamW at lr_schedule({k}) = {lr:.6g}",
+                     atol=1e-6, rtol=1e-5)
+
+
+def test_periodic_evaluation_uses_eval_batches(train, impl, corpus_docs, tokenizer, tmp_path):
+    """A periodic evaluation covers only the first eval_batches evaluation batches; the final one covers all."""
+    data, ckpt_mod = impl.component("data"), impl.component("checkpoint")
+    cfg = dict(steps=4, eval_interval=2, eval_batches=1, batch_size=2, checkpoint_interval=0, checkpoint_minutes=0)
+    result = train.train(_config(train, tmp_path / "run", **cfg), dict(TINY), **_kw(corpus_docs, tokenizer))
+    train.train(_config(train, tmp_path / "at2", **cfg), dict(TINY), stop_after=2, **_kw(corpus_docs, tokenizer))
+    at2 = ckpt_mod.load_checkpoint(tmp_path / "at2" / "checkpoint").model.eval()
+    eot = tokenizer.special_tokens[impl.component("tokenizer").ENDOFTEXT]
+    stream = data.token_stream(data.tokenize_documents(corpus_docs[1], tokenizer), eot)
+    batches = data.evaluation_batches(stream, 2, TINY["context_length"])
+    assert len(batches) > 1, "the validation stream must span several batches for this test"
+
+    def mean_loss(model, chosen):
+        nats, n = 0.0, 0
+        with torch.no_grad():
+            for x, y in chosen:
+                logits = model(x)[0]
+                nats += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).double(), y.flatten(),
+                                                                ignore_index=-100, reduction="sum"))
+                n += int((y != -100).sum())
+        return nats / n
+
+    records = {r["step"]: r for r in result.history}
+    assert_close(torch.tensor(records[2]["val_loss"]), torch.tensor(mean_loss(at2, batches[:1])),
+                 what="val_loss at step 2 (eval_batches=1: the first batch only)", rtol=1e-5)
+    assert_close(torch.tensor(records[4]["val_loss"]), torch.tensor(mean_loss(result.model.eval(), batches)),
+                 what="val_loss at the last step (every batch)", rtol=1e-5)
+
+
+def test_log_after_resume_has_every_step_once(train, impl, corpus_docs, tokenizer, tmp_path):
+    """After a kill (records past the checkpoint, a torn last line) a resume logs steps 1..N exactly once."""
+    config = _config(train, tmp_path, steps=6, checkpoint_interval=0, checkpoint_minutes=0)
+    train.train(config, dict(TINY), stop_after=3, **_kw(corpus_docs, tokenizer))
+    with open(tmp_path / "log.jsonl", "a") as f:   # what a process killed after step 5 leaves behind
+        f.write(json.dumps({"step": 4, "loss": 9.0}) + "\n" + json.dumps({"step": 5, "loss": 9.0}) + '\n{"step": 6, "lo')
+    train.train(config, dict(TINY), resume=True, **_kw(corpus_docs, tokenizer))
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert_equal([r["step"] for r in records], [1, 2, 3, 4, 5, 6], what="logged steps after the resume")
+    assert all(r["loss"] != 9.0 for r in records), "records written after the checkpoint must be dropped"
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_evaluate_restores_the_mode(train, impl, mode):
+    """evaluate leaves the model in the mode (train or eval) it found it in."""
+    model = _model(impl, 1, dropout=0.5)
+    model.train(mode == "train")
+    train.evaluate(model, randint(0, 64, (40,), 3), batch_size=2)
+    assert_equal(model.training, mode == "train", what=f"model.training after evaluate (was {mode} mode)")
+
+
+# --- safety ---------------------------------------------------------------------------------------
+
+def test_train_step_refuses_a_non_finite_loss(train, impl):
+    """A NaN loss raises DivergenceError before the update: weights and optimizer state are unchanged."""
+    model = _model(impl, 2)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    before = _weights(model)
+    opt = impl.component("optim").AdamW(model.parameters(), lr=1e-2)
+    x, y = randint(0, 64, (2, 16), 5), randint(0, 64, (2, 16), 6)
+    with raises_clear(train.DivergenceError, "finite"):
+        train.train_step(model, opt, [(x, y)], grad_clip=1.0)
+    after = _weights(model)
+    assert all(torch.equal(after[k], before[k]) for k in before if not before[k].isnan().any()), \
+        "a divergent step must not change the weights"
+    assert_equal(len(opt.state), 0, what="optimizer states after a refused step")
+
+
+def test_divergence_keeps_the_last_good_checkpoint(train, impl, corpus_docs, tokenizer, tmp_path):
+    """lr 1e6: train raises DivergenceError naming the step; the checkpoint left is the step before, finite."""
+    config = _config(train, tmp_path, steps=30, lr=1e6, min_lr=0.0, warmup=0, checkpoint_interval=1,
+                     checkpoint_minutes=0)
+    with pytest.raises(train.DivergenceError) as info:
+        train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    assert f"step {info.value.step}" in str(info.value), str(info.value)
+    ckpt = impl.component("checkpoint").load_checkpoint(tmp_path / "checkpoint")
+    assert_equal(ckpt.step, info.value.step - 1, what="step of the checkpoint left after the divergence")
+    assert all(bool(torch.isfinite(p).all()) for p in ckpt.model.parameters()), "the checkpoint must be finite"
+
+
+def test_non_finite_weights_are_never_saved(train, corpus_docs, tokenizer, tmp_path):
+    """lr 1e39 overflows the weights in the first update (finite loss): DivergenceError at step 1, no checkpoint."""
+    config = _config(train, tmp_path, steps=3, lr=1e39, min_lr=0.0, warmup=0, checkpoint_interval=1,
+                     checkpoint_minutes=0)
+    with pytest.raises(train.DivergenceError) as info:
+        train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    assert_equal(info.value.step, 1, what="step of the divergence (the update of step 1 overflowed)")
+    assert not (tmp_path / "checkpoint").exists(), "a checkpoint with non-finite weights was written"
+
+
+def test_checkpoint_every_n_steps(train, impl, corpus_docs, tokenizer, tmp_path):
+    """checkpoint_interval=2: while step s is evaluated the checkpoint on disk is the last even step before it."""
+    ckpt_mod = impl.component("checkpoint")
+    seen = []
+
+    def look(line):
+        try:
+            seen.append(ckpt_mod.load_checkpoint(tmp_path / "checkpoint").step)
+        except FileNotFoundError:
+            seen.append(None)
+
+    config = _config(train, tmp_path, steps=5, eval_interval=1, checkpoint_interval=2, checkpoint_minutes=0)
+    train.train(config, dict(TINY), print_fn=look, **_kw(corpus_docs, tokenizer))
+    assert_equal(seen, [None, None, 2, 2, 4], what="checkpoint step seen during the evaluations of steps 1..5")
+
+
+def test_sigint_saves_and_resume_is_bit_identical(train, impl, corpus_docs, tokenizer, tmp_path):
+    """SIGINT during step 2: train finishes it, saves, raises TrainingInterrupted(step=2); resuming ends bit-identical."""
+    import os
+    import signal
+    kw = _kw(corpus_docs, tokenizer)
+    straight = train.train(_config(train, tmp_path / "one", checkpoint_interval=0, checkpoint_minutes=0),
+                           dict(TINY, dropout=0.2), **kw)
+    config = _config(train, tmp_path / "two", eval_interval=1, checkpoint_interval=0, checkpoint_minutes=0)
+    calls = []
+
+    def interrupt(line):
+        calls.append(line)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(train.TrainingInterrupted) as info:
+        train.train(config, dict(TINY, dropout=0.2), print_fn=interrupt, **kw)
+    assert_equal(info.value.step, 2, what="step at which the interrupted run stopped")
+    assert_equal(impl.component("checkpoint").load_checkpoint(tmp_path / "two" / "checkpoint").step, 2,
+                 what="step of the checkpoint saved on SIGINT")
+    resumed = train.train(config, dict(TINY, dropout=0.2), resume=True, **kw)
+    a, b = _weights(resumed.model), _weights(straight.model)
+    assert not [k for k in b if not torch.equal(a[k], b[k])], "resumed run differs from the straight run"
+
+
+def test_fresh_run_over_a_run_is_refused(train, impl, corpus_docs, tokenizer, tmp_path):
+    """A fresh run into a directory holding a run raises FileExistsError; overwrite=True replaces it."""
+    config = _config(train, tmp_path, steps=2)
+    train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    log = (tmp_path / "log.jsonl").read_bytes()
+    with raises_clear(FileExistsError, str(tmp_path)):
+        train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    assert_equal((tmp_path / "log.jsonl").read_bytes(), log, what="the log after a refused fresh run")
+    result = train.train(config, dict(TINY), overwrite=True, **_kw(corpus_docs, tokenizer))
+    assert_equal([r["step"] for r in result.history], [1, 2], what="steps logged by the replacing run")
+
+
+def test_a_locked_run_is_refused(train, corpus_docs, tokenizer, tmp_path):
+    """While another process holds out_dir/.lock (flock), train raises RunInUseError at once."""
+    fcntl = pytest.importorskip("fcntl")
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / train.LOCK_FILE, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with raises_clear(train.RunInUseError, str(tmp_path)):
+            train.train(_config(train, tmp_path, steps=2), dict(TINY), **_kw(corpus_docs, tokenizer))
+    assert not (tmp_path / "checkpoint").exists(), "a refused run must not write a checkpoint"
+
+
+def test_resume_keeps_the_run(train, corpus_docs, tokenizer, tmp_path):
+    """Resuming with another schedule (steps, lr, warmup) or other data is a ValueError; allow_new_data permits data."""
+    kw = _kw(corpus_docs, tokenizer)
+    config = _config(train, tmp_path, steps=6)
+    train.train(config, dict(TINY), stop_after=2, **kw)
+    for field_, value in [("steps", 8), ("lr", 2e-2), ("warmup", 1), ("batch_size", 2)]:
+        with raises_clear(ValueError, "resume"):
+            train.train(_config(train, tmp_path, **{"steps": 6, field_: value}), dict(TINY), resume=True, **kw)
+    other = dict(kw, train_docs=corpus_docs[0][:-1])
+    with raises_clear(ValueError, "data", "allow_new_data"):
+        train.train(config, dict(TINY), resume=True, stop_after=3, **other)
+    result = train.train(config, dict(TINY), resume=True, stop_after=3, allow_new_data=True, **other)
+    assert_equal(result.step, 3, what="step after resuming on new data with allow_new_data")
+
+
+def test_extension_runs_past_the_schedule_at_min_lr(train, corpus_docs, tokenizer, tmp_path):
+    """schedule_steps=4, steps=6: steps 5 and 6 use min_lr; resuming a 4-step run so extended continues it."""
+    kw = _kw(corpus_docs, tokenizer)
+    train.train(_config(train, tmp_path, steps=4, warmup=2), dict(TINY), **kw)
+    result = train.train(_config(train, tmp_path, steps=6, warmup=2, schedule_steps=4), dict(TINY), resume=True, **kw)
+    assert_equal([(r["step"], r["lr"]) for r in result.history], [(5, 1e-3), (6, 1e-3)],
+                 what="(step, lr) of the extension steps")
+
+
+def test_special_token_text_in_documents(train, corpus_docs, tokenizer, tmp_path):
+    """A document holding the special token's text is a ValueError naming the document and line."""
+    docs = list(corpus_docs[0])
+    docs[3] = "a line\nanother <|endoftext|> here"
+    with raises_clear(ValueError, "train_docs[3]", "line 2"):
+        train.train(_config(train, tmp_path, steps=2), dict(TINY), train_docs=docs, val_docs=corpus_docs[1],
+                    tokenizer=tokenizer)

@@ -6,6 +6,9 @@
 The checkpoint (a directory written by ``checkpoint.save_checkpoint``) must hold a tokenizer.
 Generation stops at the tokenizer's ``<|endoftext|>`` when it has that special token.
 ``--interactive``: read a prompt, print the answer, repeat until EOF or an empty line.
+A special token's text in a prompt (``<|endoftext|>``) is an error unless ``--allow-special`` is
+given (then it is that special token). When stdout closes early (``| head``) generation stops
+quietly (exit status 0).
 """
 
 from __future__ import annotations
@@ -30,10 +33,63 @@ def register(commands) -> None:
     parser.add_argument("--no-cache", action="store_true", help="recompute full forward passes (no KV cache)")
     parser.add_argument("--interactive", action="store_true",
                         help="ask for prompts until EOF or an empty line (--prompt, if given, goes first)")
+    parser.add_argument("--allow-special", action="store_true",
+                        help="a special token's text in a prompt (<|endoftext|>) is that token (default: an error)")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    """``_run``; a closed stdout (``| head``) ends it quietly."""
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        import os
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail again
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+def encode_prompt(tokenizer, prompt: str, allow_special: bool) -> list[int]:
+    """The prompt's ids. A special token's text is a ValueError naming it unless ``allow_special``;
+    then each occurrence is that special token and the text between is encoded as plain text."""
+    specials = dict(getattr(tokenizer, "special_tokens", {}))
+    found = sorted((prompt.find(s), s) for s in specials if s in prompt)
+    if not found:
+        return tokenizer.encode(prompt)
+    if not allow_special:
+        pos, s = found[0]
+        raise ValueError(f"the prompt contains the special token text {s!r} (at character {pos}); "
+                         f"pass --allow-special to use it as that token")
+    ids: list[int] = []
+    rest = prompt
+    while rest:
+        hits = [(rest.find(s), -len(s), s) for s in specials if s in rest]
+        if not hits:
+            ids += tokenizer.encode(rest)
+            break
+        pos, _, s = min(hits)            # the first occurrence, the longest special on a tie
+        ids += tokenizer.encode(rest[:pos]) if pos else []
+        ids.append(specials[s])
+        rest = rest[pos + len(s):]
+    return ids
+
+
+def _text_pieces(tokenizer, ids):
+    """The new ids as text, each character once it is complete (as ``generate.stream_text``)."""
+    import codecs
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token_id in ids:
+        piece = decoder.decode(tokenizer.decode_bytes([token_id]))
+        if piece:
+            yield piece
+    rest = decoder.decode(b"", final=True)
+    if rest:
+        yield rest
+
+
+def _run(args) -> int:
     """Load the checkpoint, then stream the answer to ``--prompt`` (and, interactive, to each prompt read)."""
     from reference import generate
     from reference.checkpoint import load_checkpoint
@@ -62,7 +118,10 @@ def run(args) -> int:
 
     def answer(prompt: str, echo: bool) -> int:
         try:
-            pieces = generate.stream_text(model, tokenizer, prompt, **options)  # checks the options
+            ids = encode_prompt(tokenizer, prompt, args.allow_special)
+            if not ids:
+                raise ValueError("the prompt is empty; give some text")
+            pieces = _text_pieces(tokenizer, generate.stream(model, ids, **options))
             if echo:
                 sys.stdout.write(prompt)
             for piece in pieces:

@@ -33,12 +33,12 @@ def register(commands) -> None:
     e.add_argument("--tokenizer", required=True, help="tokenizer JSON file")
     e.add_argument("text", help="text to encode")
     e.add_argument("--ids-only", action="store_true", help="print only the ids")
-    e.set_defaults(run=run_encode)
+    e.set_defaults(run=_quiet_on_broken_pipe(run_encode))
 
     d = sub.add_parser("decode", help="decode token ids to text")
     d.add_argument("--tokenizer", required=True, help="tokenizer JSON file")
     d.add_argument("ids", nargs="+", help="token ids (ints)")
-    d.set_defaults(run=run_decode)
+    d.set_defaults(run=_quiet_on_broken_pipe(run_decode))
 
 
 def _load(path):
@@ -47,19 +47,55 @@ def _load(path):
 
 
 def run_train(args) -> int:
+    """Train on the file's text exactly as it is (bytes decoded as UTF-8: CRLF stays CRLF); the
+    output path is checked before training, so a bad --out fails at once."""
     from reference.tokenizer import GPT2_PATTERN, Tokenizer
 
+    def fail(message: str) -> int:
+        print(f"bare-lm tokenizer train: {message}", file=sys.stderr)
+        return 2
+
     pattern = GPT2_PATTERN if args.pattern == "gpt2" else None
+    out = Path(args.out)
+    if out.is_dir():
+        return fail(f"--out {out} is a directory; give a file name such as {out / 'tokenizer.json'}")
+    if not out.parent.is_dir():
+        return fail(f"--out {out}: the directory {out.parent} does not exist")
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as err:
+        return fail(f"{args.file}: {err.strerror or err}")
+    try:
+        text = raw.decode("utf-8")          # not open(): universal newlines would turn CRLF into LF
+    except UnicodeDecodeError as err:
+        return fail(f"{args.file}: not UTF-8 text ({err.reason} at byte {err.start})")
     start = time.perf_counter()
     try:
-        tok = Tokenizer.train(Path(args.file), args.vocab_size, special_tokens=args.special,
+        tok = Tokenizer.train(text, args.vocab_size, special_tokens=args.special,
                               pattern=pattern, progress=not args.no_progress)
-    except (ValueError, TypeError, OSError) as err:
-        print(f"bare-lm tokenizer train: {err}", file=sys.stderr)
-        return 2
-    tok.save(args.out)
+    except (ValueError, TypeError) as err:
+        return fail(str(err))
+    try:
+        tok.save(out)
+    except OSError as err:
+        return fail(f"cannot write {out}: {err.strerror or err}")
     print(f"trained {tok!r} in {time.perf_counter() - start:.2f} s -> {args.out}")
     return 0
+
+
+def _quiet_on_broken_pipe(run):
+    """``run(args)``, but a closed stdout (``| head``) ends it quietly with status 0."""
+    def wrapped(args) -> int:
+        try:
+            return run(args)
+        except BrokenPipeError:
+            import os
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            return 0
+    return wrapped
 
 
 def _show(tok, ids) -> str:
