@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, generate, spec, tokenizer, train
+from . import bench, generate, grade, spec, tokenizer, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bare-lm",
         description="Bare-LM: an executable specification of a small decoder-only language model.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, generate, tokenizer, spec, bench):
+    for module in (train, generate, tokenizer, spec, bench, grade):
         module.register(commands)
     return parser
 
