@@ -440,6 +440,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     write = terminalreporter.write_line
     counts = _counts(results)
     order = [c for c in COMPONENTS if c in counts]
+    blocked: dict[str, list[str]] = {}
+    for r in results:
+        if r["status"] == BLOCKED:
+            blocked.setdefault(r["detail"], []).append(r["test"])
+    if blocked:
+        terminalreporter.section("blocked (not judged until what they need passes)", sep="-")
+        for detail, tests in blocked.items():
+            names = ", ".join(tests[:2]) + (f" and {len(tests) - 2} more" if len(tests) > 2 else "")
+            write(f"{names}: {detail.removeprefix(BLOCKED + ': ')}", yellow=True)
     terminalreporter.section(f"Bare-LM progress: {state.impl.spec}", sep="=", bold=True)
     write(f"{'component':<14}{'passed':>8}{'failed':>8}{'blocked':>9}{'not started':>13}{'skipped':>9}  state")
     for c in order:
