@@ -182,8 +182,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=key)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pycollect_makeitem(collector, name, obj):
+    """Note while a spec module's tests are generated, so that only their ids are rewritten."""
+    state = _state(collector.config)
+    state.collecting_spec = Path(str(collector.path)).parent == SPEC_ROOT
+    yield
+    state.collecting_spec = False
+
+
 def pytest_make_parametrize_id(config, val, argname):
     """Readable ids for the spec's parameters: a lambda by its body, a short list by its items."""
+    if not getattr(_state(config), "collecting_spec", False):
+        return None
     if inspect.isfunction(val) and val.__name__ == "<lambda>":
         return _lambda_id(val)
     if isinstance(val, (list, tuple)) and val and all(isinstance(v, (str, int, float, bool)) for v in val):

@@ -215,3 +215,13 @@ def test_mutants_that_do_not_apply_to_other_code_are_not_failures(tmp_path):
     assert "1 of 1 mutants caught" in proc.stdout
     assert "1 do not apply to this code" in proc.stdout and "linear-bias-dropped" in proc.stdout
     assert "NOT caught" not in proc.stdout
+
+
+def test_plugin_leaves_other_projects_ids_alone(tmp_path):
+    """Readable ids are the spec's own: another project's parametrized lambdas keep pytest's ids."""
+    (tmp_path / "test_ids.py").write_text("import pytest\n@pytest.mark.parametrize('f', [lambda x: x])\n"
+                                          "def test_f(f):\n    pass\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider",
+                           "-p", "spec_tests.plugin", str(tmp_path / "test_ids.py")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert "test_f[<lambda>]" in proc.stdout, proc.stdout

@@ -59,8 +59,9 @@ def run_status(args) -> int:
     spec_dir = Path(spec_tests.__file__).resolve().parent
     targets = [str(spec_dir / f"test_{c}.py") for c in args.component] or [str(spec_dir)]
     extra = [a for a in args.pytest_args if a != "--"]
-    # -q keeps pytest's own lines short; the failure screens (Property, Input, expected/got) stay whole.
-    return int(pytest.main([*targets, "-p", "spec_tests.plugin", "--impl", args.impl, "-q", "--no-header",
+    # -q keeps pytest's own lines short and -rN drops its one-line repeat of each failure: the failure
+    # screens (Property, Input, expected/got) stay whole, once, and the table names what to do next.
+    return int(pytest.main([*targets, "-p", "spec_tests.plugin", "--impl", args.impl, "-q", "-rN", "--no-header",
                             "-p", "no:cacheprovider", *extra]))
 
 
