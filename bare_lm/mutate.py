@@ -71,7 +71,7 @@ def run_one(mutant: Mutant, source: Path, workdir: Path, profile: str) -> Outcom
     caught_by = ""
     if report.exists():
         results = json.loads(report.read_text())["results"]
-        failed = [r for r in results if r["status"] in ("failed", "not started")]
+        failed = [r for r in results if r["status"] in ("failed", "broken", "blocked", "not started")]
         if failed:
             caught_by = failed[0]["nodeid"].split("/")[-1]
     if not caught_by:  # pytest itself failed (collection error, usage error): show why

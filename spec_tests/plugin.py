@@ -164,6 +164,15 @@ def impl(pytestconfig) -> Implementation:
 # --- collection: markers, curriculum order, readable ids ------------------------------------------
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path, parent):
+    """A spec module is about to be imported: activate first, so that its ``@settings`` decorators
+    (which copy the profile in force when they run) start from the spec's profile."""
+    path = Path(str(module_path))
+    if path.parent == SPEC_ROOT and component_of(path.name):
+        _state(parent.config).activate()
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     spec_items = [item for item in items if is_spec_item(item)]
     if not spec_items:

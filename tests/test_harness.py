@@ -225,3 +225,11 @@ def test_plugin_leaves_other_projects_ids_alone(tmp_path):
                            "-p", "spec_tests.plugin", str(tmp_path / "test_ids.py")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert "test_f[<lambda>]" in proc.stdout, proc.stdout
+
+
+def test_plugin_registered_once_however_it_is_named():
+    """The pytest11 entry point, the root conftest's pytest_plugins and -p all name `spec_tests.plugin`:
+    pytest loads it once (twice would fail on the duplicate --impl option)."""
+    proc = _pytest("-p", "spec_tests.plugin", "--co", str(ROOT / "spec_tests" / "test_linear.py"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "test_equals_torch_linear" in proc.stdout
