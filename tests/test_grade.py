@@ -151,3 +151,24 @@ def test_reference_written_out_paths_use_no_oracle(tmp_path):
     report = grade.grade(ROOT / "reference")
     bad = [f"{c['component']}: {c['reason']}" for c in report["components"] if c["score"] != c["max_score"]]
     assert not bad, bad
+
+
+def test_oracle_table_names_real_torch_functions():
+    """Every entry of the oracle table is a torch function or module that exists (a typo would make it toothless)."""
+    import importlib
+
+    import torch
+    for component, names in grade.ORACLES.items():
+        for name in names:
+            parts = name.split(".")
+            obj = None
+            for i in range(len(parts), 0, -1):  # the longest importable module, then attributes
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                except ImportError:
+                    continue
+                for attr in parts[i:]:
+                    obj = getattr(obj, attr, None)
+                break
+            assert obj is not None, f"ORACLES[{component!r}]: {name} is not a torch name"
+    assert torch  # imported for the names above
