@@ -30,7 +30,8 @@ TIMEOUT_S = 300
 @dataclass
 class Outcome:
     mutant: Mutant
-    status: str          # "caught", "SURVIVED", "TIMEOUT", "BROKEN" (the edit no longer applies)
+    status: str          # "caught", "SURVIVED", "TIMEOUT", "BROKEN" (the edit no longer applies to the
+                         # reference), "N/A" (it does not apply to the --source code: not a failure)
     caught_by: str = ""
     seconds: float = 0.0
 
@@ -50,7 +51,9 @@ def run_one(mutant: Mutant, source: Path, workdir: Path, profile: str) -> Outcom
     shutil.copytree(source, impl_dir, ignore=shutil.ignore_patterns("__pycache__"))
     try:
         apply(mutant, impl_dir)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
+        if source != (REPO_ROOT / "reference").resolve():  # other code: the edit need not fit it
+            return Outcome(mutant, "N/A", "does not apply to this code")
         return Outcome(mutant, "BROKEN", str(err))
     report = workdir / mutant.name / "report.json"
     specs = [str(SPEC_DIR / f"test_{c}.py") for c in mutant.components]
@@ -68,7 +71,7 @@ def run_one(mutant: Mutant, source: Path, workdir: Path, profile: str) -> Outcom
     caught_by = ""
     if report.exists():
         results = json.loads(report.read_text())["results"]
-        failed = [r for r in results if r["status"] in ("failed", "not started")]
+        failed = [r for r in results if r["status"] in ("failed", "broken", "blocked", "not started")]
         if failed:
             caught_by = failed[0]["nodeid"].split("/")[-1]
     if not caught_by:  # pytest itself failed (collection error, usage error): show why
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             outcomes = []
             for outcome in pool.map(lambda m: run_one(m, source, Path(tmp), args.profile), mutants):
                 outcomes.append(outcome)
-                mark = "ok " if outcome.status == "caught" else "!! "
+                mark = {"caught": "ok ", "N/A": "-- "}.get(outcome.status, "!! ")
                 print(f"{mark}{outcome.mutant.name:<40} {outcome.status:<9} {outcome.seconds:5.1f} s  "
                       f"{outcome.caught_by}", flush=True)
     return report(outcomes)
@@ -127,9 +130,14 @@ def report(outcomes: list[Outcome]) -> int:
     for o in outcomes:
         verdict = o.caught_by if o.status == "caught" else f"{o.status} {o.caught_by}".strip()
         print(f"{o.mutant.name:<{width}}  {o.mutant.description[:55]:<55}  {verdict}")
-    bad = [o for o in outcomes if o.status != "caught"]
+    skipped = [o for o in outcomes if o.status == "N/A"]
+    bad = [o for o in outcomes if o.status not in ("caught", "N/A")]
+    applied = len(outcomes) - len(skipped)
     total = sum(o.seconds for o in outcomes)
-    print(f"\n{len(outcomes) - len(bad)} of {len(outcomes)} mutants caught ({total:.0f} s of spec runs)")
+    print(f"\n{applied - len(bad)} of {applied} mutants caught ({total:.0f} s of spec runs)")
+    if skipped:
+        print(f"{len(skipped)} do not apply to this code (their 'old' text is not in it once; not counted): "
+              + ", ".join(o.mutant.name for o in skipped))
     if bad:
         print("NOT caught: " + ", ".join(o.mutant.name for o in bad))
     return 1 if bad else 0

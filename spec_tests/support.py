@@ -65,9 +65,57 @@ def assert_close(got, expected, *, what: str = "output", atol: float | None = No
 
 
 def assert_equal(got, expected, *, what: str = "value") -> None:
-    """Assert exact equality of plain values (ints, lists, bytes, strings) with a readable message."""
-    if got != expected:
-        raise AssertionError(f"{what}: expected {_short(expected)}, got {_short(got)}")
+    """Assert exact equality of plain values (ints, lists, bytes, strings, tensors) with a readable message.
+
+    Sequences that differ name the first differing index and the values there (and the lengths
+    when one is a prefix of the other), so a long mismatch needs no eyeballing of two printed lists.
+    """
+    if isinstance(got, torch.Tensor) or isinstance(expected, torch.Tensor):
+        _assert_equal_tensors(got, expected, what)
+        return
+    if got == expected:
+        return
+    raise AssertionError(f"{what}: expected {_short(expected)}, got {_short(got)}{_first_difference(got, expected)}")
+
+
+def _assert_equal_tensors(got, expected, what: str) -> None:
+    got = got if isinstance(got, torch.Tensor) else torch.as_tensor(got)
+    expected = expected if isinstance(expected, torch.Tensor) else torch.as_tensor(expected)
+    if tuple(got.shape) != tuple(expected.shape):
+        raise AssertionError(f"{what}: wrong shape: expected {tuple(expected.shape)}, got {tuple(got.shape)}")
+    if got.dtype != expected.dtype:
+        raise AssertionError(f"{what}: wrong dtype: expected {expected.dtype}, got {got.dtype}")
+    differ = got.cpu() != expected.cpu()
+    n_bad = int(differ.sum())
+    if n_bad == 0:
+        return
+    index = tuple(int(i) for i in differ.nonzero()[0]) if got.dim() else ()
+    raise AssertionError(f"{what}: {n_bad} of {got.numel()} elements differ (shape {tuple(got.shape)}); "
+                         f"first at index {index}: expected {expected[index].item()!r}, got {got[index].item()!r}")
+
+
+def _first_difference(got, expected) -> str:
+    sequence = (list, tuple, str, bytes)
+    if isinstance(got, dict) and isinstance(expected, dict):
+        missing = [k for k in expected if k not in got]
+        extra = [k for k in got if k not in expected]
+        wrong = [k for k in expected if k in got and got[k] != expected[k]]
+        parts = ([f"missing keys {_short(missing, 80)}"] if missing else []) + \
+                ([f"unexpected keys {_short(extra, 80)}"] if extra else []) + \
+                ([f"key {wrong[0]!r}: expected {_short(expected[wrong[0]], 80)}, got {_short(got[wrong[0]], 80)}"]
+                 if wrong else [])
+        return "; " + "; ".join(parts) if parts else ""
+    if not (isinstance(got, sequence) and isinstance(expected, sequence)):
+        return ""
+    for i, (g, e) in enumerate(zip(got, expected)):
+        if g != e:
+            return (f"\n  first difference at index {i}: expected {_short(e, 80)}, got {_short(g, 80)} "
+                    f"(lengths: expected {len(expected)}, got {len(got)})")
+    n = min(len(got), len(expected))
+    longer = "got" if len(got) > len(expected) else "expected"
+    rest = (got if longer == "got" else expected)[n:]
+    return (f"\n  the first {n} items agree; {longer} has {len(rest)} more, from index {n}: {_short(rest, 80)} "
+            f"(lengths: expected {len(expected)}, got {len(got)})")
 
 
 def _short(value, limit: int = 300) -> str:

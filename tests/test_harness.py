@@ -82,3 +82,154 @@ def test_reference_is_the_implementation_alone():
                 top = name.split(".")[0]
                 assert top not in ("spec_tests", "benchmarks", "bare_lm", "kata"), \
                     f"{path.relative_to(ROOT)} imports {name}"
+
+
+# --- learner-facing output -------------------------------------------------------------------------
+
+def _planted(tmp_path, name, edits):
+    path = tmp_path / name
+    shutil.copytree(ROOT / "reference", path, ignore=shutil.ignore_patterns("__pycache__"))
+    for file, old, new in edits:
+        text = (path / file).read_text()
+        assert text.count(old) == 1, (file, old)
+        (path / file).write_text(text.replace(old, new))
+    return path
+
+
+def test_syntax_error_is_one_short_report(tmp_path):
+    """A module that does not import gives one report with its file and line; its other tests read blocked."""
+    impl = _planted(tmp_path, "impl", [("norm.py", "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n"
+                                                   "        checks.tensor(\"x\", x, min_dim=1, last_dim=self.d_model, "
+                                                   "floating=True)\n        if self.fast and x.dtype == self.weight."
+                                                   "dtype:\n            return F.layer_norm",
+                                        "    def forward(self, x: torch.Tensor) -> torch.Tensor\n"
+                                        "        checks.tensor(\"x\", x, min_dim=1, last_dim=self.d_model, "
+                                        "floating=True)\n        if self.fast and x.dtype == self.weight."
+                                        "dtype:\n            return F.layer_norm")])
+    proc = _pytest(str(ROOT / "spec_tests" / "test_norm.py"), "--impl", str(impl), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert proc.stdout.count("ERROR at setup") == 1, proc.stdout  # one report, not one per test
+    assert "impl/norm.py:44: SyntaxError" in proc.stdout and "Property:" not in proc.stdout
+    assert "13 blocked" in proc.stdout
+    assert "Next: norm: fix impl/norm.py:44: SyntaxError" in proc.stdout
+
+
+def test_fast_path_is_blocked_by_a_failing_written_out_path(tmp_path):
+    """A wrong written-out LayerNorm fails its own tests; the fast-path test reads 'blocked by' it, and plain
+    asserts print no pytest introspection (`+ where <built-in ...>`)."""
+    impl = _planted(tmp_path, "impl", [
+        ("norm.py", "torch.sqrt(var + self.eps)).to(x.dtype)", "(torch.sqrt(var) + self.eps)).to(x.dtype)"),
+        ("norm.py", "        self.weight = nn.Parameter(torch.ones(d_model))                  # (C,)",
+         "        self.weight = nn.Parameter(torch.ones(d_model) * 2)              # (C,)")])
+    proc = _pytest(str(ROOT / "spec_tests" / "test_norm.py"), "--impl", str(impl), "--hypothesis-profile=ci",
+                   cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "blocked by test_" in proc.stdout and "1 blocked" in proc.stdout, proc.stdout[-3000:]
+    assert "test_fast_path_equals_written_out - " not in proc.stdout
+    assert "+ where" not in proc.stdout and " at 0x" not in proc.stdout, proc.stdout
+    assert "LayerNorm.weight must start as ones" in proc.stdout
+
+
+def test_next_names_the_next_component(tmp_path):
+    """One component's spec passing ends with the next component in curriculum order."""
+    proc = _pytest(str(ROOT / "spec_tests" / "test_linear.py"), cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "Next: embedding:" in proc.stdout, proc.stdout[-1000:]
+
+
+def test_readable_parameter_ids():
+    """Parametrized spec tests have ids a learner can read and select with -k (no `<lambda>`, no `words3`)."""
+    proc = _pytest("--co", str(ROOT / "spec_tests" / "test_tokenizer.py"), "-k", "bad_tokenizer_data")
+    assert "<lambda>" not in proc.stdout and "words" not in proc.stdout, proc.stdout
+    assert "update(merges=abc)-merges" in proc.stdout, proc.stdout
+
+
+def test_assert_equal_names_the_first_difference():
+    """support.assert_equal points at the first differing index of long sequences and tensors."""
+    import pytest
+    import torch
+    from spec_tests.support import assert_equal
+    expected = list(range(200))
+    got = expected[:120] + [7] + expected[121:]
+    with pytest.raises(AssertionError, match=r"first difference at index 120: expected 120, got 7"):
+        assert_equal(got, expected, what="ids")
+    with pytest.raises(AssertionError, match=r"got has 1 more, from index 3"):
+        assert_equal([1, 2, 3, 4], [1, 2, 3], what="ids")
+    with pytest.raises(AssertionError, match=r"first at index \(1, 0\): expected 5, got 3"):
+        assert_equal(torch.tensor([[1, 2], [3, 4]]), torch.tensor([[1, 2], [5, 4]]), what="ids")
+
+
+def test_status_tests_the_working_directorys_kata_and_passes_pytest_options(tmp_path):
+    """`bare-lm status` in a clone tests that clone's kata/, and hands -x and --progress-json to pytest."""
+    shutil.copytree(ROOT / "kata", tmp_path / "kata", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "reference" / "linear.py", tmp_path / "kata" / "linear.py")
+    report = tmp_path / "status.json"
+    proc = subprocess.run([sys.executable, "-m", "bare_lm.cli", "status", "-c", "linear", "-c", "norm", "-x",
+                           "--progress-json", str(report)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    import json
+    data = json.loads(report.read_text())
+    assert data["impl_root"] == str((tmp_path / "kata").resolve())
+    assert data["components"]["linear"]["state"] == "done"
+    assert data["components"]["norm"]["not started"] == 1, "-x stops at the first not-started test"
+    assert data["profile"] and data["spec_version"] and data["torch"]
+
+
+def test_failure_screen_in_status_shows_property_and_input_once(tmp_path):
+    """`bare-lm status` prints a failure's Property and Input lines, once each."""
+    impl = _planted(tmp_path, "impl", [("linear.py", "            y = y + self.bias", "            y = y")])
+    proc = subprocess.run([sys.executable, "-m", "bare_lm.cli", "status", "--impl", str(impl), "-c", "linear"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout.count("Property: Linear(x) equals torch.nn.functional.linear") == 1, proc.stdout
+    assert proc.stdout.count("Input (shrunk by hypothesis)") == 1, proc.stdout
+
+
+def test_plugin_is_idle_in_unrelated_projects(tmp_path):
+    """Installed as a pytest11 entry point, the plugin neither imports torch nor changes hypothesis' profile
+    nor reorders tests in a project that has no spec tests (even one with a test_norm.py)."""
+    from importlib.metadata import entry_points
+    import pytest
+    if not [e for e in entry_points(group="pytest11") if e.name == "spec_tests.plugin"]:
+        pytest.skip("the project is not installed with its pytest11 entry point (pip install -e .)")
+    (tmp_path / "test_norm.py").write_text(
+        "import sys\nfrom hypothesis import given, settings, strategies as st\n"
+        "ORDER = []\n"
+        "def test_b():\n    ORDER.append('b')\n"
+        "def test_a():\n    ORDER.append('a')\n    assert ORDER == ['b', 'a']\n"
+        "def test_untouched():\n    assert 'torch' not in sys.modules\n"
+        "    assert settings().max_examples == 100, settings()\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "Bare-LM" not in proc.stdout and "bare-lm implementation" not in proc.stdout
+
+
+def test_mutants_that_do_not_apply_to_other_code_are_not_failures(tmp_path):
+    """`bare-lm mutants --source DIR`: a mutant whose edit is not in DIR's code is listed as not applying."""
+    source = _planted(tmp_path, "mine", [("linear.py", "            y = y + self.bias", "            y += self.bias")])
+    proc = subprocess.run([sys.executable, "-m", "bare_lm.cli", "mutants", "--source", str(source),
+                           "--name", "linear-bias-dropped", "--name", "linear-init-std-1", "-j", "1"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-1000:]
+    assert "1 of 1 mutants caught" in proc.stdout
+    assert "1 do not apply to this code" in proc.stdout and "linear-bias-dropped" in proc.stdout
+    assert "NOT caught" not in proc.stdout
+
+
+def test_plugin_leaves_other_projects_ids_alone(tmp_path):
+    """Readable ids are the spec's own: another project's parametrized lambdas keep pytest's ids."""
+    (tmp_path / "test_ids.py").write_text("import pytest\n@pytest.mark.parametrize('f', [lambda x: x])\n"
+                                          "def test_f(f):\n    pass\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider",
+                           "-p", "spec_tests.plugin", str(tmp_path / "test_ids.py")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert "test_f[<lambda>]" in proc.stdout, proc.stdout
+
+
+def test_plugin_registered_once_however_it_is_named():
+    """The pytest11 entry point, the root conftest's pytest_plugins and -p all name `spec_tests.plugin`:
+    pytest loads it once (twice would fail on the duplicate --impl option)."""
+    proc = _pytest("-p", "spec_tests.plugin", "--co", str(ROOT / "spec_tests" / "test_linear.py"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "test_equals_torch_linear" in proc.stdout

@@ -1,7 +1,8 @@
 """The ``bare-lm`` command.
 
-Subcommands, one module each: ``status`` and ``mutants`` (spec.py), ``tokenizer`` (tokenizer.py),
-``train`` (train.py), ``generate`` (generate.py), ``bench`` (bench.py).
+Subcommands, one module each: ``train`` (train.py), ``generate`` (generate.py), ``tokenizer``
+(tokenizer.py), ``convert`` (convert.py: to and from Hugging Face directories), ``status``, ``kata``
+and ``mutants`` (spec.py), ``grade`` (grade.py), ``bench`` (bench.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, convert, generate, spec, tokenizer, train
+from . import bench, convert, generate, grade, spec, tokenizer, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bare-lm",
         description="Bare-LM: an executable specification of a small decoder-only language model.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, generate, tokenizer, spec, bench, convert):
+    for module in (train, generate, tokenizer, convert, spec, grade, bench):
         module.register(commands)
     return parser
 
