@@ -140,9 +140,10 @@ def remove_leftovers(path, keep: str | None = None) -> list[Path]:
     """Remove what interrupted or superseded saves left in the checkpoint directory ``path``.
 
     Removes every version directory but ``keep`` (default: the one ``CURRENT`` names; when there is
-    no readable pointer, only temporary pointer files go) and every temporary pointer file; entries
-    with other names are left alone. Returns what it removed. ``save_checkpoint`` calls it; call it
-    yourself only with no save running.
+    no readable pointer, only temporary pointer files go), every temporary pointer file, and - once
+    there is a current version - the files of an old-layout (``bare-lm-checkpoint/1``) checkpoint
+    lying directly in ``path``; entries with other names are left alone. Returns what it removed.
+    ``save_checkpoint`` calls it; call it yourself only with no save running.
     """
     raise NotImplementedError("remove_leftovers: delete the v-* dirs and .CURRENT.tmp-* files CURRENT does not name")
 

@@ -162,9 +162,10 @@ def remove_leftovers(path, keep: str | None = None) -> list[Path]:
     """Remove what interrupted or superseded saves left in the checkpoint directory ``path``.
 
     Removes every version directory but ``keep`` (default: the one ``CURRENT`` names; when there is
-    no readable pointer, only temporary pointer files go) and every temporary pointer file; entries
-    with other names are left alone. Returns what it removed. ``save_checkpoint`` calls it; call it
-    yourself only with no save running.
+    no readable pointer, only temporary pointer files go), every temporary pointer file, and - once
+    there is a current version - the files of an old-layout (``bare-lm-checkpoint/1``) checkpoint
+    lying directly in ``path``; entries with other names are left alone. Returns what it removed.
+    ``save_checkpoint`` calls it; call it yourself only with no save running.
     """
     path = Path(path)
     if keep is None:
@@ -174,7 +175,8 @@ def remove_leftovers(path, keep: str | None = None) -> list[Path]:
             keep = None
     removed = []
     for entry in sorted(path.iterdir()) if path.is_dir() else []:
-        if not _LEFTOVER.fullmatch(entry.name) or entry.name == keep:
+        old_layout = keep is not None and entry.name in (JSON_FILE, MODEL_FILE, STATE_FILE)
+        if not (_LEFTOVER.fullmatch(entry.name) or old_layout) or entry.name == keep:
             continue
         if keep is None and entry.name.startswith("v-"):
             continue  # no pointer to tell the current version from a leftover: remove none

@@ -728,3 +728,31 @@ def test_restored_rng_continues_like_an_uninterrupted_run(checkpoint, impl, tmp_
     g = torch.Generator().manual_seed(seed)
     torch.rand(3, generator=g)
     assert torch.equal(got_torch, torch.rand(4, generator=g)), "torch.rand after restoring the RNG state"
+
+
+# --- the previous format --------------------------------------------------------------------------
+
+def _old_layout(path):
+    """A directory laid out as format bare-lm-checkpoint/1: the three files directly in ``path``."""
+    path.mkdir(parents=True)
+    (path / "checkpoint.json").write_text(json.dumps({"format": "bare-lm-checkpoint/1", "step": 1}))
+    (path / "model.safetensors").write_bytes(b"")
+    (path / "state.safetensors").write_bytes(b"")
+
+
+def test_old_format_is_refused_clearly(checkpoint, impl, tmp_path):
+    """A bare-lm-checkpoint/1 directory (the files directly in path) is a CheckpointError naming checkpoint.json and that format."""
+    checkpoint.load_checkpoint
+    _old_layout(tmp_path / "c")
+    with raises_clear(checkpoint.CheckpointError, "checkpoint.json", "bare-lm-checkpoint/1"):
+        checkpoint.load_checkpoint(tmp_path / "c")
+
+
+def test_save_over_old_format_replaces_it(checkpoint, impl, tmp_path):
+    """Saving to a bare-lm-checkpoint/1 directory replaces that checkpoint: the new one loads, the old files are gone."""
+    _old_layout(tmp_path / "c")
+    v = _Versions(checkpoint, impl, tmp_path / "c")
+    v.save(2)
+    v.assert_loads_one_of({2}, "a save over a bare-lm-checkpoint/1 directory")
+    for name in ("model.safetensors", "state.safetensors", "checkpoint.json"):
+        _file(v.path, name)  # exactly one of each: the old-layout files went

@@ -21,6 +21,13 @@ MUTANTS = [
     Mutant("checkpoint-has-checkpoint-any-dir", "checkpoint.py",
            "has_checkpoint says yes for any existing directory (a first save that never committed)",
            "return (Path(path) / _read_pointer(Path(path)) / JSON_FILE).is_file()", "return Path(path).is_dir()"),
+    Mutant("checkpoint-old-layout-files-kept", "checkpoint.py",
+           "a save over a bare-lm-checkpoint/1 directory leaves the old files beside the new checkpoint",
+           "old_layout = keep is not None and entry.name in (JSON_FILE, MODEL_FILE, STATE_FILE)",
+           "old_layout = False"),
+    Mutant("checkpoint-old-format-unexplained", "checkpoint.py",
+           "a bare-lm-checkpoint/1 directory reads as 'no checkpoint' instead of naming its format",
+           "        if (path / JSON_FILE).is_file():\n", "        if False:\n"),
     # --- readers beside a writer
     Mutant("checkpoint-no-retry-on-concurrent-save", "checkpoint.py",
            "a load that meets a save reports the half-swapped checkpoint as corrupt instead of reading again",
