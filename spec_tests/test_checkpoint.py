@@ -411,6 +411,7 @@ class _Plan:
     def __init__(self, crash_at=None, on_open=None):
         self.crash_at, self.on_open = crash_at, on_open
         self.steps, self.opens, self.dead, self.busy = [], 0, False, False
+        self.raw = []  # (event, args) of each step; an fsync's args: (fd, the path it flushed)
         self.thread = threading.get_ident()
 
     def event(self, event, args):
@@ -429,6 +430,7 @@ class _Plan:
             raise ProcessDied(f"{event}{args!r} after the process died")
         n = len(self.steps)
         self.steps.append(f"{event}{args!r}")
+        self.raw.append((event, args))
         if n == self.crash_at:
             self.dead = True
             if event == "open":
@@ -473,7 +475,11 @@ def _injected(monkeypatch, plan):
     real_fsync = os.fsync
 
     def fsync(fd):
-        plan.event("os.fsync", (fd,))
+        try:
+            flushed = os.path.realpath(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            flushed = None
+        plan.event("os.fsync", (fd, flushed))
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
@@ -756,3 +762,49 @@ def test_save_over_old_format_replaces_it(checkpoint, impl, tmp_path):
     v.assert_loads_one_of({2}, "a save over a bare-lm-checkpoint/1 directory")
     for name in ("model.safetensors", "state.safetensors", "checkpoint.json"):
         _file(v.path, name)  # exactly one of each: the old-layout files went
+
+
+def _commit_step(checkpoint, impl, tmp_path, monkeypatch, n):
+    """The step of a save over version 1 whose completion makes version 2 load: found by crashing at each."""
+    for i in range(n):
+        v = _Versions(checkpoint, impl, tmp_path / f"commit{i}" / "c")
+        v.save(1)
+        v.save(2, _Plan(crash_at=i + 1), monkeypatch)
+        if v.assert_loads_one_of({1, 2}, f"after a crash at step {i + 1}") == 2:
+            return i
+    raise AssertionError("no crash before the end of the save leaves the new checkpoint: it never commits")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to see what an fsync flushes")
+def test_new_checkpoint_is_flushed_before_its_commit(checkpoint, impl, tmp_path, monkeypatch, no_disk_flush):
+    """Before the step that commits a save, every file and directory of the new checkpoint was fsynced; after it, the commit's directory.
+
+    The commit step is the one whose completion makes the new checkpoint load (found by crashing at
+    each step); a file renamed after its fsync counts under its new name. Without this, a power
+    cut right after the commit could leave a committed checkpoint with empty or missing files.
+    """
+    v = _Versions(checkpoint, impl, tmp_path / "run" / "c")
+    v.save(1)
+    plan = _Plan()
+    assert v.save(2, plan, monkeypatch)
+    commit = _commit_step(checkpoint, impl, tmp_path, monkeypatch, len(plan.raw))
+    flushed = []  # [step, path], the path followed through later renames
+    for step, (event, args) in enumerate(plan.raw):
+        if event == "os.fsync" and args[1] is not None:
+            flushed.append([step, args[1]])
+        elif event == "os.rename" and args[2:] == (-1, -1):
+            src, dst = (os.path.realpath(os.fspath(a)) for a in args[:2])
+            for entry in flushed:
+                if entry[1] == src or entry[1].startswith(src + os.sep):
+                    entry[1] = dst + entry[1][len(src):]
+    before = {p for step, p in flushed if step < commit}
+    root = os.path.realpath(v.path)
+    for entry in [root, *(os.path.realpath(p) for p in Path(root).rglob("*"))]:
+        assert entry in before, (f"{os.path.relpath(entry, root)} of the new checkpoint was not fsynced before "
+                                 f"the commit (step {commit}: {plan.steps[commit]}); fsynced before it: "
+                                 f"{sorted(os.path.relpath(p, root) for p in before)}")
+    event, args = plan.raw[commit]
+    if event == "os.rename":
+        parent = os.path.dirname(os.path.realpath(os.fspath(args[1])))
+        assert any(step > commit and p == parent for step, p in flushed), \
+            f"the directory of the commit ({plan.steps[commit]}) is not fsynced after it: the commit may be lost"
