@@ -1,28 +1,47 @@
-"""Checkpoints: safetensors weights + JSON, written atomically, loaded without unpickling anything.
+"""Checkpoints: safetensors weights + JSON, committed by one atomic rename, loaded without unpickling.
 
-A checkpoint is a DIRECTORY with three files::
+A checkpoint ``path`` is a DIRECTORY holding a pointer file and the version it names::
 
-    model.safetensors    the model's state_dict; a tensor shared by several names (the tied lm_head
-                         IS the token embedding) is stored once, under its first name
-    state.safetensors    every other tensor: optimizer moments, RNG states, tensors of the data state
-    checkpoint.json      format, step, model config, tokenizer (Tokenizer.to_dict()), the optimizer
-                         state, RNG states, data state, train config and extra - with every tensor
-                         replaced by {"__tensor__": key in state.safetensors} - plus the tied names
-                         ({"lm_head.weight": "token_embedding.weight"}) and the sha256 of both
-                         safetensors files
+    path/CURRENT                one line: the name of the current version directory, "v-<16 hex>"
+    path/v-<16 hex>/            the checkpoint itself, three files:
+        model.safetensors       the model's state_dict; a tensor shared by several names (the tied
+                                lm_head IS the token embedding) is stored once, under its first name
+        state.safetensors       every other tensor: optimizer moments, RNG states, data-state tensors
+        checkpoint.json         format, step, model config, tokenizer (Tokenizer.to_dict()), optimizer
+                                state, RNG states, data state, train config, extra - every tensor
+                                replaced by {"__tensor__": key in state.safetensors} -, the tied names
+                                ({"lm_head.weight": "token_embedding.weight"}), the sha256 of both
+                                safetensors files, and ``meta_sha256``: the sha256 of all of that
 
-Atomic write: the three files go to a fresh temporary directory beside ``path`` (same parent, so
-the same file system), each is fsynced, then the directory is swapped in with ``os.replace``
-(``path`` -> ``.<name>.old``, temporary -> ``path``, remove ``.old``). Whatever fails or is
-interrupted, ``path`` holds either the previous checkpoint or the new one, complete; were a crash to
-fall between the two renames, ``load_checkpoint`` finds the previous one in ``.<name>.old``.
+Save = write a NEW version directory (each file fsynced, then the directory), write the pointer to a
+temporary file (fsynced), and ``os.replace`` it onto ``CURRENT``: that one rename is the commit
+point. Before it, ``CURRENT`` names the previous version, untouched; after it, the new one, complete
+on disk. Nothing is ever modified in place, so a crash at any instant - and any sequence of crashes -
+leaves ``CURRENT`` naming a complete checkpoint. Everything else in ``path`` (older versions,
+half-written ones, temporary pointers) is a leftover: each save removes them, before writing and
+after committing. One writer at a time (the caller's lock); any number of readers.
 
-No pickle: tensors are read with ``safetensors.torch.load_file``, everything else is JSON;
-``torch.load`` is never called. The sha256 of each tensor file catches corruption.
+A reader reads ``CURRENT``, then the files of that version. A version directory never changes once
+named, so the three files always belong together; should a save remove the version while it is
+being read, the load finds ``CURRENT`` moved on and reads the new one (it never reports a
+half-swapped checkpoint as corrupt).
 
-Useful: ``safetensors.torch.save_file(dict_of_tensors, filename)`` / ``load_file(filename)`` (contiguous
-CPU tensors, no two names sharing memory), ``os.replace``, ``os.fsync``, ``hashlib.sha256``,
-``torch.get_rng_state()``. Spec: ``pytest --impl kata spec_tests/test_checkpoint.py``.
+Integrity: ``meta_sha256`` is the sha256 of the canonical JSON of every other field
+(``json.dumps(meta, sort_keys=True, separators=(",", ":"))``, ASCII), so ANY edit of
+``checkpoint.json`` (a step, a learning rate, a merge, a tensor hash) is refused, while reformatting
+it is not; the tensor files are covered by their sha256, recorded in it. Then the JSON is checked
+field by field (missing or unknown key, wrong type, value out of range; ``model_config`` by
+building the ``ModelConfig``), every error a ``CheckpointError`` naming the file and the field.
+
+No pickle: tensors are read with ``safetensors.torch.load`` from the bytes that were hashed,
+everything else is JSON; ``torch.load`` is never called.
+
+
+Useful: ``safetensors.torch.save_file(dict_of_tensors, filename)`` / ``load(bytes)`` (contiguous CPU
+tensors, no two names sharing memory), ``os.replace`` (atomic, also onto an existing file),
+``os.fsync`` (files, and a directory opened with ``os.open(d, os.O_RDONLY)``), ``hashlib.sha256``,
+``uuid.uuid4().hex``, ``json.dumps(..., sort_keys=True, separators=(",", ":"))``,
+``torch.get_rng_state()``, ``random.getstate()``. Spec: ``pytest --impl kata spec_tests/test_checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +50,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -38,18 +58,21 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors_from_bytes
+from safetensors.torch import save_file
 
 from . import checks
 
-FORMAT = "bare-lm-checkpoint/1"
+FORMAT = "bare-lm-checkpoint/2"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 JSON_FILE = "checkpoint.json"
+POINTER_FILE = "CURRENT"
+LOAD_ATTEMPTS = 100  # a load retries while saves replace the checkpoint under it, this many times
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is incomplete, corrupt or of an unknown format."""
+    """A checkpoint that is incomplete, corrupt, altered or of an unknown format."""
 
 
 @dataclass
@@ -97,31 +120,63 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(path, model: torch.nn.Module, *, step: int, optimizer=None, tokenizer=None,
                     rng_state: dict | None = None, data_state: dict | None = None,
                     train_config: dict | None = None, extra: dict | None = None) -> Path:
-    """Write the checkpoint directory ``path`` atomically (see the module docstring); returns ``path``.
+    """Write a new version of the checkpoint ``path`` and commit it (see the module docstring); returns ``path``.
 
     ``model`` must have a ``config`` with ``to_dict()`` (a TransformerLM). ``rng_state`` defaults
     to ``get_rng_state()`` now. ``data_state``, ``train_config`` and ``extra`` hold JSON values
     (dicts, lists, str, numbers, bools, None) and tensors, nested freely; the optimizer's
     ``state_dict()`` too (its dict keys are ints: keep them ints through JSON).
-    Order: write the weights first, then ask for ``optimizer.state_dict()`` and ``tokenizer.to_dict()``.
-    Errors: ``checks.non_negative_int("step", step)``; whatever fails, the previous checkpoint at
-    ``path`` stays intact and the temporary files are removed.
+    Order: ``remove_leftovers(path)``; a fresh ``path/v-<16 hex>/`` with the weights first, then
+    ``optimizer.state_dict()`` and ``tokenizer.to_dict()``, the state tensors, the JSON (its
+    ``meta_sha256`` last), each file fsynced, then the directories; the pointer to a temporary file,
+    fsynced, ``os.replace``d onto ``CURRENT`` (the commit); then ``remove_leftovers(path, keep=version)``.
+    Never delete or change anything ``CURRENT`` names before the commit.
+    Errors: ``checks.non_negative_int("step", step)``; ``path`` a file -> ValueError naming it.
     """
-    raise NotImplementedError("save_checkpoint: write the files to a temporary dir, fsync, then os.replace it in")
+    raise NotImplementedError("save_checkpoint: write a new version dir, fsync, then os.replace the CURRENT pointer")
+
+
+def remove_leftovers(path, keep: str | None = None) -> list[Path]:
+    """Remove what interrupted or superseded saves left in the checkpoint directory ``path``.
+
+    Removes every version directory but ``keep`` (default: the one ``CURRENT`` names; when there is
+    no readable pointer, only temporary pointer files go), every temporary pointer file, and - once
+    there is a current version - the files of an old-layout (``bare-lm-checkpoint/1``) checkpoint
+    lying directly in ``path``; entries with other names are left alone. Returns what it removed.
+    ``save_checkpoint`` calls it; call it yourself only with no save running.
+    """
+    raise NotImplementedError("remove_leftovers: delete the v-* dirs and .CURRENT.tmp-* files CURRENT does not name")
+
+
+def has_checkpoint(path) -> bool:
+    """True when ``path`` holds a committed checkpoint (its ``CURRENT`` names an existing version).
+
+    Cheap: reads the pointer only, not the files (``load_checkpoint`` checks those). False for a
+    path that does not exist or whose first save never committed.
+    """
+    raise NotImplementedError("has_checkpoint: is there a CURRENT naming an existing version directory?")
 
 
 # --- load ---------------------------------------------------------------------------------------
 
 def load_checkpoint(path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint directory written by ``save_checkpoint`` (see ``Checkpoint`` for the fields).
+    """Read the checkpoint ``CURRENT`` names in ``path`` (see ``Checkpoint`` for the fields).
 
-    Rebuild the model with ``ModelConfig.from_dict`` + ``TransformerLM``, fill the tied names from
-    their source, ``load_state_dict(strict=True)`` (the tie survives: it copies into the shared
-    Parameter). Errors: ``FileNotFoundError`` naming ``path`` when there is no checkpoint;
-    ``CheckpointError`` (a ValueError) naming the file for a missing file (incomplete), unreadable
-    JSON or tensors, a sha256 mismatch (corrupt), an unknown format, or weights that do not fit.
+    Read each file's bytes once; hash and parse those same bytes. Check, in order: the JSON parses
+    to an object, ``format``, the keys (missing/unknown), ``meta_sha256``, each field's type and
+    range, the tensor files' sha256; rebuild the model with ``ModelConfig.from_dict`` (its
+    ValueError/TypeError becomes a CheckpointError naming ``model_config``) + ``TransformerLM``, fill
+    the tied names from their source, ``load_state_dict(strict=True)`` (the tie survives).
+    A save that commits while this reads makes it read again (up to ``LOAD_ATTEMPTS`` times): when
+    a step fails, re-read ``CURRENT``; if it names another version, start over with that one.
+
+    Errors: ``FileNotFoundError`` naming ``path`` when there is no committed checkpoint;
+    ``CheckpointError`` (a ValueError) naming the file (and the field) for a missing file, unreadable
+    JSON or tensors, a sha256 mismatch (corrupt or altered), a field that is missing, unknown, of
+    the wrong type or out of range, an unknown format (a ``bare-lm-checkpoint/1`` directory
+    included), or weights that do not fit the saved config.
     """
-    raise NotImplementedError("load_checkpoint: check the files and hashes, read JSON + safetensors, rebuild")
+    raise NotImplementedError("load_checkpoint: read CURRENT, then that version's files; verify, rebuild; retry if CURRENT moved")
 
 
 def load_model(path, device: str | torch.device = "cpu"):

@@ -1,24 +1,40 @@
-"""Checkpoints: safetensors weights + JSON, written atomically, loaded without unpickling anything.
+"""Checkpoints: safetensors weights + JSON, committed by one atomic rename, loaded without unpickling.
 
-A checkpoint is a DIRECTORY with three files::
+A checkpoint ``path`` is a DIRECTORY holding a pointer file and the version it names::
 
-    model.safetensors    the model's state_dict; a tensor shared by several names (the tied lm_head
-                         IS the token embedding) is stored once, under its first name
-    state.safetensors    every other tensor: optimizer moments, RNG states, tensors of the data state
-    checkpoint.json      format, step, model config, tokenizer (Tokenizer.to_dict()), the optimizer
-                         state, RNG states, data state, train config and extra - with every tensor
-                         replaced by {"__tensor__": key in state.safetensors} - plus the tied names
-                         ({"lm_head.weight": "token_embedding.weight"}) and the sha256 of both
-                         safetensors files
+    path/CURRENT                one line: the name of the current version directory, "v-<16 hex>"
+    path/v-<16 hex>/            the checkpoint itself, three files:
+        model.safetensors       the model's state_dict; a tensor shared by several names (the tied
+                                lm_head IS the token embedding) is stored once, under its first name
+        state.safetensors       every other tensor: optimizer moments, RNG states, data-state tensors
+        checkpoint.json         format, step, model config, tokenizer (Tokenizer.to_dict()), optimizer
+                                state, RNG states, data state, train config, extra - every tensor
+                                replaced by {"__tensor__": key in state.safetensors} -, the tied names
+                                ({"lm_head.weight": "token_embedding.weight"}), the sha256 of both
+                                safetensors files, and ``meta_sha256``: the sha256 of all of that
 
-Atomic write: the three files go to a fresh temporary directory beside ``path`` (same parent, so
-the same file system), each is fsynced, then the directory is swapped in with ``os.replace``
-(``path`` -> ``.<name>.old``, temporary -> ``path``, remove ``.old``). Whatever fails or is
-interrupted, ``path`` holds either the previous checkpoint or the new one, complete; were a crash to
-fall between the two renames, ``load_checkpoint`` finds the previous one in ``.<name>.old``.
+Save = write a NEW version directory (each file fsynced, then the directory), write the pointer to a
+temporary file (fsynced), and ``os.replace`` it onto ``CURRENT``: that one rename is the commit
+point. Before it, ``CURRENT`` names the previous version, untouched; after it, the new one, complete
+on disk. Nothing is ever modified in place, so a crash at any instant - and any sequence of crashes -
+leaves ``CURRENT`` naming a complete checkpoint. Everything else in ``path`` (older versions,
+half-written ones, temporary pointers) is a leftover: each save removes them, before writing and
+after committing. One writer at a time (the caller's lock); any number of readers.
 
-No pickle: tensors are read with ``safetensors.torch.load_file``, everything else is JSON;
-``torch.load`` is never called. The sha256 of each tensor file catches corruption.
+A reader reads ``CURRENT``, then the files of that version. A version directory never changes once
+named, so the three files always belong together; should a save remove the version while it is
+being read, the load finds ``CURRENT`` moved on and reads the new one (it never reports a
+half-swapped checkpoint as corrupt).
+
+Integrity: ``meta_sha256`` is the sha256 of the canonical JSON of every other field
+(``json.dumps(meta, sort_keys=True, separators=(",", ":"))``, ASCII), so ANY edit of
+``checkpoint.json`` (a step, a learning rate, a merge, a tensor hash) is refused, while reformatting
+it is not; the tensor files are covered by their sha256, recorded in it. Then the JSON is checked
+field by field (missing or unknown key, wrong type, value out of range; ``model_config`` by
+building the ``ModelConfig``), every error a ``CheckpointError`` naming the file and the field.
+
+No pickle: tensors are read with ``safetensors.torch.load`` from the bytes that were hashed,
+everything else is JSON; ``torch.load`` is never called.
 """
 
 from __future__ import annotations
@@ -27,6 +43,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -34,18 +51,26 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors_from_bytes
+from safetensors.torch import save_file
 
 from . import checks
 
-FORMAT = "bare-lm-checkpoint/1"
+FORMAT = "bare-lm-checkpoint/2"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 JSON_FILE = "checkpoint.json"
+POINTER_FILE = "CURRENT"
+LOAD_ATTEMPTS = 100  # a load retries while saves replace the checkpoint under it, this many times
+
+_VERSION = re.compile(r"v-[0-9a-f]{16}")
+_LEFTOVER = re.compile(r"(v-[0-9a-f]{16}|\.CURRENT\.tmp-[0-9a-f]{16})")
+_META_KEYS = ("format", "step", "model_config", "tied", "optimizer", "tokenizer", "rng", "data",
+              "train_config", "extra", "sha256", "meta_sha256")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is incomplete, corrupt or of an unknown format."""
+    """A checkpoint that is incomplete, corrupt, altered or of an unknown format."""
 
 
 @dataclass
@@ -96,7 +121,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def _python_state_to_json(state) -> list:
-    version, internal, gauss = state
+    version, internal, gauss = state  # gauss: the second normal of random.gauss's pair, or None
     return [version, list(internal), gauss]
 
 
@@ -105,35 +130,79 @@ def _python_state_to_json(state) -> list:
 def save_checkpoint(path, model: torch.nn.Module, *, step: int, optimizer=None, tokenizer=None,
                     rng_state: dict | None = None, data_state: dict | None = None,
                     train_config: dict | None = None, extra: dict | None = None) -> Path:
-    """Write the checkpoint directory ``path`` atomically (see the module docstring); returns ``path``.
+    """Write a new version of the checkpoint ``path`` and commit it (see the module docstring); returns ``path``.
 
     ``model`` must have a ``config`` with ``to_dict()`` (a TransformerLM). ``rng_state`` defaults
     to ``get_rng_state()`` now. ``data_state``, ``train_config`` and ``extra`` hold JSON values
-    (dicts, lists, str, numbers, bools, None) and tensors, nested freely.
+    (dicts, lists, str, numbers, bools, None) and tensors, nested freely. Leftovers of earlier
+    (interrupted) saves in ``path`` are removed. One writer at a time per ``path``.
     """
     path = Path(path)
     checks.non_negative_int("step", step)
     if not hasattr(model, "config") or not hasattr(model.config, "to_dict"):
         raise TypeError(f"model must have a config with to_dict() (a TransformerLM), got {type(model).__name__}")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"path must be a checkpoint directory; {path} is a file")
     rng_state = get_rng_state() if rng_state is None else rng_state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        _write_files(tmp, model, step, optimizer, tokenizer, rng_state, data_state, train_config, extra)
-        _swap_in(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        old = path.parent / f".{path.name}.old"
-        if not path.exists() and old.exists():
-            os.replace(old, path)  # put the previous checkpoint back
-        raise
+    path.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
+    version = f"v-{uuid.uuid4().hex[:16]}"
+    (path / version).mkdir()
+    _write_files(path / version, model, step, optimizer, tokenizer, rng_state, data_state, train_config, extra)
+    _fsync_dir(path)  # the new directory's entry is on disk before the pointer names it
+    pointer = path / f".{POINTER_FILE}.tmp-{uuid.uuid4().hex[:16]}"
+    _write_bytes(pointer, f"{version}\n".encode("ascii"))
+    os.replace(pointer, path / POINTER_FILE)  # THE commit point
+    _fsync_dir(path)
+    remove_leftovers(path, keep=version)  # the previous version
     return path
+
+
+def remove_leftovers(path, keep: str | None = None) -> list[Path]:
+    """Remove what interrupted or superseded saves left in the checkpoint directory ``path``.
+
+    Removes every version directory but ``keep`` (default: the one ``CURRENT`` names; when there is
+    no readable pointer, only temporary pointer files go), every temporary pointer file, and - once
+    there is a current version - the files of an old-layout (``bare-lm-checkpoint/1``) checkpoint
+    lying directly in ``path``; entries with other names are left alone. Returns what it removed.
+    ``save_checkpoint`` calls it; call it yourself only with no save running.
+    """
+    path = Path(path)
+    if keep is None:
+        try:
+            keep = _read_pointer(path)
+        except (OSError, CheckpointError):
+            keep = None
+    removed = []
+    for entry in sorted(path.iterdir()) if path.is_dir() else []:
+        old_layout = keep is not None and entry.name in (JSON_FILE, MODEL_FILE, STATE_FILE)
+        if not (_LEFTOVER.fullmatch(entry.name) or old_layout) or entry.name == keep:
+            continue
+        if keep is None and entry.name.startswith("v-"):
+            continue  # no pointer to tell the current version from a leftover: remove none
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def has_checkpoint(path) -> bool:
+    """True when ``path`` holds a committed checkpoint (its ``CURRENT`` names an existing version).
+
+    Cheap: reads the pointer only, not the files (``load_checkpoint`` checks those). False for a
+    path that does not exist or whose first save never committed.
+    """
+    try:
+        return (Path(path) / _read_pointer(Path(path)) / JSON_FILE).is_file()
+    except (OSError, CheckpointError):
+        return False
 
 
 def _write_files(directory: Path, model, step, optimizer, tokenizer, rng_state, data_state, train_config,
                  extra) -> None:
-    """The three files of a checkpoint, each fsynced; the weights first."""
+    """The three files of a checkpoint, each fsynced, then the directory; the weights first."""
     weights, tied = _unique_state_dict(model)
     _save_tensors(weights, directory / MODEL_FILE)
     tensors: dict[str, torch.Tensor] = {}
@@ -150,22 +219,16 @@ def _write_files(directory: Path, model, step, optimizer, tokenizer, rng_state, 
         "extra": _to_json(extra or {}, "extra", tensors),
     }
     _save_tensors(tensors, directory / STATE_FILE)
-    meta["sha256"] = {name: _sha256(directory / name) for name in (MODEL_FILE, STATE_FILE)}
-    _write_text(directory / JSON_FILE, json.dumps(meta, indent=1))
+    meta["sha256"] = {name: _sha256((directory / name).read_bytes()) for name in (MODEL_FILE, STATE_FILE)}
+    meta["meta_sha256"] = _meta_sha256(meta)
+    _write_bytes(directory / JSON_FILE, json.dumps(meta, indent=1).encode("utf-8"))
     _fsync_dir(directory)
 
 
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Replace the directory ``path`` by ``tmp``; the previous one stays whole until the new one is in."""
-    old = path.parent / f".{path.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    if old.exists():
-        shutil.rmtree(old)
+def _meta_sha256(meta: dict) -> str:
+    """sha256 of the canonical JSON of every field but ``meta_sha256``: any edit changes it, formatting not."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("ascii"))
 
 
 def _unique_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -198,28 +261,15 @@ def _to_json(value, prefix: str, tensors: dict):
                     f"use JSON values and tensors")
 
 
-def _from_json(value, tensors: dict):
-    if isinstance(value, dict):
-        if "__tensor__" in value:
-            key = value["__tensor__"]
-            if key not in tensors:
-                raise CheckpointError(f"corrupt checkpoint: tensor {key!r} is missing from {STATE_FILE}")
-            return tensors[key]
-        return {_from_json(k, tensors): _from_json(v, tensors) for k, v in value["__dict__"]}
-    if isinstance(value, list):
-        return [_from_json(v, tensors) for v in value]
-    return value
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
     save_file(tensors, str(file))
     with open(file, "rb+") as f:
         os.fsync(f.fileno())
 
 
-def _write_text(file: Path, text: str) -> None:
-    with open(file, "w", encoding="utf-8") as f:
-        f.write(text)
+def _write_bytes(file: Path, data: bytes) -> None:
+    with open(file, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
@@ -232,74 +282,185 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 # --- load ---------------------------------------------------------------------------------------
 
 def load_checkpoint(path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint directory written by ``save_checkpoint`` (see ``Checkpoint`` for the fields).
+    """Read the checkpoint ``CURRENT`` names in ``path`` (see ``Checkpoint`` for the fields).
 
-    Errors: ``FileNotFoundError`` naming ``path`` when there is no checkpoint; ``CheckpointError``
-    (a ValueError) naming the file for a missing file (incomplete), unreadable JSON or tensors, a
-    sha256 mismatch (corrupt), an unknown format, or weights that do not fit the saved config.
+    A save that commits while this reads makes it read again (up to ``LOAD_ATTEMPTS`` times): the
+    result is always one whole checkpoint, current at some instant of the call. Leftovers of
+    interrupted saves are ignored.
+
+    Errors: ``FileNotFoundError`` naming ``path`` when there is no committed checkpoint;
+    ``CheckpointError`` (a ValueError) naming the file (and the field) for a missing file, unreadable
+    JSON or tensors, a sha256 mismatch (corrupt or altered), a field that is missing, unknown, of
+    the wrong type or out of range, an unknown format, or weights that do not fit the saved config.
     """
+    path = Path(path)
+    for _ in range(LOAD_ATTEMPTS):
+        version = _read_pointer(path)
+        try:
+            return _load_version(path / version, device)
+        except (OSError, CheckpointError):
+            try:
+                moved_on = _read_pointer(path) != version
+            except (OSError, CheckpointError):
+                moved_on = False
+            if not moved_on:
+                raise  # nothing replaced it while we read: the error is the checkpoint's own
+    raise CheckpointError(f"{path} was replaced {LOAD_ATTEMPTS} times while being loaded; "
+                          f"is a writer saving it in a tight loop?")
+
+
+def _read_pointer(path: Path) -> str:
+    """The version ``path/CURRENT`` names; FileNotFoundError when there is no committed checkpoint."""
+    pointer = path / POINTER_FILE
+    try:
+        text = pointer.read_bytes()
+    except FileNotFoundError:
+        if (path / JSON_FILE).is_file():
+            raise CheckpointError(
+                f"{path / JSON_FILE} is an old-layout checkpoint (bare-lm-checkpoint/1, no {POINTER_FILE} "
+                f"pointer); this version reads {FORMAT} only: load it with the bare-lm version that "
+                f"wrote it and save it again, or train again") from None
+        raise FileNotFoundError(f"no checkpoint at {path} ({pointer} does not exist)") from None
+    except NotADirectoryError:
+        raise CheckpointError(f"a checkpoint is a directory; {path} is not one") from None
+    version = text.decode("ascii", errors="replace").strip()
+    if not _VERSION.fullmatch(version):
+        raise CheckpointError(f"corrupt checkpoint: {pointer} must hold a version name v-<16 hex digits>, "
+                              f"got {text[:40]!r}")
+    return version
+
+
+def _load_version(directory: Path, device) -> Checkpoint:
     from .model import ModelConfig, TransformerLM
 
-    path = Path(path)
-    if not path.exists():
-        old = path.parent / f".{path.name}.old"
-        if not (old / JSON_FILE).exists():
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        path = old  # a save was interrupted between its two renames: the previous one is here
-    if not path.is_dir():
-        raise CheckpointError(f"a checkpoint is a directory; {path} is not one")
+    if not directory.is_dir():
+        raise CheckpointError(f"incomplete checkpoint: {directory.parent / POINTER_FILE} names "
+                              f"{directory.name}, which does not exist")
+    data = {}
     for name in (JSON_FILE, MODEL_FILE, STATE_FILE):
-        if not (path / name).is_file():
-            raise CheckpointError(f"incomplete checkpoint at {path}: {name} is missing")
-    try:
-        meta = json.loads((path / JSON_FILE).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"corrupt checkpoint: {path / JSON_FILE} is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path / JSON_FILE}: not a {FORMAT} checkpoint")
+        try:
+            data[name] = (directory / name).read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"incomplete checkpoint at {directory}: {name} is missing") from None
+    file = directory / JSON_FILE
+    meta = _read_meta(data[JSON_FILE], file)
     for name in (MODEL_FILE, STATE_FILE):
-        if _sha256(path / name) != meta.get("sha256", {}).get(name):
-            raise CheckpointError(f"corrupt checkpoint: {path / name} does not match its sha256 in {JSON_FILE}")
-    weights = _load_tensors(path / MODEL_FILE)
-    tensors = _load_tensors(path / STATE_FILE)
+        if _sha256(data[name]) != meta["sha256"][name]:
+            raise CheckpointError(f"corrupt checkpoint: {directory / name} does not match its sha256 in {file}")
+    weights = _load_tensors(data[MODEL_FILE], directory / MODEL_FILE)
+    tensors = _load_tensors(data[STATE_FILE], directory / STATE_FILE)
 
-    config = ModelConfig.from_dict(meta["model_config"])
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{file}: model_config: {err}") from None
     model = TransformerLM(config)
     for alias, source in meta["tied"].items():
+        if source not in weights or alias in weights:
+            raise CheckpointError(f"{file}: tied: {alias!r} -> {source!r} does not name a stored weight "
+                                  f"of {MODEL_FILE} (or the alias is stored too)")
         weights[alias] = weights[source]
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path / MODEL_FILE} does not fit the saved model config: {err}") from None
+        raise CheckpointError(f"{directory / MODEL_FILE} does not fit the saved model config: {err}") from None
     model.to(device)
 
     tokenizer = None
     if meta["tokenizer"] is not None:
         from .tokenizer import Tokenizer
-        tokenizer = Tokenizer.from_dict(meta["tokenizer"])
+        try:
+            tokenizer = Tokenizer.from_dict(meta["tokenizer"])
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            raise CheckpointError(f"{file}: tokenizer: {err}") from None
+    fields = {key: _from_json(meta[key], tensors, key, file) for key in ("optimizer", "rng", "data",
+                                                                         "train_config", "extra")}
+    for key, kinds in (("optimizer", (dict, type(None))), ("rng", (dict, type(None))),
+                       ("train_config", (dict, type(None))), ("extra", (dict,))):
+        if not isinstance(fields[key], kinds):
+            raise CheckpointError(f"{file}: {key} must be {' or '.join(_kind(k) for k in kinds)}, "
+                                  f"got {_kind(type(fields[key]))}")
+    if fields["rng"] is not None and not isinstance(fields["rng"].get("torch"), torch.Tensor):
+        raise CheckpointError(f"{file}: rng must hold the torch RNG state as a tensor under 'torch'")
     return Checkpoint(
         model=model, model_config=config, step=meta["step"], tokenizer=tokenizer,
-        optimizer_state=_from_json(meta["optimizer"], tensors),
-        rng_state=_from_json(meta["rng"], tensors),
-        data_state=_from_json(meta["data"], tensors),
-        train_config=_from_json(meta["train_config"], tensors),
-        extra=_from_json(meta["extra"], tensors))
+        optimizer_state=fields["optimizer"], rng_state=fields["rng"], data_state=fields["data"],
+        train_config=fields["train_config"], extra=fields["extra"])
 
 
-def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+def _read_meta(data: bytes, file: Path) -> dict:
+    """``checkpoint.json`` parsed, its ``meta_sha256`` verified and every field checked."""
     try:
-        return load_file(str(file))
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"corrupt checkpoint: {file} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{file}: must hold a JSON object, got {_kind(type(meta))}")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{file}: format must be {FORMAT!r}, got {meta.get('format')!r}")
+    missing = [k for k in _META_KEYS if k not in meta]
+    unknown = sorted(set(meta) - set(_META_KEYS))
+    if missing or unknown:
+        raise CheckpointError(f"{file}: " + "; ".join(
+            ([f"missing key(s) {missing}"] if missing else []) + ([f"unknown key(s) {unknown}"] if unknown else [])))
+    if meta["meta_sha256"] != _meta_sha256(meta):
+        raise CheckpointError(f"corrupt or altered checkpoint: the content of {file} does not match its "
+                              f"meta_sha256 (a field was edited after the save)")
+    if isinstance(meta["step"], bool) or not isinstance(meta["step"], int) or meta["step"] < 0:
+        raise CheckpointError(f"{file}: step must be an int >= 0, got {meta['step']!r}")
+    for key in ("model_config", "tied", "sha256"):
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(f"{file}: {key} must be a JSON object, got {_kind(type(meta[key]))}")
+    if not all(isinstance(a, str) and isinstance(s, str) for a, s in meta["tied"].items()):
+        raise CheckpointError(f"{file}: tied must map weight names to weight names (strings)")
+    if sorted(meta["sha256"]) != sorted((MODEL_FILE, STATE_FILE)) or not all(
+            isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in meta["sha256"].values()):
+        raise CheckpointError(f"{file}: sha256 must map {MODEL_FILE} and {STATE_FILE} to 64 hex digits")
+    if meta["tokenizer"] is not None and not isinstance(meta["tokenizer"], dict):
+        raise CheckpointError(f"{file}: tokenizer must be a JSON object or null, got {_kind(type(meta['tokenizer']))}")
+    return meta
+
+
+def _from_json(value, tensors: dict, where: str, file: Path):
+    """The inverse of ``_to_json``; a malformed node is a CheckpointError naming its place."""
+    if isinstance(value, dict):
+        if set(value) == {"__tensor__"}:
+            key = value["__tensor__"]
+            if not isinstance(key, str) or key not in tensors:
+                raise CheckpointError(f"{file}: {where}: tensor {key!r} is missing from {STATE_FILE}")
+            return tensors[key]
+        pairs = value.get("__dict__") if set(value) == {"__dict__"} else None
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise CheckpointError(f"{file}: {where}: an encoded value must be {{\"__tensor__\": key}} or "
+                                  f"{{\"__dict__\": [[key, value], ...]}}, got keys {sorted(value)}")
+        out = {}
+        for i, (k, v) in enumerate(pairs):
+            k = _from_json(k, tensors, f"{where}.k{i}", file)
+            try:
+                out[k] = _from_json(v, tensors, f"{where}.{i}", file)
+            except TypeError:
+                raise CheckpointError(f"{file}: {where}: key {k!r} cannot be a dict key") from None
+        return out
+    if isinstance(value, list):
+        return [_from_json(v, tensors, f"{where}.{i}", file) for i, v in enumerate(value)]
+    return value
+
+
+def _kind(t: type) -> str:
+    return {dict: "a JSON object", list: "a list", str: "a string", int: "an int", float: "a number",
+            bool: "a bool", type(None): "null"}.get(t, t.__name__)
+
+
+def _load_tensors(data: bytes, file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_tensors_from_bytes(data)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"corrupt checkpoint: cannot read {file} ({err})") from None
 

@@ -1,6 +1,16 @@
 """Spec of ``checkpoint``: ``save_checkpoint``, ``load_checkpoint``, ``load_model``, RNG state helpers."""
 
+import builtins
+import contextlib
+import hashlib
+import json
+import os
 import pickle
+import random
+import shutil
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,24 +178,156 @@ def test_interrupted_save_keeps_previous(checkpoint, impl, tmp_path, monkeypatch
     _assert_same_weights(_state(ckpt.model), before, "weights after an interrupted save")
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "checkpoint.json"])
-@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def _file(path, name):
+    """The one file called ``name`` inside the checkpoint ``path`` (wherever the layout puts it)."""
+    found = [p for p in Path(path).rglob(name) if p.is_file()]
+    assert len(found) == 1, f"a checkpoint must hold exactly one {name}, found {found}"
+    return found[0]
+
+
+_DAMAGES = [(name, damage) for name in ("model.safetensors", "state.safetensors", "checkpoint.json")
+            for damage in ("truncate", "flip-last-tensor-byte", "delete")
+            if name.endswith(".safetensors") or not damage.startswith("flip")]  # JSON: see the field edits
+
+
+@pytest.mark.parametrize("name, damage", _DAMAGES)
 def test_corrupt_checkpoint_raises_clear_error(checkpoint, impl, tmp_path, name, damage):
     """A truncated, altered or missing file raises a clear error naming the file, never loads garbage."""
     model, opt = _trained(impl, 0)
     checkpoint.save_checkpoint(tmp_path / "c", model, step=2, optimizer=opt)
-    file = tmp_path / "c" / name
+    file = _file(tmp_path / "c", name)
     data = file.read_bytes()
     if damage == "truncate":
         file.write_bytes(data[: len(data) // 2])
-    elif damage == "flip":
-        i = len(data) - 9  # inside the tensor data / the JSON's last lines
-        file.write_bytes(data[:i] + bytes([data[i] ^ 0x55]) + data[i + 1:])
+    elif damage.startswith("flip"):  # safetensors: header, then the raw tensor bytes, the last at the end
+        file.write_bytes(data[:-1] + bytes([data[-1] ^ 0x55]))
     else:
         file.unlink()
     errors = (ValueError, FileNotFoundError) if damage == "delete" else ValueError
     with raises_clear(errors, name):
         checkpoint.load_checkpoint(tmp_path / "c")
+
+
+def _meta_sha256(meta):
+    """The contract's hash of checkpoint.json: sha256 of the canonical JSON of every other field."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("ascii")).hexdigest()
+
+
+def _edit_json(path, edit, rehash=False):
+    """Apply ``edit(meta)`` to the checkpoint's JSON; with ``rehash``, record the new meta_sha256."""
+    file = _file(path, "checkpoint.json")
+    meta = json.loads(file.read_text(encoding="utf-8"))
+    edit(meta)
+    if rehash:
+        meta["meta_sha256"] = _meta_sha256(meta)
+    file.write_text(json.dumps(meta, indent=3), encoding="utf-8")
+    return file
+
+
+def _first_pair(tree):
+    """The first [key, value] pair of an encoded dict ({"__dict__": [[k, v], ...]})."""
+    return tree["__dict__"][0]
+
+
+def _python_rng(meta):
+    """The saved python ``random`` state [version, internal ints, gauss] inside the encoded rng dict."""
+    return next(v for k, v in meta["rng"]["__dict__"] if k == "python")
+
+
+# Each edit changes one field the CONTRACT fixes, keeping the JSON valid (never a byte offset of one layout).
+_EDITS = {
+    "step": lambda m: m.update(step=m["step"] + 1),
+    "model_config.dropout": lambda m: m["model_config"].update(dropout=0.25),
+    "tokenizer merge": lambda m: m["tokenizer"]["merges"].__setitem__(0, m["tokenizer"]["merges"][1]),
+    "train_config lr": lambda m: _first_pair(m["train_config"]).__setitem__(1, 0.5),
+    "extra": lambda m: _first_pair(m["extra"]).__setitem__(1, "edited"),
+    "model.safetensors sha256": lambda m: m["sha256"].update({"model.safetensors": "0" * 64}),
+    "python rng state": lambda m: _python_rng(m)[1].__setitem__(0, _python_rng(m)[1][0] ^ 1),
+    "tied names": lambda m: m["tied"].clear(),
+}
+
+
+@pytest.mark.parametrize("field", list(_EDITS))
+def test_edited_json_field_is_refused(checkpoint, impl, tmp_path, field):
+    """Editing any field of checkpoint.json (step, a config value, a merge, a hash...) is refused, naming the file."""
+    model, opt = _trained(impl, 0)
+    checkpoint.save_checkpoint(tmp_path / "c", model, step=2, optimizer=opt, tokenizer=_tokenizer(impl),
+                               train_config={"lr": 0.01}, extra={"note": "hi"})
+    _edit_json(tmp_path / "c", _EDITS[field])
+    with raises_clear(checkpoint.CheckpointError, "checkpoint.json"):
+        checkpoint.load_checkpoint(tmp_path / "c")
+
+
+def test_reformatted_json_still_loads(checkpoint, impl, tmp_path):
+    """checkpoint.json's integrity is over its content: rewritten with other key order and indentation, it loads."""
+    model, opt = _trained(impl, 0)
+    tokenizer = _tokenizer(impl)
+    checkpoint.save_checkpoint(tmp_path / "c", model, step=2, optimizer=opt, tokenizer=tokenizer)
+    file = _file(tmp_path / "c", "checkpoint.json")
+    meta = json.loads(file.read_text(encoding="utf-8"))
+    file.write_text(json.dumps(dict(reversed(list(meta.items()))), indent=7, ensure_ascii=False), encoding="utf-8")
+    ckpt = checkpoint.load_checkpoint(tmp_path / "c")
+    assert_equal(ckpt.step, 2, what="step")
+    assert_equal(ckpt.tokenizer.to_dict(), tokenizer.to_dict(), what="tokenizer")
+    _assert_same_weights(_state(ckpt.model), _state(model), "weights")
+
+
+def _drop(key):
+    return lambda m: m.pop(key)
+
+
+def _set(key, value):
+    return lambda m: m.__setitem__(key, value)
+
+
+# (edit applied AND re-hashed, so that only the field check can catch it; words the error must name)
+_BAD_FIELDS = {
+    "missing step": (_drop("step"), "step"),
+    "missing model_config": (_drop("model_config"), "model_config"),
+    "missing tied": (_drop("tied"), "tied"),
+    "missing tokenizer": (_drop("tokenizer"), "tokenizer"),
+    "missing train_config": (_drop("train_config"), "train_config"),
+    "null model_config": (_set("model_config", None), "model_config"),
+    "null tied": (_set("tied", None), "tied"),
+    "null step": (_set("step", None), "step"),
+    "step a string": (_set("step", "2"), "step"),
+    "step a float": (_set("step", 2.5), "step"),
+    "step a bool": (_set("step", True), "step"),
+    "negative step": (_set("step", -1), "step"),
+    "tied a list": (_set("tied", ["lm_head.weight"]), "tied"),
+    "tokenizer a string": (_set("tokenizer", "bpe"), "tokenizer"),
+    "tokenizer merges not pairs": (lambda m: m["tokenizer"].update(merges="abc"), "merges"),
+    "train_config a number": (_set("train_config", 3), "train_config"),
+    "unknown model_config key": (lambda m: m["model_config"].update(no_such_field=1), "no_such_field"),
+    "model_config dropout out of range": (lambda m: m["model_config"].update(dropout=2.0), "dropout"),
+    "model_config d_model a string": (lambda m: m["model_config"].update(d_model="8"), "d_model"),
+    "model_config missing vocab_size": (lambda m: m["model_config"].pop("vocab_size"), "vocab_size"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_FIELDS))
+def test_bad_json_field_raises_clear_error(checkpoint, impl, tmp_path, case):
+    """A checkpoint.json field that is missing, null, of the wrong type or out of range is a CheckpointError naming the file and the field."""
+    model, opt = _trained(impl, 0)
+    checkpoint.save_checkpoint(tmp_path / "c", model, step=2, optimizer=opt, tokenizer=_tokenizer(impl),
+                               train_config={"lr": 0.01})
+    edit, word = _BAD_FIELDS[case]
+    _edit_json(tmp_path / "c", edit, rehash=True)
+    with raises_clear(checkpoint.CheckpointError, "checkpoint.json", word):
+        checkpoint.load_checkpoint(tmp_path / "c")
+
+
+def test_model_config_keeps_every_field(checkpoint, impl, tmp_path):
+    """Every field of ModelConfig.to_dict(), whatever fields it has, comes back equal (non-default values)."""
+    model = impl.component("model")
+    cfg = model.ModelConfig(vocab_size=20, context_length=6, n_layers=2, d_model=8, n_heads=2, dropout=0.3,
+                            tie_weights=False)
+    checkpoint.save_checkpoint(tmp_path / "c", model.TransformerLM(cfg), step=0)
+    got = checkpoint.load_checkpoint(tmp_path / "c").model_config
+    assert_equal(got.to_dict(), cfg.to_dict(), what="model config after the round trip")
+    assert_equal(json.loads(_file(tmp_path / "c", "checkpoint.json").read_text())["model_config"], cfg.to_dict(),
+                 what="model_config in checkpoint.json (ModelConfig.to_dict())")
 
 
 def test_missing_checkpoint(checkpoint, impl, tmp_path):
@@ -240,3 +382,429 @@ def test_bad_step(checkpoint, impl, tmp_path):
     model = _model(impl)
     with raises_clear(ValueError, "step"):
         checkpoint.save_checkpoint(tmp_path / "c", model, step=-1)
+
+
+# --- crashes: fault injection at every step of a save ---------------------------------------------
+#
+# A crash is the process stopping at one filesystem-modifying operation: nothing from it on reaches
+# the disk. The spec sees every such operation, however an implementation imported it, through
+# Python's audit events (``open`` for writing, ``os.rename`` - raised by os.rename AND os.replace -,
+# ``os.remove``, ``os.rmdir``, ``os.mkdir``, ``shutil.rmtree``, ...) plus the ``os.fsync`` attribute.
+# At the n-th operation the hook raises ``ProcessDied``; so does every later operation (a dead
+# process runs no clean-up handler). A crash at an ``open`` that creates or truncates a file leaves
+# that file EMPTY (created, nothing written). Then a new "process" (a plain load/save with no hook)
+# sees only the files.
+
+class ProcessDied(BaseException):
+    """The simulated death of the process (a BaseException: ``except Exception`` does not swallow it)."""
+
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_MUTATING_EVENTS = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.truncate",
+                    "os.link", "os.symlink", "shutil.move", "shutil.copyfile", "os.chmod", "os.utime",
+                    "os.fsync"}
+
+
+class _Plan:
+    """Counts the filesystem-modifying operations of one thread; dies at operation ``crash_at``."""
+
+    def __init__(self, crash_at=None, on_open=None):
+        self.crash_at, self.on_open = crash_at, on_open
+        self.steps, self.opens, self.dead, self.busy = [], 0, False, False
+        self.raw = []  # (event, args) of each step; an fsync's args: (fd, the path it flushed)
+        self.thread = threading.get_ident()
+
+    def event(self, event, args):
+        if self.busy or threading.get_ident() != self.thread:
+            return
+        if event == "open" and self.on_open is not None:
+            self.busy = True
+            try:
+                self.on_open(self.opens)
+            finally:
+                self.busy = False
+            self.opens += 1
+        if not _is_mutating(event, args):
+            return
+        if self.dead:
+            raise ProcessDied(f"{event}{args!r} after the process died")
+        n = len(self.steps)
+        self.steps.append(f"{event}{args!r}")
+        self.raw.append((event, args))
+        if n == self.crash_at:
+            self.dead = True
+            if event == "open":
+                self._leave_empty(args)
+            raise ProcessDied(f"crash at step {n}: {event}{args!r}")
+
+    def _leave_empty(self, args):
+        file, _, flags = args
+        if isinstance(file, (str, bytes, os.PathLike)) and os.path.isabs(file):
+            if flags & os.O_TRUNC or (flags & os.O_CREAT and not os.path.exists(file)):
+                self.busy = True
+                try:
+                    with builtins.open(file, "wb"):
+                        pass
+                finally:
+                    self.busy = False
+
+
+def _is_mutating(event, args):
+    if event == "open":
+        return isinstance(args[2], int) and bool(args[2] & _WRITE_FLAGS)
+    return event in _MUTATING_EVENTS
+
+
+_ACTIVE: list = []  # the plan in force (at most one)
+
+
+def _audit(event, args):
+    if _ACTIVE and (event == "open" or event in _MUTATING_EVENTS):
+        _ACTIVE[0].event(event, args)
+
+
+_HOOK_INSTALLED = []
+
+
+@contextlib.contextmanager
+def _injected(monkeypatch, plan):
+    """Run the body under ``plan`` (an audit hook is installed once per process; it is idle outside)."""
+    if not _HOOK_INSTALLED:
+        sys.addaudithook(_audit)
+        _HOOK_INSTALLED.append(True)
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        try:
+            flushed = os.path.realpath(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            flushed = None
+        plan.event("os.fsync", (fd, flushed))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _ACTIVE.append(plan)
+    try:
+        yield plan
+    finally:
+        _ACTIVE.clear()
+        monkeypatch.setattr(os, "fsync", real_fsync)
+
+
+@pytest.fixture
+def no_disk_flush(monkeypatch):
+    """``os.fsync`` does nothing (a crash here is an exception, not a power cut): many saves stay fast."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+
+def _tiny(impl, seed):
+    """A tiny model whose weights identify ``seed``."""
+    return _model(impl, seed, vocab_size=16, context_length=4, d_model=4, n_heads=1, dropout=0.0)
+
+
+class _Versions:
+    """Tiny models saved at steps 1, 2, ...: a loaded checkpoint must be ONE of them, whole."""
+
+    def __init__(self, checkpoint, impl, path, models=None):
+        self.checkpoint, self.path = checkpoint, path
+        self.models = models or {s: _tiny(impl, s) for s in range(1, 6)}
+
+    def save(self, step, plan=None, monkeypatch=None):
+        """Save version ``step``; under ``plan``, True when the save ran to its end (no crash)."""
+        if plan is None:
+            self.checkpoint.save_checkpoint(self.path, self.models[step], step=step, rng_state=_RNG)
+            return True
+        try:
+            with _injected(monkeypatch, plan):
+                self.checkpoint.save_checkpoint(self.path, self.models[step], step=step, rng_state=_RNG)
+        except ProcessDied:
+            return False
+        return not plan.dead
+
+    def assert_loads_one_of(self, steps, what):
+        try:
+            ckpt = self.checkpoint.load_checkpoint(self.path)
+        except NotImplementedError:
+            raise
+        except Exception as err:
+            raise AssertionError(f"{what}: the checkpoint does not load: {type(err).__name__}: {err}") from None
+        assert ckpt.step in steps, f"{what}: loaded step {ckpt.step}, expected one of {sorted(steps)}"
+        _assert_same_weights(_state(ckpt.model), _state(self.models[ckpt.step]),
+                             f"{what}: weights of the checkpoint of step {ckpt.step}")
+        return ckpt.step
+
+
+_RNG = {"torch": torch.Generator().manual_seed(0).get_state()}
+
+
+def _entries(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*"))
+
+
+def _count_steps(checkpoint, impl, tmp_path, monkeypatch, previous):
+    """The number of filesystem-modifying operations of a save over a checkpoint of ``previous``."""
+    v = _Versions(checkpoint, impl, tmp_path / "count" / "c")
+    for step in previous:
+        v.save(step)
+    plan = _Plan()
+    assert v.save(len(previous) + 1, plan, monkeypatch), "a save without a crash must complete"
+    root = str(tmp_path / "count")
+    return len(plan.steps), [s.replace(root, "<dir>") for s in plan.steps]
+
+
+def test_crash_at_every_step_keeps_a_checkpoint(checkpoint, impl, tmp_path, monkeypatch, no_disk_flush):
+    """A crash at ANY filesystem operation of a save leaves the previous or the new checkpoint, whole.
+
+    Then a new save (another process) succeeds and leaves exactly what one save leaves: no leftover
+    of the crashed save, no superseded version.
+    """
+    n, steps = _count_steps(checkpoint, impl, tmp_path, monkeypatch, previous=[1])
+    clean = tmp_path / "clean" / "c"
+    _Versions(checkpoint, impl, clean).save(3)
+    expected_entries = _entries(clean.parent)  # a saved checkpoint holds one version, nothing else
+    for i in range(n):
+        v = _Versions(checkpoint, impl, tmp_path / f"crash{i}" / "c")
+        v.save(1)
+        finished = v.save(2, _Plan(crash_at=i), monkeypatch)
+        assert not finished, f"step {i} ({steps[i]}) was never reached"
+        v.assert_loads_one_of({1, 2}, f"after a crash at step {i} ({steps[i]})")
+        v.save(3)
+        v.assert_loads_one_of({3}, f"a save after a crash at step {i} ({steps[i]})")
+        for name in ("model.safetensors", "state.safetensors", "checkpoint.json"):
+            _file(v.path, name)  # one copy each: the superseded version is gone
+        assert_equal(len(_entries(v.path.parent)), len(expected_entries),
+                     what=f"files left after a crash at step {i} ({steps[i]}) and a clean save "
+                          f"(as in {expected_entries}; leftovers: {_entries(v.path.parent)})")
+
+
+def test_two_crashes_in_a_row_keep_a_checkpoint(checkpoint, impl, tmp_path, monkeypatch, no_disk_flush):
+    """A crash at step i of a save, then at step j of the next, still leaves a whole checkpoint (all i, j).
+
+    The one that loads is one of the three (the first, or whichever crashed save got committed); a
+    final save succeeds.
+    """
+    n, steps = _count_steps(checkpoint, impl, tmp_path, monkeypatch, previous=[1])
+    for i in range(n):
+        first = _Versions(checkpoint, impl, tmp_path / f"crash{i}" / "c")
+        first.save(1)
+        assert not first.save(2, _Plan(crash_at=i), monkeypatch), f"step {i} ({steps[i]}) was never reached"
+        j = 0
+        while True:
+            v = _Versions(checkpoint, impl, tmp_path / f"crash{i}-{j}" / "c", first.models)  # a copy of it
+            shutil.copytree(first.path.parent, v.path.parent, symlinks=True)
+            finished = v.save(3, _Plan(crash_at=j), monkeypatch)
+            if not finished:
+                what = f"after crashes at step {i} ({steps[i]}), then at step {j} of the next save"
+                v.assert_loads_one_of({1, 2, 3}, what)
+                v.save(4)
+                v.assert_loads_one_of({4}, f"a save {what}")
+            if finished:
+                break  # the second save had fewer than j steps: every j was tried
+            j += 1
+
+
+def test_first_save_crashed_anywhere_is_no_checkpoint_or_the_new_one(checkpoint, impl, tmp_path, monkeypatch,
+                                                                     no_disk_flush):
+    """A first save that crashes at any step leaves no checkpoint (FileNotFoundError, has_checkpoint False) or the new one, whole."""
+    n, steps = _count_steps(checkpoint, impl, tmp_path, monkeypatch, previous=[])
+    for i in range(n):
+        v = _Versions(checkpoint, impl, tmp_path / f"crash{i}" / "c")
+        assert not v.save(1, _Plan(crash_at=i), monkeypatch), f"step {i} ({steps[i]}) was never reached"
+        what = f"after a crash at step {i} ({steps[i]}) of the first save"
+        try:
+            checkpoint.load_checkpoint(v.path)
+        except FileNotFoundError:
+            assert not checkpoint.has_checkpoint(v.path), f"{what}: has_checkpoint is True, load finds none"
+        else:
+            v.assert_loads_one_of({1}, what)
+            assert checkpoint.has_checkpoint(v.path), f"{what}: has_checkpoint is False, but it loads"
+    assert not checkpoint.has_checkpoint(tmp_path / "nowhere"), "has_checkpoint of a missing path"
+
+
+def test_remove_leftovers_keeps_the_checkpoint(checkpoint, impl, tmp_path, monkeypatch, no_disk_flush):
+    """After a crash at any step, remove_leftovers leaves exactly what one clean save leaves, and the same checkpoint."""
+    n, steps = _count_steps(checkpoint, impl, tmp_path, monkeypatch, previous=[1])
+    clean = _Versions(checkpoint, impl, tmp_path / "clean" / "c")
+    clean.save(1)
+    expected = len(_entries(clean.path.parent))
+    for i in range(n):
+        v = _Versions(checkpoint, impl, tmp_path / f"crash{i}" / "c", clean.models)
+        v.save(1)
+        v.save(2, _Plan(crash_at=i), monkeypatch)
+        step = v.assert_loads_one_of({1, 2}, f"after a crash at step {i} ({steps[i]})")
+        checkpoint.remove_leftovers(v.path)
+        v.assert_loads_one_of({step}, f"remove_leftovers after a crash at step {i} ({steps[i]})")
+        assert_equal(len(_entries(v.path.parent)), expected,
+                     what=f"entries after a crash at step {i} ({steps[i]}) and remove_leftovers "
+                          f"({_entries(v.path.parent)})")
+
+
+# --- readers beside a writer ----------------------------------------------------------------------
+
+def _load_under(checkpoint, monkeypatch, path, on_open):
+    plan = _Plan(on_open=on_open)
+    with _injected(monkeypatch, plan):
+        return checkpoint.load_checkpoint(path)
+
+
+def test_a_save_between_any_two_reads_of_a_load(checkpoint, impl, tmp_path, monkeypatch, no_disk_flush):
+    """A save that runs between ANY two file opens of a load never makes it fail: it returns the old or the new checkpoint, whole."""
+    v = _Versions(checkpoint, impl, tmp_path / "c")
+    for k in range(1000):
+        v.save(1)
+        saved = []
+
+        def save_at_open(n):
+            if n == k:
+                v.save(2)
+                saved.append(n)
+
+        ckpt = _load_under(checkpoint, monkeypatch, v.path, save_at_open)
+        what = f"a load with a save at its open #{k}"
+        assert ckpt.step in (1, 2), f"{what}: loaded step {ckpt.step}, expected 1 or 2"
+        _assert_same_weights(_state(ckpt.model), _state(v.models[ckpt.step]), f"{what}: weights of step {ckpt.step}")
+        if not saved:
+            break  # the load opened fewer than k files: every gap was tried
+    assert k > 0, "load_checkpoint opened no file"
+
+
+def test_load_beside_repeated_saves(checkpoint, impl, tmp_path, monkeypatch, no_disk_flush):
+    """A load during which a save completes at each of its file opens (10 saves) still returns one whole checkpoint."""
+    v = _Versions(checkpoint, impl, tmp_path / "c")
+    v.save(1)
+    saves = []
+
+    def save_at_every_open(n):
+        if len(saves) < 10:
+            saves.append(2 + len(saves) % 4)
+            v.save(saves[-1])
+
+    ckpt = _load_under(checkpoint, monkeypatch, v.path, save_at_every_open)
+    assert ckpt.step in {1, *saves}, f"loaded step {ckpt.step}, saved {[1] + saves}"
+    _assert_same_weights(_state(ckpt.model), _state(v.models[ckpt.step]), f"weights of step {ckpt.step}")
+
+
+def test_reader_thread_beside_a_writer_sees_only_whole_checkpoints(checkpoint, impl, tmp_path):
+    """A thread loading in a loop while another saves 12 times only ever gets whole checkpoints, never an error."""
+    v = _Versions(checkpoint, impl, tmp_path / "c")
+    v.save(1)
+    started, done, problems, loads = threading.Event(), threading.Event(), [], []
+
+    def reader():
+        while not done.is_set() and len(loads) < 2000:
+            try:
+                ckpt = checkpoint.load_checkpoint(v.path)
+                loads.append(ckpt.step)
+                _assert_same_weights(_state(ckpt.model), _state(v.models[ckpt.step]), f"weights of step {ckpt.step}")
+            except BaseException as err:  # noqa: BLE001 - reported by the main thread
+                problems.append(f"load #{len(loads)}: {type(err).__name__}: {err}")
+                return
+            finally:
+                started.set()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    started.wait()
+    try:
+        for s in range(12):
+            v.save(2 + s % 4)
+    finally:
+        done.set()
+        thread.join()
+    assert not problems, f"a reader beside a writer failed ({len(loads)} loads went well): {problems[0]}"
+
+
+def test_restored_rng_continues_like_an_uninterrupted_run(checkpoint, impl, tmp_path):
+    """After save, other draws, load and set_rng_state, python's random (gauss too) and torch draw what fresh generators seeded alike draw uninterrupted."""
+    model = _tiny(impl, 0)
+    seed = 20240611
+    random.seed(seed)
+    torch.manual_seed(seed)
+    random.random(), random.gauss(0.0, 1.0)  # gauss leaves the second normal of its pair pending
+    torch.rand(3)
+    checkpoint.save_checkpoint(tmp_path / "c", model, step=0)  # rng_state: the global states, now
+    random.seed(7), torch.manual_seed(7), random.gauss(0.0, 1.0)  # the process moves on (or restarts)
+    checkpoint.set_rng_state(checkpoint.load_checkpoint(tmp_path / "c").rng_state)
+    got = [random.gauss(0.0, 1.0), random.random(), random.random()]
+    got_torch = torch.rand(4)
+    fresh = random.Random(seed)  # an uninterrupted run: the same draws, then the next ones
+    fresh.random(), fresh.gauss(0.0, 1.0)
+    assert_equal(got, [fresh.gauss(0.0, 1.0), fresh.random(), fresh.random()],
+                 what="random.gauss, random.random after restoring the checkpoint's RNG state")
+    g = torch.Generator().manual_seed(seed)
+    torch.rand(3, generator=g)
+    assert torch.equal(got_torch, torch.rand(4, generator=g)), "torch.rand after restoring the RNG state"
+
+
+# --- the previous format --------------------------------------------------------------------------
+
+def _old_layout(path):
+    """A directory laid out as format bare-lm-checkpoint/1: the three files directly in ``path``."""
+    path.mkdir(parents=True)
+    (path / "checkpoint.json").write_text(json.dumps({"format": "bare-lm-checkpoint/1", "step": 1}))
+    (path / "model.safetensors").write_bytes(b"")
+    (path / "state.safetensors").write_bytes(b"")
+
+
+def test_old_format_is_refused_clearly(checkpoint, impl, tmp_path):
+    """A bare-lm-checkpoint/1 directory (the files directly in path) is a CheckpointError naming checkpoint.json and that format."""
+    checkpoint.load_checkpoint
+    _old_layout(tmp_path / "c")
+    with raises_clear(checkpoint.CheckpointError, "checkpoint.json", "bare-lm-checkpoint/1"):
+        checkpoint.load_checkpoint(tmp_path / "c")
+
+
+def test_save_over_old_format_replaces_it(checkpoint, impl, tmp_path):
+    """Saving to a bare-lm-checkpoint/1 directory replaces that checkpoint: the new one loads, the old files are gone."""
+    _old_layout(tmp_path / "c")
+    v = _Versions(checkpoint, impl, tmp_path / "c")
+    v.save(2)
+    v.assert_loads_one_of({2}, "a save over a bare-lm-checkpoint/1 directory")
+    for name in ("model.safetensors", "state.safetensors", "checkpoint.json"):
+        _file(v.path, name)  # exactly one of each: the old-layout files went
+
+
+def _commit_step(checkpoint, impl, tmp_path, monkeypatch, n):
+    """The step of a save over version 1 whose completion makes version 2 load: found by crashing at each."""
+    for i in range(n):
+        v = _Versions(checkpoint, impl, tmp_path / f"commit{i}" / "c")
+        v.save(1)
+        v.save(2, _Plan(crash_at=i + 1), monkeypatch)
+        if v.assert_loads_one_of({1, 2}, f"after a crash at step {i + 1}") == 2:
+            return i
+    raise AssertionError("no crash before the end of the save leaves the new checkpoint: it never commits")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to see what an fsync flushes")
+def test_new_checkpoint_is_flushed_before_its_commit(checkpoint, impl, tmp_path, monkeypatch, no_disk_flush):
+    """Before the step that commits a save, every file and directory of the new checkpoint was fsynced; after it, the commit's directory.
+
+    The commit step is the one whose completion makes the new checkpoint load (found by crashing at
+    each step); a file renamed after its fsync counts under its new name. Without this, a power
+    cut right after the commit could leave a committed checkpoint with empty or missing files.
+    """
+    v = _Versions(checkpoint, impl, tmp_path / "run" / "c")
+    v.save(1)
+    plan = _Plan()
+    assert v.save(2, plan, monkeypatch)
+    commit = _commit_step(checkpoint, impl, tmp_path, monkeypatch, len(plan.raw))
+    flushed = []  # [step, path], the path followed through later renames
+    for step, (event, args) in enumerate(plan.raw):
+        if event == "os.fsync" and args[1] is not None:
+            flushed.append([step, args[1]])
+        elif event == "os.rename" and args[2:] == (-1, -1):
+            src, dst = (os.path.realpath(os.fspath(a)) for a in args[:2])
+            for entry in flushed:
+                if entry[1] == src or entry[1].startswith(src + os.sep):
+                    entry[1] = dst + entry[1][len(src):]
+    before = {p for step, p in flushed if step < commit}
+    root = os.path.realpath(v.path)
+    for entry in [root, *(os.path.realpath(p) for p in Path(root).rglob("*"))]:
+        assert entry in before, (f"{os.path.relpath(entry, root)} of the new checkpoint was not fsynced before "
+                                 f"the commit (step {commit}: {plan.steps[commit]}); fsynced before it: "
+                                 f"{sorted(os.path.relpath(p, root) for p in before)}")
+    event, args = plan.raw[commit]
+    if event == "os.rename":
+        parent = os.path.dirname(os.path.realpath(os.fspath(args[1])))
+        assert any(step > commit and p == parent for step, p in flushed), \
+            f"the directory of the commit ({plan.steps[commit]}) is not fsynced after it: the commit may be lost"
