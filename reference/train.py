@@ -516,10 +516,9 @@ def _unlock_run(lock) -> None:
 
 
 def _holds_run(out: Path) -> bool:
-    """Whether ``out`` holds a checkpoint (or one being swapped in) or a non-empty log."""
+    """Whether ``out`` holds a checkpoint (even one whose first save was interrupted) or a non-empty log."""
     log = out / LOG_FILE
-    return ((out / CHECKPOINT_DIR).exists() or (out / f".{CHECKPOINT_DIR}.old").exists()
-            or (log.exists() and log.stat().st_size > 0))
+    return (out / CHECKPOINT_DIR).exists() or (log.exists() and log.stat().st_size > 0)
 
 
 def _check_same_run(config: TrainConfig, saved: dict, step: int) -> None:

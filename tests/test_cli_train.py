@@ -108,12 +108,17 @@ def straight(data, tmp_path_factory) -> Path:
 def test_fresh_run_over_an_existing_run_is_refused(data, straight, tmp_path):
     """A fresh run into a directory holding a run exits 2 and leaves its log and checkpoint alone."""
     log_before = (straight / "log.jsonl").read_bytes()
-    ckpt_before = (straight / "checkpoint" / "checkpoint.json").read_bytes()
+    ckpt_before = _files(straight / "checkpoint")
     status, _, err = train(data, straight, "--steps", "8")
     assert status == 2
     one_line_error(err, str(straight), "--resume", "--force")
     assert (straight / "log.jsonl").read_bytes() == log_before
-    assert (straight / "checkpoint" / "checkpoint.json").read_bytes() == ckpt_before
+    assert _files(straight / "checkpoint") == ckpt_before
+
+
+def _files(directory):
+    """Every file under ``directory`` with its bytes (whatever the checkpoint's inner layout)."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_force_replaces_the_run(data, straight, tmp_path):
