@@ -1,9 +1,10 @@
 """``bare-lm generate``: sample text from a trained checkpoint, streamed to the terminal as it comes.
 
-``bare-lm generate --checkpoint PATH --prompt TEXT [--max-new-tokens N] [--temperature T]
+``bare-lm generate (--checkpoint PATH | --hf DIR) --prompt TEXT [--max-new-tokens N] [--temperature T]
 [--top-k K] [--top-p P] [--seed S] [--device cpu|cuda] [--no-cache] [--interactive]``
 
-The checkpoint (a directory written by ``checkpoint.save_checkpoint``) must hold a tokenizer.
+The checkpoint (a directory written by ``checkpoint.save_checkpoint``), or the transformers directory
+(``--hf``, GPT-2 or Llama), must hold a tokenizer.
 Generation stops at the tokenizer's ``<|endoftext|>`` when it has that special token.
 ``--interactive``: read a prompt, print the answer, repeat until EOF or an empty line.
 A special token's text in a prompt (``<|endoftext|>``) is an error unless ``--allow-special`` is
@@ -20,7 +21,10 @@ def register(commands) -> None:
     parser = commands.add_parser(
         "generate", help="sample text from a checkpoint (streamed as it is produced)",
         description="Load a checkpoint (model + tokenizer) and stream generated text to the terminal.")
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="PATH", help="checkpoint directory")
+    source.add_argument("--hf", metavar="DIR", help="a Hugging Face transformers directory (GPT-2 or Llama: "
+                        "config.json, model.safetensors and tokenizer.json or vocab.json + merges.txt)")
     parser.add_argument("--prompt", default=None, metavar="TEXT",
                         help="the text to continue (required unless --interactive)")
     parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="tokens to generate (default 200)")
@@ -103,13 +107,17 @@ def _run(args) -> int:
             print("bare-lm generate: --device cuda, but CUDA is not available", file=sys.stderr)
             return 2
     try:
-        ckpt = load_checkpoint(args.checkpoint, device=args.device)
+        if args.hf is not None:
+            from .convert import load_hf_model
+            model, tokenizer = load_hf_model(args.hf, device=args.device)
+        else:
+            ckpt = load_checkpoint(args.checkpoint, device=args.device)
+            model, tokenizer = ckpt.model, ckpt.tokenizer
     except (FileNotFoundError, ValueError) as err:
         print(f"bare-lm generate: {err}", file=sys.stderr)
         return 2
-    model, tokenizer = ckpt.model, ckpt.tokenizer
     if tokenizer is None:
-        print(f"bare-lm generate: the checkpoint at {args.checkpoint} has no tokenizer", file=sys.stderr)
+        print(f"bare-lm generate: {args.checkpoint or args.hf} has no tokenizer", file=sys.stderr)
         return 2
     model.eval()
     stop_ids = [i for name, i in getattr(tokenizer, "special_tokens", {}).items() if name == "<|endoftext|>"]
