@@ -247,5 +247,7 @@ class DynamicBatches:
         raise NotImplementedError("DynamicBatches.state_dict: {'seed': ..., 'epoch': ..., 'index': ...}")
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore ``seed``, ``epoch`` and ``index``."""
+        """Restore ``seed``, ``epoch`` and ``index``: from then on the batcher serves exactly what a
+        fresh ``DynamicBatches`` with that seed serves from ``epoch_batches(epoch)[index]`` on. If
+        ``__next__`` keeps the current epoch's order, key it by ``(seed, epoch)``, or drop it here."""
         raise NotImplementedError("DynamicBatches.load_state_dict: restore seed, epoch and index")

@@ -124,6 +124,9 @@ class Tokenizer:
         Keep a buffer; after each chunk encode and drop only a prefix that later text cannot change:
         not the last two pre-tokens (a word may grow, ``we'l|l`` splits differently) and nothing
         within ``len(longest special) - 1`` characters of the end (a special may be cut in two).
+        Encode the settled pre-tokens as the pattern found them in the buffer, not by splitting the
+        settled text again on its own: alone, ``"x\\n\\n\\n"`` is one pre-token, but followed by
+        ``"b"`` it is ``"\\n\\n"``, ``"\\n"`` (and merges of whitespace tell them apart).
         Encode the rest at the end.
         """
         raise NotImplementedError("Tokenizer.encode_iterable: buffer, emit the stable prefix, keep the tail")

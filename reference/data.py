@@ -300,7 +300,7 @@ class DynamicBatches:
                 self.document_of.append(d)
         self.epoch = 0
         self.index = 0
-        self._order = (-1, [])  # (epoch, epoch_order(epoch)): computed once per epoch
+        self._order = (None, [])  # ((seed, epoch), epoch_order(epoch)): computed once per epoch
 
     def __len__(self) -> int:
         """Batches per epoch: ``ceil(len(pieces) / batch_size)``."""
@@ -339,8 +339,8 @@ class DynamicBatches:
         return self
 
     def __next__(self) -> Batch:
-        if self._order[0] != self.epoch:
-            self._order = (self.epoch, self.epoch_order(self.epoch))
+        if self._order[0] != (self.seed, self.epoch):  # keyed by the seed too: load_state_dict may change it
+            self._order = ((self.seed, self.epoch), self.epoch_order(self.epoch))
         order = self._order[1]
         out = self.collate(order[self.index])
         self.index += 1

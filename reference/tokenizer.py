@@ -128,23 +128,26 @@ class Tokenizer:
 
         Text is held back only while it may still change: the last two pre-tokens (a pre-token may
         grow, or a contraction split differently, when more text comes) and anything within a
-        special token's length of the end. With ``pattern=None`` a piece is held until the next
-        special token. The pattern must not look behind (GPT-2's does not).
+        special token's length of the end. The settled pre-tokens are encoded AS FOUND in the
+        buffer, never by re-splitting the settled text on its own: alone, ``"x\\n\\n\\n"`` is one
+        pre-token, while followed by ``"b"`` it is ``"\\n\\n"``, ``"\\n"``. With ``pattern=None`` a
+        piece is held until the next special token. The pattern must not look behind (GPT-2's does not).
         """
         buf = ""
         for chunk in chunks:
             if not isinstance(chunk, str):
                 raise TypeError(f"chunks must be str, got {type(chunk).__name__}")
             buf += chunk
-            cut = self._stable_prefix(buf)
+            ids: list[int] = []
+            cut = self._encode_stable_prefix(buf, ids)
             if cut:
-                yield from self.encode(buf[:cut])
+                yield from ids
                 buf = buf[cut:]
         if buf:
             yield from self.encode(buf)
 
-    def _stable_prefix(self, buf: str) -> int:
-        """Length of a prefix of ``buf`` whose ids no later text can change."""
+    def _encode_stable_prefix(self, buf: str, out: list[int]) -> int:
+        """Append the ids of a prefix of ``buf`` that no later text can change; return its length."""
         end = len(buf) - max(self._max_special - 1, 0)  # a special starting at >= end may be cut short
         if end <= 0:
             return 0
@@ -153,13 +156,17 @@ class Tokenizer:
             for m in self._special_re.finditer(buf):
                 if m.start() >= end:
                     break
+                self._encode_ordinary(buf[seg_start:m.start()], out)  # a whole segment: ends at a special
+                out.append(self.special_tokens[m.group()])
                 seg_start = m.end()
         if self._compiled is None:
             return seg_start
-        starts = [m.start() for m in self._compiled.finditer(buf, seg_start, end)]
-        if len(starts) >= 3:
-            return starts[-2]
-        return seg_start
+        pieces = list(self._compiled.finditer(buf, seg_start, end))
+        if len(pieces) < 3:
+            return seg_start
+        for m in pieces[:-2]:  # settled: each is followed by two more pre-tokens
+            self._encode_piece(m.group(), out)
+        return pieces[-2].start()
 
     def _encode_ordinary(self, text: str, out: list[int]) -> None:
         """Append the ids of ``text`` (no special tokens in it) to ``out``."""
@@ -175,6 +182,13 @@ class Tokenizer:
                     cache.clear()
                 cache[piece] = ids
             out.extend(ids)
+
+    def _encode_piece(self, piece: str, out: list[int]) -> None:
+        """Append the ids of one pre-token (as ``_encode_ordinary`` does for each of its pieces)."""
+        ids = self._cache.get(piece)
+        if ids is None:
+            ids = self._bpe(piece)
+        out.extend(ids)
 
     def _bpe(self, piece: str) -> list[int]:
         """BPE of one pre-token: merge the lowest-rank pair, everywhere, until none is a merge."""

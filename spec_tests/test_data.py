@@ -243,6 +243,37 @@ def test_dynamic_is_reproducible_and_resumable(data):
     assert orders[0] != orders[1] or orders[1] != orders[2], "every epoch has the same order"
 
 
+def _fresh_at(data, docs, b, t, state):
+    """The documented oracle: a FRESH batcher with the state's seed serves epoch_batches(epoch)[index:],
+    then epoch_batches(epoch + 1), ..."""
+    fresh = data.DynamicBatches(docs, b, t, eot_id=0, seed=state["seed"])
+    epoch, index = state["epoch"], state["index"]
+    while True:
+        for batch in fresh.epoch_batches(epoch)[index:]:
+            yield batch
+        epoch, index = epoch + 1, 0
+
+
+@given(lengths=st.lists(sizes(10, 0), min_size=1, max_size=8), t=sizes(6), b=sizes(3), seed=seeds,
+       used=st.integers(0, 12), other_seed=seeds, epoch=st.integers(0, 2), index=st.integers(0, 4))
+def test_dynamic_load_state_serves_what_a_fresh_batcher_would(data, lengths, t, b, seed, used, other_seed, epoch, index):
+    """A DynamicBatches that has already served batches and then loads ANY state serves exactly what a
+    fresh one at that state serves: epoch_batches(epoch)[index:] of the state's seed, then the next epochs."""
+    docs = _token_docs(lengths, seed)
+    batcher = data.DynamicBatches(docs, b, t, eot_id=0, seed=seed)
+    for _ in range(used):
+        next(batcher)
+    index = index % len(batcher)
+    for state in ({"seed": other_seed, "epoch": epoch, "index": index}, {"seed": seed, "epoch": epoch, "index": index}):
+        batcher.load_state_dict(dict(state))
+        assert_equal(batcher.state_dict(), state, what="state_dict() right after load_state_dict(state)")
+        expected = _fresh_at(data, docs, b, t, state)
+        for i in range(len(batcher) + 1):
+            got, want = next(batcher), next(expected)
+            assert_equal(got.pieces.tolist(), want.pieces.tolist(), what=f"pieces of batch {i} after loading {state}")
+            assert_equal(got.x.tolist(), want.x.tolist(), what=f"x of batch {i} after loading {state}")
+
+
 # --- loading documents --------------------------------------------------------------------------
 
 @given(docs=documents, field=st.sampled_from(["text", "body"]))

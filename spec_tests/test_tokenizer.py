@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import regex
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from .support import assert_equal, raises_clear
@@ -355,6 +355,36 @@ def test_encode_iterable_equals_encode(tokenizer, text, specials, where, cuts):
     chunks = [text[i:j] for i, j in zip(bounds, bounds[1:])]
     got = list(tok.encode_iterable(iter(chunks)))
     assert_equal(got, tok.encode(text), what=f"encode_iterable({chunks!r})")
+
+
+#: Whitespace-heavy text: runs of spaces, tabs and newlines between short words and punctuation.
+spacey_text = st.lists(st.sampled_from(["a", "b", "ab", ".", " ", "  ", "   ", "\n", "\n\n", "\n\n\n",
+                                        "\t\t", " \n", "\n  "]), max_size=14).map("".join)
+#: A corpus whose merges join whitespace ("  ", "\n\n", " \n", "\t\t" ...), so that a pre-token
+#: boundary moved inside a whitespace run changes the ids (bytes alone would hide it).
+SPACEY_CORPUS = ["a  b   c\n\n d \n\n\n e\t\t f  \n  g\n" * 20, "x\n\n\ny \t z.  .\n" * 20]
+
+
+@pytest.fixture(scope="module")
+def spacey(tokenizer):
+    """Trained on SPACEY_CORPUS to 40 merges (many of them whitespace runs), one special token."""
+    return tokenizer.Tokenizer.train(SPACEY_CORPUS, 256 + 40 + 1, special_tokens=[EOT])
+
+
+@given(text=spacey_text, cuts=st.lists(st.integers(0, 40), max_size=6))
+@example(text="x\n\n\nb c", cuts=[])
+@example(text="a\n\t\taa\n  \n", cuts=[])
+def test_encode_iterable_equals_encode_inside_whitespace_runs(spacey, text, cuts):
+    """encode_iterable(chunks) == encode("".join(chunks)) for any chunking, also with a chunk boundary
+    inside a run of whitespace (a file read line by line) and merges that join whitespace."""
+    assert any(spacey.vocab[256 + n].isspace() and len(spacey.vocab[256 + n]) > 1 for n in range(len(spacey.merges))), \
+        "the whitespace corpus must give merges of whitespace"
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    chunks = [text[i:j] for i, j in zip(bounds, bounds[1:])]
+    got = list(spacey.encode_iterable(chunks))
+    assert_equal(got, spacey.encode(text), what=f"encode_iterable({chunks!r})")
+    lines = text.splitlines(keepends=True)
+    assert_equal(list(spacey.encode_iterable(lines)), spacey.encode(text), what=f"encode_iterable({lines!r}) (lines)")
 
 
 @pytest.mark.parametrize("chunks", [

@@ -46,6 +46,10 @@ MUTANTS = [
            '    h.update(json.dumps(tokenizer.to_dict(), sort_keys=True).encode("utf-8"))\n', ''),
     Mutant("cache-ignores-data", "data.py", "the cache key ignores the documents' text",
            "        h.update(data)\n", ""),
+    Mutant("dynamic-resume-keeps-old-order", "data.py",
+           "load_state_dict keeps serving the cached epoch order of the old seed",
+           "        if self._order[0] != (self.seed, self.epoch):",
+           "        if self._order[0] is None or self._order[0][1] != self.epoch:"),
     Mutant("cache-never-read", "data.py", "the cache is written but never read (tokenizer called again)",
            "        if path.exists():", "        if False:"),
 ]
