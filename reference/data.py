@@ -15,8 +15,12 @@
   ``__getitem__`` gives ``[source[i] for i in range(len(source))]``; else an iterable gives
   ``list(source)``. Every item must be a ``str`` (``TypeError`` naming the item's index).
 
-**Tokens.** ``tokenize_documents(documents, tokenizer, cache_dir=None)`` encodes each document with
-``tokenizer.encode(str) -> list[int]`` (any object with that method). With ``cache_dir`` the result
+**Tokens.** ``tokenize_documents(documents, tokenizer, cache_dir=None)`` encodes each document as
+ORDINARY text with ``tokenizer.encode(doc, disallowed_special=()) -> list[int]`` (any object with
+that method, e.g. ``tokenizer.Tokenizer`` or a tiktoken ``Encoding``): a special token's string
+inside a document (a literal ``<|endoftext|>``) is text, never the special id, so a document cannot
+forge a document boundary; the boundaries are the end-of-text ids that ``token_stream`` puts
+between the documents. With ``cache_dir`` the result
 is cached in ``cache_dir/tokens-<key>.npz`` (numpy, ``allow_pickle=False``: ``tokens`` int32, all
 documents concatenated; ``offsets`` int64, document ``i`` is ``tokens[offsets[i]:offsets[i+1]]``),
 ``key = cache_key(documents, tokenizer)``: a SHA-256 of the documents' text and of
@@ -156,7 +160,8 @@ def tokenize_documents(documents: list[str], tokenizer, cache_dir=None) -> list[
                 tokens = torch.from_numpy(saved["tokens"].astype(np.int64))
                 offsets = saved["offsets"].tolist()
             return [tokens[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-    token_docs = [torch.tensor(tokenizer.encode(doc), dtype=torch.long) for doc in documents]
+    # ordinary text: a special token's string in a document is not the special (see the module doc)
+    token_docs = [torch.tensor(tokenizer.encode(doc, disallowed_special=()), dtype=torch.long) for doc in documents]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         lengths = [len(t) for t in token_docs]

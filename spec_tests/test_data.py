@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from .support import assert_close, assert_equal, randint, randn, raises_clear, seeds, sizes
 
 IGNORE = -100
+EOT = "<|endoftext|>"
 
 #: Text without lone surrogates (which UTF-8 cannot encode).
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
@@ -38,9 +39,17 @@ class ByteTokenizer:
         self.offset = offset
         self.calls = 0
 
-    def encode(self, text):
+    def encode(self, text, *, allowed_special=(), disallowed_special="all"):
+        """As the BPE tokenizer: ``<|endoftext|>`` in the text raises unless allowed (id 999) or
+        ``disallowed_special=()`` (then its bytes, as ordinary text)."""
         self.calls += 1
-        return [b + self.offset for b in text.encode("utf-8")]
+        if EOT in text and allowed_special != "all" and EOT not in allowed_special:
+            if disallowed_special == "all" or EOT in disallowed_special:
+                raise ValueError(f"text contains the special token {EOT!r}: pass allowed_special or disallowed_special")
+        ids, allowed = [], allowed_special == "all" or EOT in allowed_special
+        for k, piece in enumerate(text.split(EOT)):
+            ids += ([999] if k and allowed else list(EOT.encode()) if k else []) + list(piece.encode("utf-8"))
+        return [i + self.offset for i in ids]
 
     def to_dict(self):
         return {"kind": "bytes", "offset": self.offset}
@@ -362,6 +371,14 @@ def test_tokenize_documents(data):
     got = data.tokenize_documents(["hé", "", "ok"], tok)
     assert all(t.dtype == torch.long for t in got), "token tensors must be torch.long"
     assert_equal([t.tolist() for t in got], [tok.encode(d) for d in ["hé", "", "ok"]], what="token ids")
+
+
+def test_documents_are_encoded_as_ordinary_text(data):
+    """A special token's string inside a document is ordinary text (encode(doc, disallowed_special=())):
+    its bytes, never the special id, and no error."""
+    docs = [f"a{EOT}b", EOT, "plain"]
+    got = data.tokenize_documents(docs, ByteTokenizer())
+    assert_equal([t.tolist() for t in got], [list(d.encode()) for d in docs], what="ids of documents holding <|endoftext|>")
 
 
 def test_cache_is_used_and_invalidated(data, tmp_path):

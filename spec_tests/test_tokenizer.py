@@ -227,10 +227,9 @@ def test_byte_level_vocabulary(tokenizer, trained):
        where=st.lists(st.integers(0, 60), max_size=3))
 def test_round_trip(trained, text, specials, where):
     """decode(encode(s)) == s for any unicode text, with special tokens anywhere in it."""
-    ids = trained.encode(text)
     for s, k in zip(specials, where):
         text = text[:k] + s + text[k:]
-    ids = trained.encode(text)
+    ids = trained.encode(text, allowed_special="all")
     assert all(isinstance(i, int) and 0 <= i < trained.vocab_size for i in ids), f"ids out of range: {ids}"
     assert_equal(trained.decode(ids), text, what="decode(encode(text))")
     assert_equal(trained.decode_bytes(ids), text.encode(), what="decode_bytes(encode(text))")
@@ -246,7 +245,7 @@ def test_round_trip_any_pattern(tokenizer, text, pattern):
 @given(text=unicode_text | small_text, specials=st.lists(st.sampled_from([EOT, "<|endoftext|><|pad|>"]), max_size=2))
 def test_encode_equals_rank_oracle(trained, text, specials):
     """Encoding applies merges by rank inside each pre-token, specials atomic (oracle in this file)."""
-    got = trained.encode(text + "".join(specials) + text)
+    got = trained.encode(text + "".join(specials) + text, allowed_special="all")
     expected = rank_encode(trained.merges, list(trained.special_tokens), GPT2, text + "".join(specials) + text)
     assert_equal(got, expected, what="encode(text)")
 
@@ -312,9 +311,9 @@ def test_encode_real_text_equals_tiktoken(trained):
 def test_special_tokens_are_atomic(trained):
     """A special token encodes to its own id, never split, wherever it appears; text around it round-trips."""
     eot = trained.special_tokens[EOT]
-    assert_equal(trained.encode(EOT), [eot], what=f"encode({EOT!r})")
+    assert_equal(trained.encode(EOT, allowed_special="all"), [eot], what=f"encode({EOT!r})")
     for left, right in [("x", "y"), ("dog.", " The"), ("", "\n"), ("😀", "<|"), ("<|endof", "")]:
-        ids = trained.encode(left + EOT + right)
+        ids = trained.encode(left + EOT + right, allowed_special="all")
         assert_equal(ids, trained.encode(left) + [eot] + trained.encode(right),
                      what=f"encode({left + EOT + right!r})")
     plain = trained.encode("<|endoftext")
@@ -325,9 +324,129 @@ def test_longest_special_token_wins(tokenizer):
     """Where registered special tokens overlap, the longest match wins (whatever the order given)."""
     tok = tokenizer.Tokenizer([], special_tokens=["<a>", "<a><b>", "<b>"])
     assert_equal(tok.special_tokens, {"<a>": 256, "<a><b>": 257, "<b>": 258}, what="special_tokens")
-    assert_equal(tok.encode("<a><b>"), [257], what="encode('<a><b>')")
-    assert_equal(tok.encode("<a><a><b><b>"), [256, 257, 258], what="encode('<a><a><b><b>')")
-    assert_equal(tok.encode("x<a>y"), [120, 256, 121], what="encode('x<a>y')")
+    assert_equal(tok.encode("<a><b>", allowed_special="all"), [257], what="encode('<a><b>')")
+    assert_equal(tok.encode("<a><a><b><b>", allowed_special="all"), [256, 257, 258], what="encode('<a><a><b><b>')")
+    assert_equal(tok.encode("x<a>y", allowed_special="all"), [120, 256, 121], what="encode('x<a>y')")
+
+
+# --- special tokens in raw text (tiktoken's convention) ------------------------------------------
+
+PAD2 = "<|endoftext|><|pad|>"
+
+
+def _with_specials(text, specials, where):
+    for s, k in zip(specials, where):
+        text = text[:k] + s + text[k:]
+    return text
+
+
+def _chunked(text, cuts):
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    return [text[i:j] for i, j in zip(bounds, bounds[1:])]
+
+
+def rank_encode_allowed(tok, allowed, text):
+    """The rule, written out: only the ALLOWED specials are atomic (with their registered ids,
+    longest first); every other character, a non-allowed special's string included, is ordinary text."""
+    ids = []
+    cut = "(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")"
+    for k, piece in enumerate(regex.split(cut, text) if allowed else [text]):
+        ids += [tok.special_tokens[piece]] if k % 2 else rank_encode(tok.merges, [], GPT2, piece)
+    return ids
+
+
+@given(text=small_text | unicode_text, specials=st.lists(st.sampled_from([EOT, PAD2]), min_size=1, max_size=3),
+       where=st.lists(st.integers(0, 60), min_size=3, max_size=3), cuts=st.lists(st.integers(0, 100), max_size=5))
+def test_special_in_text_raises_by_default(trained, text, specials, where, cuts):
+    """By default (allowed_special=(), disallowed_special="all") a special token's string in the text is
+    a ValueError naming the token and both arguments, from encode and from encode_iterable."""
+    text = _with_specials(text, specials, where)
+    found = regex.search("|".join(regex.escape(s) for s in (PAD2, EOT)), text).group()
+    with raises_clear(ValueError, found, "allowed_special", "disallowed_special"):
+        trained.encode(text)
+    with raises_clear(ValueError, found, "allowed_special", "disallowed_special"):
+        list(trained.encode_iterable(_chunked(text, cuts)))
+    broken = text.replace(EOT, "<|endo ftext|>")  # no whole special left: ordinary text, no error
+    assert_equal(trained.encode(broken), rank_encode(trained.merges, [], GPT2, broken),
+                 what=f"encode({broken!r}) (no whole special token in it)")
+
+
+@given(text=small_text | unicode_text, specials=st.lists(st.sampled_from([EOT, PAD2]), max_size=3),
+       where=st.lists(st.integers(0, 60), min_size=3, max_size=3), cuts=st.lists(st.integers(0, 100), max_size=5))
+def test_disallowed_special_empty_encodes_specials_as_text(trained, text, specials, where, cuts):
+    """disallowed_special=() (nothing allowed): a special's string is encoded as ordinary text, exactly
+    as if no special token were registered; decode gives the text back; encode_iterable agrees."""
+    text = _with_specials(text, specials, where)
+    ids = trained.encode(text, disallowed_special=())
+    assert_equal(ids, rank_encode(trained.merges, [], GPT2, text), what="encode(text, disallowed_special=())")
+    assert not set(ids) & set(trained.special_tokens.values()), f"special ids in ordinary text: {ids}"
+    assert_equal(trained.decode(ids), text, what="decode(encode(text, disallowed_special=()))")
+    assert_equal(list(trained.encode_iterable(_chunked(text, cuts), disallowed_special=())), ids,
+                 what="encode_iterable(chunks, disallowed_special=())")
+
+
+@given(text=small_text | unicode_text, specials=st.lists(st.sampled_from([EOT, PAD2]), max_size=3),
+       where=st.lists(st.integers(0, 60), min_size=3, max_size=3), cuts=st.lists(st.integers(0, 100), max_size=5),
+       allowed=st.sampled_from(["all", (EOT, PAD2), (EOT,), (PAD2,), ()]))
+def test_allowed_specials_become_their_ids(trained, text, specials, where, cuts, allowed):
+    """The allowed specials become their ids (longest first); with disallowed_special=() the others are
+    ordinary text; allowed_special="all" allows every special; encode_iterable agrees."""
+    text = _with_specials(text, specials, where)
+    expected = rank_encode_allowed(trained, list(trained.special_tokens) if allowed == "all" else allowed, text)
+    got = trained.encode(text, allowed_special=allowed, disallowed_special=())
+    assert_equal(got, expected, what=f"encode(text, allowed_special={allowed!r}, disallowed_special=())")
+    assert_equal(list(trained.encode_iterable(_chunked(text, cuts), allowed_special=allowed, disallowed_special=())),
+                 expected, what=f"encode_iterable(chunks, allowed_special={allowed!r}, disallowed_special=())")
+    assert_equal(trained.decode(got), text, what="decode(encode(text, ...))")
+    if allowed in ("all", (EOT, PAD2)):  # nothing left to disallow: the default disallowed_special agrees
+        assert_equal(trained.encode(text, allowed_special=allowed), expected, what=f"encode(text, allowed_special={allowed!r})")
+
+
+def test_overlapping_allowed_and_disallowed_specials(trained):
+    """Specials are found leftmost, then longest, among the allowed and disallowed ones together: an
+    allowed longer special that holds a disallowed one is fine; the disallowed one alone raises."""
+    eot, pad2 = trained.special_tokens[EOT], trained.special_tokens[PAD2]
+    assert_equal(trained.encode("x" + PAD2 + "y", allowed_special={PAD2}),
+                 trained.encode("x", allowed_special={PAD2}) + [pad2] + trained.encode("y"),
+                 what=f"encode('x{PAD2}y', allowed_special={{{PAD2!r}}})")
+    with raises_clear(ValueError, repr(EOT)):
+        trained.encode("x" + EOT + "y", allowed_special={PAD2})
+    assert_equal(trained.encode(PAD2, allowed_special={EOT}, disallowed_special=()),
+                 [eot] + rank_encode(trained.merges, [], GPT2, "<|pad|>"),
+                 what=f"encode({PAD2!r}, allowed_special={{EOT}}, disallowed_special=())")
+    with raises_clear(ValueError, repr(PAD2)):
+        trained.encode("a" + PAD2, allowed_special={EOT})
+
+
+def test_bad_special_arguments(trained):
+    """allowed_special / disallowed_special: a bare str other than "all" is a TypeError, an unknown special
+    or one both allowed and disallowed a ValueError naming the argument."""
+    with raises_clear(TypeError, "allowed_special"):
+        trained.encode("abc", allowed_special=EOT)
+    with raises_clear(TypeError, "disallowed_special"):
+        trained.encode("abc", disallowed_special=EOT)
+    with raises_clear(ValueError, "allowed_special", "<|nope|>"):
+        trained.encode("abc", allowed_special={"<|nope|>"})
+    with raises_clear(ValueError, "disallowed_special", "<|nope|>"):
+        trained.encode("abc", disallowed_special=["<|nope|>"])
+    with raises_clear(ValueError, "allowed_special", "disallowed_special"):
+        trained.encode("abc", allowed_special={EOT}, disallowed_special={EOT})
+    with raises_clear(ValueError, "allowed_special", "<|nope|>"):
+        list(trained.encode_iterable(["abc"], allowed_special={"<|nope|>"}))
+
+
+def test_special_ids_follow_the_given_order(tokenizer, tmp_path):
+    """The i-th special token AS GIVEN (not sorted) gets id 256 + len(merges) + i, kept by save/load."""
+    specials = ["<|z|>", EOT, "<a>", "<|b|>"]
+    tok = tokenizer.Tokenizer([(97, 98)], special_tokens=specials)
+    assert_equal(tok.special_tokens, {"<|z|>": 257, EOT: 258, "<a>": 259, "<|b|>": 260}, what="special_tokens")
+    assert_equal(tok.encode("<a>ab<|z|>", allowed_special="all"), [259, 256, 257], what="encode('<a>ab<|z|>')")
+    trained = tokenizer.Tokenizer.train("ab ab ab", 256 + 1 + 4, special_tokens=specials)
+    assert_equal(trained.special_tokens, tok.special_tokens, what="special_tokens after train")
+    assert_equal(tok.to_dict()["special_tokens"], specials, what="to_dict()['special_tokens']")
+    tok.save(tmp_path / "tok.json")
+    assert_equal(tokenizer.Tokenizer.load(tmp_path / "tok.json").special_tokens, tok.special_tokens,
+                 what="special_tokens after save/load")
 
 
 @given(text=small_text | unicode_text, specials=st.lists(st.sampled_from([EOT, "<|endoftext|><|pad|>", "<| a b |>"]),
@@ -340,8 +459,8 @@ def test_encode_iterable_equals_encode(tokenizer, text, specials, where, cuts):
         text = text[:k] + s + text[k:]
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
     chunks = [text[i:j] for i, j in zip(bounds, bounds[1:])]
-    got = list(tok.encode_iterable(iter(chunks)))
-    assert_equal(got, tok.encode(text), what=f"encode_iterable({chunks!r})")
+    got = list(tok.encode_iterable(iter(chunks), allowed_special="all"))
+    assert_equal(got, tok.encode(text, allowed_special="all"), what=f"encode_iterable({chunks!r})")
 
 
 #: Whitespace-heavy text: runs of spaces, tabs and newlines between short words and punctuation.
@@ -383,8 +502,8 @@ def test_encode_iterable_chunk_boundaries(tokenizer, chunks):
     """encode_iterable equals encode on the joined text for chunks cut inside words and specials."""
     for specials in ([EOT, "<|endoftext|><|pad|>", "<| a b |>"], []):
         tok = tokenizer.Tokenizer.train(CORPUS, 350, special_tokens=specials)
-        got = list(tok.encode_iterable(chunks))
-        assert_equal(got, tok.encode("".join(chunks)), what=f"encode_iterable({chunks!r}), specials {specials}")
+        got = list(tok.encode_iterable(chunks, allowed_special="all"))
+        assert_equal(got, tok.encode("".join(chunks), allowed_special="all"), what=f"encode_iterable({chunks!r}), specials {specials}")
 
 
 def test_encode_iterable_is_lazy(trained):
@@ -432,7 +551,7 @@ def test_save_load_round_trip(tokenizer, trained, tmp_path_factory, text):
     json.loads(path.read_text(encoding="utf-8"))
     assert_equal(loaded.merges, trained.merges, what="merges after load")
     assert_equal(loaded.special_tokens, trained.special_tokens, what="special_tokens after load")
-    assert_equal(loaded.encode(text + EOT), trained.encode(text + EOT), what="encode after load")
+    assert_equal(loaded.encode(text + EOT, allowed_special="all"), trained.encode(text + EOT, allowed_special="all"), what="encode after load")
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", None, r"\w+|\W"])
@@ -444,7 +563,7 @@ def test_to_dict_from_dict_round_trip(tokenizer, pattern):
     back = tokenizer.Tokenizer.from_dict(d)
     assert_equal(back.pattern, pat, what="pattern after from_dict")
     text = "".join(CORPUS) + EOT + "abc"
-    assert_equal(back.encode(text), tok.encode(text), what="encode after from_dict(to_dict())")
+    assert_equal(back.encode(text, allowed_special="all"), tok.encode(text, allowed_special="all"), what="encode after from_dict(to_dict())")
     assert_equal(back.vocab, tok.vocab, what="vocab after from_dict(to_dict())")
 
 

@@ -50,6 +50,13 @@ MUTANTS = [
            "load_state_dict keeps serving the cached epoch order of the old seed",
            "        if self._order[0] != (self.seed, self.epoch):",
            "        if self._order[0] is None or self._order[0][1] != self.epoch:"),
+    Mutant("documents-encoded-with-specials", "data.py",
+           "documents are encoded with the default special rule: a literal <|endoftext|> raises",
+           "torch.tensor(tokenizer.encode(doc, disallowed_special=())", "torch.tensor(tokenizer.encode(doc)"),
+    Mutant("documents-specials-allowed", "data.py",
+           "a literal <|endoftext|> in a document becomes the special id (a forged document boundary)",
+           "torch.tensor(tokenizer.encode(doc, disallowed_special=())",
+           "torch.tensor(tokenizer.encode(doc, allowed_special=\"all\")"),
     Mutant("cache-never-read", "data.py", "the cache is written but never read (tokenizer called again)",
            "        if path.exists():", "        if False:"),
 ]
