@@ -154,6 +154,44 @@ def test_fixed_is_reproducible_and_resumable(data):
         "seeds 5 and 6 gave the same first batch"
 
 
+@given(n=sizes(60, 2), t=sizes(8), b=sizes(4), seed=seeds, step=st.integers(0, 50), start_step=st.integers(0, 50))
+def test_fixed_batches_follow_the_documented_draw(data, n, t, b, seed, step, start_step):
+    """batch(step) takes its starts from torch.randint(0, N - T, (B,), generator=Generator().manual_seed(
+    batch_seed(seed, step))); next() serves batch(self.step) and advances; seed defaults to 0."""
+    n = max(n, t + 1)
+    stream = torch.arange(n) * 3 + 1
+    g = torch.Generator().manual_seed(data.batch_seed(seed, step))
+    starts = torch.randint(0, n - t, (b,), generator=g)
+    idx = starts[:, None] + torch.arange(t + 1)
+    batcher = data.FixedLengthBatches(stream, b, t, seed=seed)
+    x, y = batcher.batch(step)
+    assert_equal(x.tolist(), stream[idx[:, :-1]].tolist(), what=f"x of batch({step}) vs the documented draw")
+    assert_equal(y.tolist(), stream[idx[:, 1:]].tolist(), what=f"y of batch({step}) vs the documented draw")
+    assert_equal(batcher.starts(step).tolist(), starts.tolist(), what=f"starts({step})")
+    assert_equal(batcher.num_starts, n - t, what="num_starts")
+    # iterating from a loaded state serves batch(step), batch(step + 1), ... of the state's seed
+    other = data.FixedLengthBatches(stream, b, t, seed=seed + 1)
+    for _ in range(start_step % 3):
+        next(other)
+    other.load_state_dict({"seed": seed, "step": start_step})
+    for k in range(3):
+        got = next(other)
+        want = batcher.batch(start_step + k)
+        assert_equal(got[0].tolist(), want[0].tolist(), what=f"next() number {k} after loading step {start_step}")
+    assert_equal(other.state_dict(), {"seed": seed, "step": start_step + 3}, what="state_dict() after 3 next()")
+    default = data.FixedLengthBatches(stream, b, t)
+    zero = data.FixedLengthBatches(stream, b, t, seed=0)
+    assert_equal(default.state_dict(), {"seed": 0, "step": 0}, what="state_dict() of a batcher without seed")
+    assert_equal(next(default)[0].tolist(), zero.batch(0)[0].tolist(), what="first batch without seed (default 0)")
+
+
+def test_batch_seed_separates_steps_and_seeds(data):
+    """batch_seed(seed, step) is an int >= 0, distinct for distinct (seed, step) on a small grid."""
+    values = {(s, k): data.batch_seed(s, k) for s in range(20) for k in range(50)}
+    assert all(isinstance(v, int) and v >= 0 for v in values.values()), "batch_seed must give ints >= 0"
+    assert len(set(values.values())) == len(values), "batch_seed repeats a value on seeds 0..19 x steps 0..49"
+
+
 # --- evaluation pass ----------------------------------------------------------------------------
 
 @given(n=sizes(70, 2), t=sizes(9), b=sizes(4), seed=seeds)
@@ -250,6 +288,36 @@ def test_dynamic_is_reproducible_and_resumable(data):
     orders = [[bt.pieces.tolist() for bt in fresh.epoch_batches(e)] for e in range(3)]
     assert orders[0] == [bt.pieces.tolist() for bt in data.DynamicBatches(docs, 3, 6, 0, seed=1).epoch_batches(0)]
     assert orders[0] != orders[1] or orders[1] != orders[2], "every epoch has the same order"
+
+
+def _epoch_order_oracle(data, pieces, b, seed, epoch):
+    """The contract's epoch, written out: randperm of the pieces, stable sort by length, groups of B,
+    randperm of the groups, from one Generator seeded with batch_seed(seed, epoch)."""
+    g = torch.Generator().manual_seed(data.batch_seed(seed, epoch))
+    order = torch.randperm(len(pieces), generator=g).tolist()
+    order.sort(key=lambda i: len(pieces[i]))
+    groups = [order[i:i + b] for i in range(0, len(order), b)]
+    return [groups[j] for j in torch.randperm(len(groups), generator=g).tolist()]
+
+
+@given(lengths=doc_lengths, t=sizes(8), b=sizes(5), seed=seeds, epoch=st.integers(0, 3))
+def test_dynamic_epoch_follows_the_documented_order(data, lengths, t, b, seed, epoch):
+    """epoch_order(e) is the contract's shuffle / stable sort by length / group / shuffle of groups;
+    pieces are the documented windows; iterating from epoch 0 serves exactly epoch_batches(0), (1), ..."""
+    docs = _token_docs(lengths, seed)
+    batcher = data.DynamicBatches(docs, b, t, eot_id=0, seed=seed)
+    assert_equal([tuple(p.tolist()) for p in batcher.pieces], _expected_pieces(docs, 0, t), what="pieces")
+    expected = _epoch_order_oracle(data, batcher.pieces, b, seed, epoch)
+    assert_equal([o.tolist() for o in batcher.epoch_order(epoch)], expected, what=f"epoch_order({epoch})")
+    served = [next(batcher) for _ in range(2 * len(batcher))]
+    wanted = batcher.epoch_batches(0) + batcher.epoch_batches(1)
+    for i, (got, want) in enumerate(zip(served, wanted)):
+        assert_equal(got.pieces.tolist(), want.pieces.tolist(), what=f"pieces of next() number {i}")
+    assert_equal(batcher.state_dict(), {"seed": seed, "epoch": 2, "index": 0}, what="state after two epochs")
+    default = data.DynamicBatches(docs, b, t, eot_id=0)
+    assert_equal(default.state_dict(), {"seed": 0, "epoch": 0, "index": 0}, what="state of a batcher without seed")
+    assert_equal([o.tolist() for o in default.epoch_order(epoch)],
+                 _epoch_order_oracle(data, default.pieces, b, 0, epoch), what="epoch_order without seed (default 0)")
 
 
 def _fresh_at(data, docs, b, t, state):
@@ -403,6 +471,36 @@ def test_cache_is_used_and_invalidated(data, tmp_path):
     assert_equal([t.tolist() for t in got], [ByteTokenizer().encode(d) for d in new_docs],
                  what="ids after a data change (cache must be invalidated)")
     assert not any(p.suffix == ".pkl" for p in (tmp_path / "cache").iterdir()), "the cache must not pickle"
+
+
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), min_size=2, max_size=12), cut=st.integers(1, 11),
+       other=st.integers(1, 11))
+def test_cache_key_sees_document_boundaries(data, tmp_path_factory, text, cut, other):
+    """The same text split at other document boundaries is another cache key, and tokenize_documents
+    with a cache gives each split its own per-document ids."""
+    cut, other = cut % len(text) or 1, other % len(text) or 1
+    a, b = [text[:cut], text[cut:]], [text[:other], text[other:]]
+    if cut != other:
+        assert data.cache_key(a, ByteTokenizer()) != data.cache_key(b, ByteTokenizer()), \
+            f"cache_key({a!r}) == cache_key({b!r}): document boundaries are not in the key"
+    assert data.cache_key(a, ByteTokenizer()) != data.cache_key(["".join(a)], ByteTokenizer()), \
+        "two documents and their concatenation share a cache key"
+    assert data.cache_key(a, ByteTokenizer()) != data.cache_key(a, ByteTokenizer(offset=1)), "tokenizer not in the key"
+    assert_equal(data.cache_key(list(a), ByteTokenizer()), data.cache_key(a, ByteTokenizer()), what="cache_key twice")
+    cache = tmp_path_factory.mktemp("cache")
+    for docs in (a, b, ["".join(a)], a):
+        got = data.tokenize_documents(docs, ByteTokenizer(), cache_dir=cache)
+        assert_equal([t.tolist() for t in got], [list(d.encode()) for d in docs], what=f"cached ids of {docs!r}")
+
+
+def test_load_documents_defaults(data, tmp_path):
+    """Without field, a JSONL file's "text" field is read; without separator, a text file is one document."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "one", "body": "x"}\n{"body": "y", "text": "two"}\n', encoding="utf-8")
+    assert_equal(data.load_documents(path), ["one", "two"], what="documents of a JSONL file without field")
+    text = tmp_path / "doc.txt"
+    text.write_text("a\n\nb\n\n", encoding="utf-8")
+    assert_equal(data.load_documents(text), ["a\n\nb\n\n"], what="documents of a text file without separator")
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -221,6 +221,46 @@ def test_byte_level_vocabulary(tokenizer, trained):
     assert_equal(tok.vocab_size, 408, what="vocab_size")
 
 
+def _large_corpus(n_chars):
+    """About ``n_chars`` characters of few distinct pre-tokens (fast to count), with newlines that
+    follow a space and a space after them (" \\n " is one pre-token: a text cut there would split it)."""
+    unit = "ab \n cd \n e\nab  ba\n\n"
+    return unit * (n_chars // len(unit) + 1)
+
+
+@pytest.mark.parametrize("shape", ["one long document", "many documents with specials"])
+def test_large_input_merges_equal_brute_force(tokenizer, shape):
+    """On more than 1 MB of text (past any batching of the counting), training still learns exactly
+    the merges of the recount-everything definition."""
+    text = _large_corpus(1_100_000)
+    if shape == "one long document":
+        docs, specials = [text], []
+    else:
+        docs, specials = [text[i:i + 99_991] + EOT + "zz" for i in range(0, len(text), 99_991)], [EOT]
+    tok = tokenizer.Tokenizer.train(docs, 256 + 12 + len(specials), special_tokens=specials)
+    assert_equal([tuple(m) for m in tok.merges], brute_force_merges(docs, 12, specials=specials),
+                 what=f"merges on {sum(map(len, docs))} characters ({shape})")
+
+
+def test_defaults(tokenizer):
+    """Tokenizer() has no merges, no specials and GPT-2's pattern; train() without special_tokens or
+    pattern uses none and GPT-2's pattern; encode() without arguments disallows every special."""
+    tok = tokenizer.Tokenizer()
+    assert_equal((tok.merges, tok.special_tokens, tok.pattern), ([], {}, GPT2), what="Tokenizer() fields")
+    assert_equal(tokenizer.GPT2_PATTERN, GPT2, what="GPT2_PATTERN")
+    text = "hello  world\n\n  it's 123 <|endoftext|>"
+    assert_equal(tok.encode(text), list(text.encode()), what="Tokenizer().encode: the UTF-8 bytes")
+    docs = ["we'll  see 12 34\n\n  ok", "see  we'll\n\n"]
+    trained = tokenizer.Tokenizer.train(docs, 256 + 10)
+    assert_equal((trained.special_tokens, trained.pattern), ({}, GPT2), what="train() without specials / pattern")
+    assert_equal([tuple(m) for m in trained.merges], brute_force_merges(docs, 10), what="merges of train() with defaults")
+    with_eot = tokenizer.Tokenizer([], special_tokens=[EOT])
+    with raises_clear(ValueError, EOT):
+        with_eot.encode(text)
+    with raises_clear(ValueError, EOT):
+        list(with_eot.encode_iterable([text]))
+
+
 # --- encoding -----------------------------------------------------------------------------------
 
 @given(text=unicode_text, specials=st.lists(st.sampled_from([EOT, "<|endoftext|><|pad|>"]), max_size=3),
@@ -616,6 +656,30 @@ def test_bad_tokenizer_data_raises(tokenizer, trained, tmp_path, edit, words):
     path.write_text(json.dumps(d), encoding="utf-8")
     with raises_clear(ValueError, *words):
         tokenizer.Tokenizer.load(path)
+
+
+@pytest.mark.parametrize("edit", ["change one", "drop one", "add one", "not a list"])
+def test_tampered_tokens_raise_on_load(tokenizer, trained, tmp_path, edit):
+    """A saved file whose readable "tokens" disagree with its merges is refused on load with a ValueError
+    naming the file and "tokens"; a file without "tokens" loads the same tokenizer."""
+    path, d = _saved(trained, tmp_path)
+    assert_equal(len(d["tokens"]), len(trained.merges), what="number of tokens in the saved file")
+    if edit == "change one":
+        d["tokens"][3] = d["tokens"][3] + "x"
+    elif edit == "drop one":
+        d["tokens"].pop()
+    elif edit == "add one":
+        d["tokens"].append("zz")
+    else:
+        d["tokens"] = "abc"
+    path.write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
+    with raises_clear(ValueError, "tok.json", "tokens"):
+        tokenizer.Tokenizer.load(path)
+    del d["tokens"]
+    path.write_text(json.dumps(d), encoding="utf-8")
+    loaded = tokenizer.Tokenizer.load(path)
+    assert_equal((loaded.merges, loaded.special_tokens), (trained.merges, trained.special_tokens),
+                 what="merges and specials of a file without tokens")
 
 
 def test_corrupt_file_raises(tokenizer, trained, tmp_path):
