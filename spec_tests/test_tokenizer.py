@@ -222,24 +222,35 @@ def test_byte_level_vocabulary(tokenizer, trained):
 
 
 def _large_corpus(n_chars):
-    """About ``n_chars`` characters of few distinct pre-tokens (fast to count), with newlines that
-    follow a space and a space after them (" \\n " is one pre-token: a text cut there would split it)."""
-    unit = "ab \n cd \n e\nab  ba\n\n"
-    return unit * (n_chars // len(unit) + 1)
+    """About ``n_chars`` characters of few distinct pre-tokens (fast to count). Every 50,000 characters
+    a marker: a run of k spaces and a newline (k = 1, 2, ...), each a pre-token of its own whose
+    last merge exists nowhere else, so a counter that cut such a run in two would lose a merge; other
+    newlines follow a letter ("x\\n", where no pre-token crosses)."""
+    filler = "ab cd ef gh "
+    parts, k = [], 0
+    while sum(map(len, parts)) < n_chars:
+        block = (filler * 4200)[:50_000]
+        k += 1
+        block = block[:25_000] + " " * k + "\n " + block[25_000:]  # the marker: the pre-token " " * k + "\n"
+        if k % 2 == 0:
+            block = block[:45_000] + "x\n" + block[45_000:]         # a newline after a letter
+        parts.append(block)
+    return "".join(parts)
 
 
 @pytest.mark.parametrize("shape", ["one long document", "many documents with specials"])
 def test_large_input_merges_equal_brute_force(tokenizer, shape):
-    """On more than 1 MB of text (past any batching of the counting), training still learns exactly
-    the merges of the recount-everything definition."""
+    """On more than 1 MB of text (past any batching of the counting), training until no pair is left
+    learns exactly the merges of the recount-everything definition."""
     text = _large_corpus(1_100_000)
     if shape == "one long document":
         docs, specials = [text], []
     else:
         docs, specials = [text[i:i + 99_991] + EOT + "zz" for i in range(0, len(text), 99_991)], [EOT]
-    tok = tokenizer.Tokenizer.train(docs, 256 + 12 + len(specials), special_tokens=specials)
-    assert_equal([tuple(m) for m in tok.merges], brute_force_merges(docs, 12, specials=specials),
-                 what=f"merges on {sum(map(len, docs))} characters ({shape})")
+    tok = tokenizer.Tokenizer.train(docs, 256 + 1000 + len(specials), special_tokens=specials)
+    expected = brute_force_merges(docs, 1000, specials=specials)
+    assert len(expected) < 1000, "the corpus runs out of pairs before 1000 merges"
+    assert_equal([tuple(m) for m in tok.merges], expected, what=f"merges on {sum(map(len, docs))} characters ({shape})")
 
 
 def test_defaults(tokenizer):
