@@ -168,6 +168,9 @@ def test_sampling_follows_the_documented_draws(corpus, w, seed, n):
     rng = random.Random(seed)
     expected = [_oracle_sample(table, rng) for _ in range(n)]
     assert_equal(grammar.documents(n, seed), expected, what=f"documents({n}, {seed})")
+    from_tuples = corpus.StoryGrammar(table, start="start")  # (text, prob, next_state) tuples are Transitions
+    assert_equal(from_tuples.documents(n, seed), expected, what=f"documents({n}, {seed}) of a table of tuples")
+    assert_equal(grammar.states, list(table), what="states")
     rng, mine = random.Random(seed), random.Random(seed)
     for i in range(3):
         assert_equal(grammar.sample_document(rng), _oracle_sample(table, mine), what=f"sample_document number {i}")

@@ -307,6 +307,8 @@ def test_dynamic_epoch_follows_the_documented_order(data, lengths, t, b, seed, e
     docs = _token_docs(lengths, seed)
     batcher = data.DynamicBatches(docs, b, t, eot_id=0, seed=seed)
     assert_equal([tuple(p.tolist()) for p in batcher.pieces], _expected_pieces(docs, 0, t), what="pieces")
+    assert_equal(list(batcher.document_of), [d for d, doc in enumerate(docs) for _ in _expected_pieces([doc], 0, t)],
+                 what="document_of (the document of each piece)")
     expected = _epoch_order_oracle(data, batcher.pieces, b, seed, epoch)
     assert_equal([o.tolist() for o in batcher.epoch_order(epoch)], expected, what=f"epoch_order({epoch})")
     served = [next(batcher) for _ in range(2 * len(batcher))]

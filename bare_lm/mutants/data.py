@@ -78,6 +78,8 @@ MUTANTS = [
            'def load_documents(source, field: str = "text",', 'def load_documents(source, field: str = "content",'),
     Mutant("text-default-separator-blank-line", "data.py", "text files are split on blank lines by default",
            "separator: str | None = None) -> list[str]:", 'separator: str | None = "\\n\\n") -> list[str]:'),
+    Mutant("dynamic-document-of-piece-index", "data.py", "document_of records the piece's own index, not its document",
+           "                self.document_of.append(d)", "                self.document_of.append(len(self.document_of))"),
     Mutant("cache-never-read", "data.py", "the cache is written but never read (tokenizer called again)",
            "        if path.exists():", "        if False:"),
 ]
