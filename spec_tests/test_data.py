@@ -448,7 +448,8 @@ def test_documents_are_encoded_as_ordinary_text(data):
     its bytes, never the special id, and no error."""
     docs = [f"a{EOT}b", EOT, "plain"]
     got = data.tokenize_documents(docs, ByteTokenizer())
-    assert_equal([t.tolist() for t in got], [list(d.encode()) for d in docs], what="ids of documents holding <|endoftext|>")
+    assert_equal([t.tolist() for t in got], [list(d.encode()) for d in docs],
+                 what="ids of documents holding <|endoftext|>")
 
 
 def test_cache_is_used_and_invalidated(data, tmp_path):

@@ -264,7 +264,8 @@ def test_defaults(tokenizer):
     docs = ["we'll  see 12 34\n\n  ok", "see  we'll\n\n"]
     trained = tokenizer.Tokenizer.train(docs, 256 + 10)
     assert_equal((trained.special_tokens, trained.pattern), ({}, GPT2), what="train() without specials / pattern")
-    assert_equal([tuple(m) for m in trained.merges], brute_force_merges(docs, 10), what="merges of train() with defaults")
+    assert_equal([tuple(m) for m in trained.merges], brute_force_merges(docs, 10),
+                 what="merges of train() with defaults")
     with_eot = tokenizer.Tokenizer([], special_tokens=[EOT])
     with raises_clear(ValueError, EOT):
         with_eot.encode(text)
@@ -450,7 +451,8 @@ def test_allowed_specials_become_their_ids(trained, text, specials, where, cuts,
                  expected, what=f"encode_iterable(chunks, allowed_special={allowed!r}, disallowed_special=())")
     assert_equal(trained.decode(got), text, what="decode(encode(text, ...))")
     if allowed in ("all", (EOT, PAD2)):  # nothing left to disallow: the default disallowed_special agrees
-        assert_equal(trained.encode(text, allowed_special=allowed), expected, what=f"encode(text, allowed_special={allowed!r})")
+        assert_equal(trained.encode(text, allowed_special=allowed), expected,
+                     what=f"encode(text, allowed_special={allowed!r})")
 
 
 def test_overlapping_allowed_and_disallowed_specials(trained):
@@ -554,7 +556,8 @@ def test_encode_iterable_chunk_boundaries(tokenizer, chunks):
     for specials in ([EOT, "<|endoftext|><|pad|>", "<| a b |>"], []):
         tok = tokenizer.Tokenizer.train(CORPUS, 350, special_tokens=specials)
         got = list(tok.encode_iterable(chunks, allowed_special="all"))
-        assert_equal(got, tok.encode("".join(chunks), allowed_special="all"), what=f"encode_iterable({chunks!r}), specials {specials}")
+        assert_equal(got, tok.encode("".join(chunks), allowed_special="all"),
+                     what=f"encode_iterable({chunks!r}), specials {specials}")
 
 
 def test_encode_iterable_is_lazy(trained):
@@ -602,7 +605,8 @@ def test_save_load_round_trip(tokenizer, trained, tmp_path_factory, text):
     json.loads(path.read_text(encoding="utf-8"))
     assert_equal(loaded.merges, trained.merges, what="merges after load")
     assert_equal(loaded.special_tokens, trained.special_tokens, what="special_tokens after load")
-    assert_equal(loaded.encode(text + EOT, allowed_special="all"), trained.encode(text + EOT, allowed_special="all"), what="encode after load")
+    assert_equal(loaded.encode(text + EOT, allowed_special="all"), trained.encode(text + EOT, allowed_special="all"),
+                 what="encode after load")
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", None, r"\w+|\W"])
@@ -614,7 +618,8 @@ def test_to_dict_from_dict_round_trip(tokenizer, pattern):
     back = tokenizer.Tokenizer.from_dict(d)
     assert_equal(back.pattern, pat, what="pattern after from_dict")
     text = "".join(CORPUS) + EOT + "abc"
-    assert_equal(back.encode(text, allowed_special="all"), tok.encode(text, allowed_special="all"), what="encode after from_dict(to_dict())")
+    assert_equal(back.encode(text, allowed_special="all"), tok.encode(text, allowed_special="all"),
+                 what="encode after from_dict(to_dict())")
     assert_equal(back.vocab, tok.vocab, what="vocab after from_dict(to_dict())")
 
 
