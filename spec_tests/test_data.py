@@ -110,10 +110,12 @@ def test_fixed_windows_are_stream_slices(data, n, t, b, seed, step):
         assert_equal(y[row].tolist(), stream[s + 1:s + t + 1].tolist(), what=f"y row {row} (start {s})")
 
 
-@given(n=sizes(200, 10), t=sizes(16), seed=seeds)
+@given(n=sizes(200, 10), t=sizes(16, 3), seed=seeds)
 @settings(max_examples=10)
 def test_fixed_targets_are_shifted_inputs(data, n, t, seed):
-    """y[:, t] == x[:, t + 1]: the target of a position is the next input."""
+    """y[:, t] == x[:, t + 1]: the target of a position is the next input.
+
+    x == y only if all 4 windows of T + 1 >= 4 random ids (of 50) are constant: false failure < 1e-19."""
     stream = _stream(max(n, t + 2), seed)
     x, y = next(iter(data.FixedLengthBatches(stream, 4, t, seed=seed)))
     assert_equal(y[:, :-1].tolist(), x[:, 1:].tolist(), what="y[:, :-1] vs x[:, 1:]")
