@@ -144,7 +144,7 @@ def cache_key(documents: list[str], tokenizer) -> str:
         data = doc.encode("utf-8", errors="surrogatepass")
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
-    h.update(b"tokenizer")
+    h.update(b"tokenizer, documents as ordinary text")  # the encoding rule: caches of another rule differ
     h.update(json.dumps(tokenizer.to_dict(), sort_keys=True).encode("utf-8"))
     return h.hexdigest()
 
