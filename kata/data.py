@@ -15,8 +15,12 @@
   ``__getitem__`` gives ``[source[i] for i in range(len(source))]``; else an iterable gives
   ``list(source)``. Every item must be a ``str`` (``TypeError`` naming the item's index).
 
-**Tokens.** ``tokenize_documents(documents, tokenizer, cache_dir=None)`` encodes each document with
-``tokenizer.encode(str) -> list[int]`` (any object with that method). With ``cache_dir`` the result
+**Tokens.** ``tokenize_documents(documents, tokenizer, cache_dir=None)`` encodes each document as
+ORDINARY text with ``tokenizer.encode(doc, disallowed_special=()) -> list[int]`` (any object with
+that method, e.g. ``tokenizer.Tokenizer`` or a tiktoken ``Encoding``): a special token's string
+inside a document (a literal ``<|endoftext|>``) is text, never the special id, so a document cannot
+forge a document boundary; the boundaries are the end-of-text ids that ``token_stream`` puts
+between the documents. With ``cache_dir`` the result
 is cached in ``cache_dir/tokens-<key>.npz`` (numpy, ``allow_pickle=False``: ``tokens`` int32, all
 documents concatenated; ``offsets`` int64, document ``i`` is ``tokens[offsets[i]:offsets[i+1]]``),
 ``key = cache_key(documents, tokenizer)``: a SHA-256 of the documents' text and of
@@ -102,7 +106,8 @@ def cache_key(documents: list[str], tokenizer) -> str:
 
 
 def tokenize_documents(documents: list[str], tokenizer, cache_dir=None) -> list[torch.Tensor]:
-    """Each document's ids (``tokenizer.encode(doc)``) as a 1-D long tensor.
+    """Each document's ids (``tokenizer.encode(doc, disallowed_special=())``: ordinary text) as a 1-D
+    long tensor.
 
     With ``cache_dir``: if ``cache_dir/tokens-{cache_key(...)}.npz`` exists, load it
     (``np.load(path, allow_pickle=False)``: ``tokens`` int32 concatenated, ``offsets`` int64 of
@@ -247,5 +252,7 @@ class DynamicBatches:
         raise NotImplementedError("DynamicBatches.state_dict: {'seed': ..., 'epoch': ..., 'index': ...}")
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore ``seed``, ``epoch`` and ``index``."""
+        """Restore ``seed``, ``epoch`` and ``index``: from then on the batcher serves exactly what a
+        fresh ``DynamicBatches`` with that seed serves from ``epoch_batches(epoch)[index]`` on. If
+        ``__next__`` keeps the current epoch's order, key it by ``(seed, epoch)``, or drop it here."""
         raise NotImplementedError("DynamicBatches.load_state_dict: restore seed, epoch and index")

@@ -27,7 +27,9 @@ adjacent pairs, everywhere left to right, until no pair is a merge. This equals 
 rank-based BPE encoder (tiktoken) given the same ranks and pattern. Two merges may produce the same
 bytes (``(a, bc)`` and ``(ab, c)``): each keeps its own id and encoding goes by pair rank, so a
 bytes-keyed rank table (tiktoken's ``mergeable_ranks``) describes the tokenizer only when no bytes
-repeat. Special tokens are always atomic; where they overlap, the longest one wins.
+repeat. Allowed special tokens are atomic; where they overlap, the longest one wins. A special
+token's string in the text raises ValueError unless allowed (``allowed_special``) or not disallowed
+(``disallowed_special=()``: then it is ordinary text), as in tiktoken.
 
 Spec: ``pytest --impl kata spec_tests/test_tokenizer.py``.
 
@@ -107,23 +109,36 @@ class Tokenizer:
         """256 bytes + merges + special tokens."""
         raise NotImplementedError("Tokenizer.vocab_size: 256 + len(merges) + len(special_tokens)")
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, *, allowed_special=(), disallowed_special="all") -> list[int]:
         """``text`` -> ids.
 
-        Special tokens (always recognised, longest match first) become their id. Every other piece
-        is pre-tokenized; each pre-token starts as its UTF-8 bytes and, while some adjacent pair is a
-        merge, the pair of LOWEST rank is merged everywhere (left to right). Cache pre-token -> ids.
-        A lone surrogate raises ValueError ("cannot be encoded as UTF-8: lone surrogate ..."); a
-        non-str raises TypeError naming text.
+        Special tokens in the text (tiktoken's convention): look for the allowed and the disallowed
+        specials together (one regex alternation, longest first: leftmost, then longest wins). An
+        allowed one (``allowed_special``: a collection of special strings, or ``"all"``) becomes its
+        id; a disallowed one raises ValueError naming the token, ``allowed_special`` and
+        ``disallowed_special``. ``disallowed_special="all"`` means every special not allowed; with
+        ``disallowed_special=()`` a special that is not allowed is ordinary text. A bare str other
+        than ``"all"`` is a TypeError; an unknown special, or one both allowed and disallowed, a
+        ValueError naming the argument.
+
+        Every other piece is pre-tokenized; each pre-token starts as its UTF-8 bytes and, while some
+        adjacent pair is a merge, the pair of LOWEST rank is merged everywhere (left to right). Cache
+        pre-token -> ids. A lone surrogate raises ValueError ("cannot be encoded as UTF-8: lone
+        surrogate ..."); a non-str raises TypeError naming text.
         """
         raise NotImplementedError("Tokenizer.encode: cut out specials, pre-tokenize, merge lowest rank first")
 
-    def encode_iterable(self, chunks: Iterable[str]) -> Iterator[int]:
-        """Encode a stream of str chunks lazily; equals ``encode("".join(chunks))``.
+    def encode_iterable(self, chunks: Iterable[str], *, allowed_special=(),
+                        disallowed_special="all") -> Iterator[int]:
+        """Encode a stream of str chunks lazily; equals ``encode("".join(chunks), ...)`` with the same
+        ``allowed_special`` / ``disallowed_special``.
 
         Keep a buffer; after each chunk encode and drop only a prefix that later text cannot change:
         not the last two pre-tokens (a word may grow, ``we'l|l`` splits differently) and nothing
         within ``len(longest special) - 1`` characters of the end (a special may be cut in two).
+        Encode the settled pre-tokens as the pattern found them in the buffer, not by splitting the
+        settled text again on its own: alone, ``"x\\n\\n\\n"`` is one pre-token, but followed by
+        ``"b"`` it is ``"\\n\\n"``, ``"\\n"`` (and merges of whitespace tell them apart).
         Encode the rest at the end.
         """
         raise NotImplementedError("Tokenizer.encode_iterable: buffer, emit the stable prefix, keep the tail")

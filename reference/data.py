@@ -15,8 +15,12 @@
   ``__getitem__`` gives ``[source[i] for i in range(len(source))]``; else an iterable gives
   ``list(source)``. Every item must be a ``str`` (``TypeError`` naming the item's index).
 
-**Tokens.** ``tokenize_documents(documents, tokenizer, cache_dir=None)`` encodes each document with
-``tokenizer.encode(str) -> list[int]`` (any object with that method). With ``cache_dir`` the result
+**Tokens.** ``tokenize_documents(documents, tokenizer, cache_dir=None)`` encodes each document as
+ORDINARY text with ``tokenizer.encode(doc, disallowed_special=()) -> list[int]`` (any object with
+that method, e.g. ``tokenizer.Tokenizer`` or a tiktoken ``Encoding``): a special token's string
+inside a document (a literal ``<|endoftext|>``) is text, never the special id, so a document cannot
+forge a document boundary; the boundaries are the end-of-text ids that ``token_stream`` puts
+between the documents. With ``cache_dir`` the result
 is cached in ``cache_dir/tokens-<key>.npz`` (numpy, ``allow_pickle=False``: ``tokens`` int32, all
 documents concatenated; ``offsets`` int64, document ``i`` is ``tokens[offsets[i]:offsets[i+1]]``),
 ``key = cache_key(documents, tokenizer)``: a SHA-256 of the documents' text and of
@@ -140,7 +144,7 @@ def cache_key(documents: list[str], tokenizer) -> str:
         data = doc.encode("utf-8", errors="surrogatepass")
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
-    h.update(b"tokenizer")
+    h.update(b"tokenizer, documents as ordinary text")  # the encoding rule: caches of another rule differ
     h.update(json.dumps(tokenizer.to_dict(), sort_keys=True).encode("utf-8"))
     return h.hexdigest()
 
@@ -156,7 +160,8 @@ def tokenize_documents(documents: list[str], tokenizer, cache_dir=None) -> list[
                 tokens = torch.from_numpy(saved["tokens"].astype(np.int64))
                 offsets = saved["offsets"].tolist()
             return [tokens[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-    token_docs = [torch.tensor(tokenizer.encode(doc), dtype=torch.long) for doc in documents]
+    # ordinary text: a special token's string in a document is not the special (see the module doc)
+    token_docs = [torch.tensor(tokenizer.encode(doc, disallowed_special=()), dtype=torch.long) for doc in documents]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         lengths = [len(t) for t in token_docs]
@@ -300,7 +305,7 @@ class DynamicBatches:
                 self.document_of.append(d)
         self.epoch = 0
         self.index = 0
-        self._order = (-1, [])  # (epoch, epoch_order(epoch)): computed once per epoch
+        self._order = (None, [])  # ((seed, epoch), epoch_order(epoch)): computed once per epoch
 
     def __len__(self) -> int:
         """Batches per epoch: ``ceil(len(pieces) / batch_size)``."""
@@ -339,8 +344,8 @@ class DynamicBatches:
         return self
 
     def __next__(self) -> Batch:
-        if self._order[0] != self.epoch:
-            self._order = (self.epoch, self.epoch_order(self.epoch))
+        if self._order[0] != (self.seed, self.epoch):  # keyed by the seed too: load_state_dict may change it
+            self._order = ((self.seed, self.epoch), self.epoch_order(self.epoch))
         order = self._order[1]
         out = self.collate(order[self.index])
         self.index += 1

@@ -27,7 +27,9 @@ adjacent pairs, everywhere left to right, until no pair is a merge. This equals 
 rank-based BPE encoder (tiktoken) given the same ranks and pattern. Two merges may produce the same
 bytes (``(a, bc)`` and ``(ab, c)``): each keeps its own id and encoding goes by pair rank, so a
 bytes-keyed rank table (tiktoken's ``mergeable_ranks``) describes the tokenizer only when no bytes
-repeat. Special tokens are always atomic; where they overlap, the longest one wins.
+repeat. Allowed special tokens are atomic; where they overlap, the longest one wins. A special
+token's string in the text raises ValueError unless allowed (``allowed_special``) or not disallowed
+(``disallowed_special=()``: then it is ordinary text), as in tiktoken.
 
 Decoding concatenates the bytes of the ids; invalid UTF-8 becomes U+FFFD (``decode``), or use
 ``decode_bytes`` for the raw bytes.
@@ -75,8 +77,7 @@ class Tokenizer:
         self._compiled = regex.compile(pattern) if pattern is not None else None
         # (a, b) -> (rank, new id); rank n is merge n
         self._ranks = {pair: (n, 256 + n) for n, pair in enumerate(self.merges)}
-        self._special_re = _special_regex(specials)
-        self._max_special = max((len(s) for s in specials), default=0)
+        self._special_res: dict[frozenset, tuple] = {}  # specials looked for -> (regex, longest length)
         self._cache: dict[str, list[int]] = {}
 
     # --- training ------------------------------------------------------------------------------
@@ -107,59 +108,101 @@ class Tokenizer:
 
     # --- encoding ------------------------------------------------------------------------------
 
-    def encode(self, text: str) -> list[int]:
-        """``text`` -> ids: special tokens atomically, every other piece by BPE per pre-token."""
+    def encode(self, text: str, *, allowed_special=(), disallowed_special="all") -> list[int]:
+        """``text`` -> ids: allowed special tokens atomically, every other piece by BPE per pre-token.
+
+        Special tokens in raw text follow tiktoken's convention. The specials in ``allowed_special``
+        (a collection of registered special strings, or ``"all"``) become their ids. A disallowed
+        special found in the text raises ValueError naming it and both arguments;
+        ``disallowed_special="all"`` (the default) disallows every special that is not allowed,
+        ``()`` disallows none: then a special's string is encoded as ordinary text. Specials are
+        found leftmost first, the longest of overlapping ones winning, among the allowed and the
+        disallowed together.
+        """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        special_re, allowed, _ = self._special_matcher(allowed_special, disallowed_special)
         ids: list[int] = []
-        if self._special_re is None:
+        if special_re is None:
             self._encode_ordinary(text, ids)
             return ids
         start = 0
-        for m in self._special_re.finditer(text):
+        for m in special_re.finditer(text):
+            special = _allowed_or_raise(m.group(), allowed)
             self._encode_ordinary(text[start:m.start()], ids)
-            ids.append(self.special_tokens[m.group()])
+            ids.append(self.special_tokens[special])
             start = m.end()
         self._encode_ordinary(text[start:], ids)
         return ids
 
-    def encode_iterable(self, chunks: Iterable[str]) -> Iterator[int]:
-        """Encode a stream of str chunks lazily; equals ``encode("".join(chunks))``.
+    def encode_iterable(self, chunks: Iterable[str], *, allowed_special=(),
+                        disallowed_special="all") -> Iterator[int]:
+        """Encode a stream of str chunks lazily; equals ``encode("".join(chunks), ...)`` with the same
+        ``allowed_special`` / ``disallowed_special`` (a disallowed special raises when it is found).
 
         Text is held back only while it may still change: the last two pre-tokens (a pre-token may
         grow, or a contraction split differently, when more text comes) and anything within a
-        special token's length of the end. With ``pattern=None`` a piece is held until the next
-        special token. The pattern must not look behind (GPT-2's does not).
+        special token's length of the end. The settled pre-tokens are encoded AS FOUND in the
+        buffer, never by re-splitting the settled text on its own: alone, ``"x\\n\\n\\n"`` is one
+        pre-token, while followed by ``"b"`` it is ``"\\n\\n"``, ``"\\n"``. With ``pattern=None`` a
+        piece is held until the next special token. The pattern must not look behind (GPT-2's does not).
         """
+        special_re, allowed, longest = self._special_matcher(allowed_special, disallowed_special)
         buf = ""
         for chunk in chunks:
             if not isinstance(chunk, str):
                 raise TypeError(f"chunks must be str, got {type(chunk).__name__}")
             buf += chunk
-            cut = self._stable_prefix(buf)
+            ids: list[int] = []
+            cut = self._encode_stable_prefix(buf, ids, special_re, allowed, longest)
             if cut:
-                yield from self.encode(buf[:cut])
+                yield from ids
                 buf = buf[cut:]
         if buf:
-            yield from self.encode(buf)
+            yield from self.encode(buf, allowed_special=allowed_special, disallowed_special=disallowed_special)
 
-    def _stable_prefix(self, buf: str) -> int:
-        """Length of a prefix of ``buf`` whose ids no later text can change."""
-        end = len(buf) - max(self._max_special - 1, 0)  # a special starting at >= end may be cut short
+    def _special_matcher(self, allowed_special, disallowed_special):
+        """``(regex of the specials to look for or None, the allowed ones, the longest one's length)``."""
+        every = self.special_tokens
+        if isinstance(allowed_special, str) and allowed_special == "all":
+            allowed = frozenset(every)
+        else:
+            allowed = _special_names("allowed_special", allowed_special, every)
+        if isinstance(disallowed_special, str) and disallowed_special == "all":
+            disallowed = frozenset(every) - allowed
+        else:
+            disallowed = _special_names("disallowed_special", disallowed_special, every)
+            if allowed & disallowed:
+                raise ValueError(f"special tokens {sorted(allowed & disallowed)} are both in allowed_special "
+                                 f"and in disallowed_special")
+        seen = allowed | disallowed  # the specials looked for in the text
+        if seen not in self._special_res:
+            self._special_res[seen] = _special_regex(sorted(seen)), max(map(len, seen), default=0)
+        special_re, longest = self._special_res[seen]
+        return special_re, allowed, longest
+
+    def _encode_stable_prefix(self, buf: str, out: list[int], special_re, allowed, longest: int) -> int:
+        """Append the ids of a prefix of ``buf`` that no later text can change; return its length."""
+        end = len(buf) - max(longest - 1, 0)  # a special starting at >= end may be cut short
         if end <= 0:
             return 0
         seg_start = 0  # start of the last ordinary segment, right after a settled special
-        if self._special_re is not None:
-            for m in self._special_re.finditer(buf):
+        if special_re is not None:
+            for m in special_re.finditer(buf):
                 if m.start() >= end:
                     break
+                special = _allowed_or_raise(m.group(), allowed)
+                self._encode_ordinary(buf[seg_start:m.start()], out)  # a whole segment: ends at a special
+                out.append(self.special_tokens[special])
                 seg_start = m.end()
         if self._compiled is None:
             return seg_start
-        starts = [m.start() for m in self._compiled.finditer(buf, seg_start, end)]
-        if len(starts) >= 3:
-            return starts[-2]
-        return seg_start
+        pieces = list(self._compiled.finditer(buf, seg_start, end))
+        if len(pieces) < 3:
+            return seg_start
+        for m in pieces[:-2]:  # settled: each is followed by two more pre-tokens
+            self._encode_piece(m.group(), out)
+        return pieces[-2].start()
 
     def _encode_ordinary(self, text: str, out: list[int]) -> None:
         """Append the ids of ``text`` (no special tokens in it) to ``out``."""
@@ -175,6 +218,13 @@ class Tokenizer:
                     cache.clear()
                 cache[piece] = ids
             out.extend(ids)
+
+    def _encode_piece(self, piece: str, out: list[int]) -> None:
+        """Append the ids of one pre-token (as ``_encode_ordinary`` does for each of its pieces)."""
+        ids = self._cache.get(piece)
+        if ids is None:
+            ids = self._bpe(piece)
+        out.extend(ids)
 
     def _bpe(self, piece: str) -> list[int]:
         """BPE of one pre-token: merge the lowest-rank pair, everywhere, until none is a merge."""
@@ -316,6 +366,29 @@ def _special_regex(specials):
     if not specials:
         return None
     return regex.compile("|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True)))
+
+
+def _special_names(name: str, value, every: dict) -> frozenset:
+    """``value`` (a collection of registered special token strings) as a frozenset."""
+    if isinstance(value, str):
+        raise TypeError(f"{name} must be 'all' or a collection of special token strings, got the str {value!r}")
+    try:
+        names = frozenset(value)
+    except TypeError:
+        raise TypeError(f"{name} must be 'all' or a collection of special token strings, "
+                        f"got {type(value).__name__}") from None
+    unknown = sorted(repr(s) for s in names if s not in every)
+    if unknown:
+        raise ValueError(f"{name}: {', '.join(unknown)} not among the special tokens {list(every)}")
+    return names
+
+
+def _allowed_or_raise(special: str, allowed: frozenset) -> str:
+    if special not in allowed:
+        raise ValueError(f"text contains the special token {special!r}, which is disallowed: pass "
+                         f"allowed_special={{{special!r}}} (or 'all') to encode it as that special token, or "
+                         f"disallowed_special=() to encode it as ordinary text")
+    return special
 
 
 def _check_specials(special_tokens) -> list[str]:

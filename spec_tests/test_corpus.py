@@ -142,6 +142,65 @@ def test_sampling_frequencies_match_probabilities(corpus):
         f"G-test: G = {g:.1f} on {df} degrees of freedom, p = {p_value:.3g} < {P_VALUE_THRESHOLD}"
 
 
+def _oracle_sample(table, rng, start="start"):
+    """The contract's sampler: in each state draw u = rng.random() and take the first transition
+    (in list order) whose cumulative probability exceeds u (the last one if rounding leaves none)."""
+    state, pieces = start, []
+    while state is not None:
+        options = table[state]
+        u, cumulative, chosen = rng.random(), 0.0, options[-1]
+        for option in options:
+            cumulative += option[1]
+            if u < cumulative:
+                chosen = option
+                break
+        pieces.append(chosen[0])
+        state = chosen[2]
+    return "".join(pieces)
+
+
+@given(w=weights, seed=seeds, n=st.integers(0, 30))
+def test_sampling_follows_the_documented_draws(corpus, w, seed, n):
+    """documents(n, seed) are the contract's draws from ONE random.Random(seed), document after
+    document (one rng.random() per state visited); sample_document(rng) draws from rng the same way."""
+    table = _table(w)
+    grammar = _grammar(corpus, table)
+    rng = random.Random(seed)
+    expected = [_oracle_sample(table, rng) for _ in range(n)]
+    assert_equal(grammar.documents(n, seed), expected, what=f"documents({n}, {seed})")
+    from_tuples = corpus.StoryGrammar(table, start="start")  # (text, prob, next_state) tuples are Transitions
+    assert_equal(from_tuples.documents(n, seed), expected, what=f"documents({n}, {seed}) of a table of tuples")
+    assert_equal(grammar.states, list(table), what="states")
+    rng, mine = random.Random(seed), random.Random(seed)
+    for i in range(3):
+        assert_equal(grammar.sample_document(rng), _oracle_sample(table, mine), what=f"sample_document number {i}")
+    assert_equal(rng.getstate(), mine.getstate(), what="the rng's state after three documents")
+
+
+def test_documents_default_seed(corpus):
+    """documents(n) without seed uses seed DEFAULT_SEED = 0: random.Random(0)."""
+    assert_equal(corpus.DEFAULT_SEED, 0, what="DEFAULT_SEED")
+    table = _table([2.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 2.0])
+    rng = random.Random(0)
+    assert_equal(_grammar(corpus, table).documents(40), [_oracle_sample(table, rng) for _ in range(40)],
+                 what="documents(40) without seed")
+
+
+def test_builtin_corpus_defaults(corpus):
+    """builtin_corpus() = story_grammar().documents(20000, 0), documents(1000, 1); the documented floor
+    on the default validation documents is 0.2473 bits/char."""
+    assert_equal((corpus.DEFAULT_TRAIN_DOCUMENTS, corpus.DEFAULT_VAL_DOCUMENTS), (20000, 1000),
+                 what="(DEFAULT_TRAIN_DOCUMENTS, DEFAULT_VAL_DOCUMENTS)")
+    train, val = corpus.builtin_corpus()
+    grammar = corpus.story_grammar()
+    assert_equal(val, grammar.documents(1000, 1), what="default validation documents")
+    assert_equal(len(train), 20000, what="number of default training documents")
+    assert_equal(train[:50] + train[-50:], (lambda d: d[:50] + d[-50:])(grammar.documents(20000, 0)),
+                 what="default training documents (first and last 50)")
+    floor = grammar.entropy_floor_bits_per_char(val)
+    assert abs(floor - 0.2473) < 5e-5, f"floor on the default validation documents: documented 0.2473, got {floor:.5f}"
+
+
 @given(seed=seeds)
 @settings(max_examples=5)
 def test_documents_are_deterministic(corpus, seed):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from .support import assert_close, assert_equal, randint, randn, raises_clear, seeds, sizes
 
 IGNORE = -100
+EOT = "<|endoftext|>"
 
 #: Text without lone surrogates (which UTF-8 cannot encode).
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
@@ -38,9 +39,17 @@ class ByteTokenizer:
         self.offset = offset
         self.calls = 0
 
-    def encode(self, text):
+    def encode(self, text, *, allowed_special=(), disallowed_special="all"):
+        """As the BPE tokenizer: ``<|endoftext|>`` in the text raises unless allowed (id 999) or
+        ``disallowed_special=()`` (then its bytes, as ordinary text)."""
         self.calls += 1
-        return [b + self.offset for b in text.encode("utf-8")]
+        if EOT in text and allowed_special != "all" and EOT not in allowed_special:
+            if disallowed_special == "all" or EOT in disallowed_special:
+                raise ValueError(f"text contains the special token {EOT!r}: pass allowed_special or disallowed_special")
+        ids, allowed = [], allowed_special == "all" or EOT in allowed_special
+        for k, piece in enumerate(text.split(EOT)):
+            ids += ([999] if k and allowed else list(EOT.encode()) if k else []) + list(piece.encode("utf-8"))
+        return [i + self.offset for i in ids]
 
     def to_dict(self):
         return {"kind": "bytes", "offset": self.offset}
@@ -101,10 +110,12 @@ def test_fixed_windows_are_stream_slices(data, n, t, b, seed, step):
         assert_equal(y[row].tolist(), stream[s + 1:s + t + 1].tolist(), what=f"y row {row} (start {s})")
 
 
-@given(n=sizes(200, 10), t=sizes(16), seed=seeds)
+@given(n=sizes(200, 10), t=sizes(16, 3), seed=seeds)
 @settings(max_examples=10)
 def test_fixed_targets_are_shifted_inputs(data, n, t, seed):
-    """y[:, t] == x[:, t + 1]: the target of a position is the next input."""
+    """y[:, t] == x[:, t + 1]: the target of a position is the next input.
+
+    x == y only if all 4 windows of T + 1 >= 4 random ids (of 50) are constant: false failure < 1e-19."""
     stream = _stream(max(n, t + 2), seed)
     x, y = next(iter(data.FixedLengthBatches(stream, 4, t, seed=seed)))
     assert_equal(y[:, :-1].tolist(), x[:, 1:].tolist(), what="y[:, :-1] vs x[:, 1:]")
@@ -143,6 +154,44 @@ def test_fixed_is_reproducible_and_resumable(data):
     other = data.FixedLengthBatches(stream, 3, 10, seed=6)
     assert not torch.equal(next(other)[0], data.FixedLengthBatches(stream, 3, 10, seed=5).batch(0)[0]), \
         "seeds 5 and 6 gave the same first batch"
+
+
+@given(n=sizes(60, 2), t=sizes(8), b=sizes(4), seed=seeds, step=st.integers(0, 50), start_step=st.integers(0, 50))
+def test_fixed_batches_follow_the_documented_draw(data, n, t, b, seed, step, start_step):
+    """batch(step) takes its starts from torch.randint(0, N - T, (B,), generator=Generator().manual_seed(
+    batch_seed(seed, step))); next() serves batch(self.step) and advances; seed defaults to 0."""
+    n = max(n, t + 1)
+    stream = torch.arange(n) * 3 + 1
+    g = torch.Generator().manual_seed(data.batch_seed(seed, step))
+    starts = torch.randint(0, n - t, (b,), generator=g)
+    idx = starts[:, None] + torch.arange(t + 1)
+    batcher = data.FixedLengthBatches(stream, b, t, seed=seed)
+    x, y = batcher.batch(step)
+    assert_equal(x.tolist(), stream[idx[:, :-1]].tolist(), what=f"x of batch({step}) vs the documented draw")
+    assert_equal(y.tolist(), stream[idx[:, 1:]].tolist(), what=f"y of batch({step}) vs the documented draw")
+    assert_equal(batcher.starts(step).tolist(), starts.tolist(), what=f"starts({step})")
+    assert_equal(batcher.num_starts, n - t, what="num_starts")
+    # iterating from a loaded state serves batch(step), batch(step + 1), ... of the state's seed
+    other = data.FixedLengthBatches(stream, b, t, seed=seed + 1)
+    for _ in range(start_step % 3):
+        next(other)
+    other.load_state_dict({"seed": seed, "step": start_step})
+    for k in range(3):
+        got = next(other)
+        want = batcher.batch(start_step + k)
+        assert_equal(got[0].tolist(), want[0].tolist(), what=f"next() number {k} after loading step {start_step}")
+    assert_equal(other.state_dict(), {"seed": seed, "step": start_step + 3}, what="state_dict() after 3 next()")
+    default = data.FixedLengthBatches(stream, b, t)
+    zero = data.FixedLengthBatches(stream, b, t, seed=0)
+    assert_equal(default.state_dict(), {"seed": 0, "step": 0}, what="state_dict() of a batcher without seed")
+    assert_equal(next(default)[0].tolist(), zero.batch(0)[0].tolist(), what="first batch without seed (default 0)")
+
+
+def test_batch_seed_separates_steps_and_seeds(data):
+    """batch_seed(seed, step) is an int >= 0, distinct for distinct (seed, step) on a small grid."""
+    values = {(s, k): data.batch_seed(s, k) for s in range(20) for k in range(50)}
+    assert all(isinstance(v, int) and v >= 0 for v in values.values()), "batch_seed must give ints >= 0"
+    assert len(set(values.values())) == len(values), "batch_seed repeats a value on seeds 0..19 x steps 0..49"
 
 
 # --- evaluation pass ----------------------------------------------------------------------------
@@ -243,6 +292,69 @@ def test_dynamic_is_reproducible_and_resumable(data):
     assert orders[0] != orders[1] or orders[1] != orders[2], "every epoch has the same order"
 
 
+def _epoch_order_oracle(data, pieces, b, seed, epoch):
+    """The contract's epoch, written out: randperm of the pieces, stable sort by length, groups of B,
+    randperm of the groups, from one Generator seeded with batch_seed(seed, epoch)."""
+    g = torch.Generator().manual_seed(data.batch_seed(seed, epoch))
+    order = torch.randperm(len(pieces), generator=g).tolist()
+    order.sort(key=lambda i: len(pieces[i]))
+    groups = [order[i:i + b] for i in range(0, len(order), b)]
+    return [groups[j] for j in torch.randperm(len(groups), generator=g).tolist()]
+
+
+@given(lengths=doc_lengths, t=sizes(8), b=sizes(5), seed=seeds, epoch=st.integers(0, 3))
+def test_dynamic_epoch_follows_the_documented_order(data, lengths, t, b, seed, epoch):
+    """epoch_order(e) is the contract's shuffle / stable sort by length / group / shuffle of groups;
+    pieces are the documented windows; iterating from epoch 0 serves exactly epoch_batches(0), (1), ..."""
+    docs = _token_docs(lengths, seed)
+    batcher = data.DynamicBatches(docs, b, t, eot_id=0, seed=seed)
+    assert_equal([tuple(p.tolist()) for p in batcher.pieces], _expected_pieces(docs, 0, t), what="pieces")
+    assert_equal(list(batcher.document_of), [d for d, doc in enumerate(docs) for _ in _expected_pieces([doc], 0, t)],
+                 what="document_of (the document of each piece)")
+    expected = _epoch_order_oracle(data, batcher.pieces, b, seed, epoch)
+    assert_equal([o.tolist() for o in batcher.epoch_order(epoch)], expected, what=f"epoch_order({epoch})")
+    served = [next(batcher) for _ in range(2 * len(batcher))]
+    wanted = batcher.epoch_batches(0) + batcher.epoch_batches(1)
+    for i, (got, want) in enumerate(zip(served, wanted)):
+        assert_equal(got.pieces.tolist(), want.pieces.tolist(), what=f"pieces of next() number {i}")
+    assert_equal(batcher.state_dict(), {"seed": seed, "epoch": 2, "index": 0}, what="state after two epochs")
+    default = data.DynamicBatches(docs, b, t, eot_id=0)
+    assert_equal(default.state_dict(), {"seed": 0, "epoch": 0, "index": 0}, what="state of a batcher without seed")
+    assert_equal([o.tolist() for o in default.epoch_order(epoch)],
+                 _epoch_order_oracle(data, default.pieces, b, 0, epoch), what="epoch_order without seed (default 0)")
+
+
+def _fresh_at(data, docs, b, t, state):
+    """The documented oracle: a FRESH batcher with the state's seed serves epoch_batches(epoch)[index:],
+    then epoch_batches(epoch + 1), ..."""
+    fresh = data.DynamicBatches(docs, b, t, eot_id=0, seed=state["seed"])
+    epoch, index = state["epoch"], state["index"]
+    while True:
+        for batch in fresh.epoch_batches(epoch)[index:]:
+            yield batch
+        epoch, index = epoch + 1, 0
+
+
+@given(lengths=st.lists(sizes(10, 0), min_size=1, max_size=8), t=sizes(6), b=sizes(3), seed=seeds,
+       used=st.integers(0, 12), other_seed=seeds, epoch=st.integers(0, 2), index=st.integers(0, 4))
+def test_dynamic_load_state_serves_what_a_fresh_batcher_would(data, lengths, t, b, seed, used, other_seed, epoch, index):
+    """A DynamicBatches that has already served batches and then loads ANY state serves exactly what a
+    fresh one at that state serves: epoch_batches(epoch)[index:] of the state's seed, then the next epochs."""
+    docs = _token_docs(lengths, seed)
+    batcher = data.DynamicBatches(docs, b, t, eot_id=0, seed=seed)
+    for _ in range(used):
+        next(batcher)
+    index = index % len(batcher)
+    for state in ({"seed": other_seed, "epoch": epoch, "index": index}, {"seed": seed, "epoch": epoch, "index": index}):
+        batcher.load_state_dict(dict(state))
+        assert_equal(batcher.state_dict(), state, what="state_dict() right after load_state_dict(state)")
+        expected = _fresh_at(data, docs, b, t, state)
+        for i in range(len(batcher) + 1):
+            got, want = next(batcher), next(expected)
+            assert_equal(got.pieces.tolist(), want.pieces.tolist(), what=f"pieces of batch {i} after loading {state}")
+            assert_equal(got.x.tolist(), want.x.tolist(), what=f"x of batch {i} after loading {state}")
+
+
 # --- loading documents --------------------------------------------------------------------------
 
 @given(docs=documents, field=st.sampled_from(["text", "body"]))
@@ -333,6 +445,15 @@ def test_tokenize_documents(data):
     assert_equal([t.tolist() for t in got], [tok.encode(d) for d in ["hé", "", "ok"]], what="token ids")
 
 
+def test_documents_are_encoded_as_ordinary_text(data):
+    """A special token's string inside a document is ordinary text (encode(doc, disallowed_special=())):
+    its bytes, never the special id, and no error."""
+    docs = [f"a{EOT}b", EOT, "plain"]
+    got = data.tokenize_documents(docs, ByteTokenizer())
+    assert_equal([t.tolist() for t in got], [list(d.encode()) for d in docs],
+                 what="ids of documents holding <|endoftext|>")
+
+
 def test_cache_is_used_and_invalidated(data, tmp_path):
     """A second load reads the cache (encode not called); new data or a new tokenizer is re-encoded."""
     docs = ["one story", "another story", ""]
@@ -355,6 +476,36 @@ def test_cache_is_used_and_invalidated(data, tmp_path):
     assert_equal([t.tolist() for t in got], [ByteTokenizer().encode(d) for d in new_docs],
                  what="ids after a data change (cache must be invalidated)")
     assert not any(p.suffix == ".pkl" for p in (tmp_path / "cache").iterdir()), "the cache must not pickle"
+
+
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), min_size=2, max_size=12), cut=st.integers(1, 11),
+       other=st.integers(1, 11))
+def test_cache_key_sees_document_boundaries(data, tmp_path_factory, text, cut, other):
+    """The same text split at other document boundaries is another cache key, and tokenize_documents
+    with a cache gives each split its own per-document ids."""
+    cut, other = cut % len(text) or 1, other % len(text) or 1
+    a, b = [text[:cut], text[cut:]], [text[:other], text[other:]]
+    if cut != other:
+        assert data.cache_key(a, ByteTokenizer()) != data.cache_key(b, ByteTokenizer()), \
+            f"cache_key({a!r}) == cache_key({b!r}): document boundaries are not in the key"
+    assert data.cache_key(a, ByteTokenizer()) != data.cache_key(["".join(a)], ByteTokenizer()), \
+        "two documents and their concatenation share a cache key"
+    assert data.cache_key(a, ByteTokenizer()) != data.cache_key(a, ByteTokenizer(offset=1)), "tokenizer not in the key"
+    assert_equal(data.cache_key(list(a), ByteTokenizer()), data.cache_key(a, ByteTokenizer()), what="cache_key twice")
+    cache = tmp_path_factory.mktemp("cache")
+    for docs in (a, b, ["".join(a)], a):
+        got = data.tokenize_documents(docs, ByteTokenizer(), cache_dir=cache)
+        assert_equal([t.tolist() for t in got], [list(d.encode()) for d in docs], what=f"cached ids of {docs!r}")
+
+
+def test_load_documents_defaults(data, tmp_path):
+    """Without field, a JSONL file's "text" field is read; without separator, a text file is one document."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "one", "body": "x"}\n{"body": "y", "text": "two"}\n', encoding="utf-8")
+    assert_equal(data.load_documents(path), ["one", "two"], what="documents of a JSONL file without field")
+    text = tmp_path / "doc.txt"
+    text.write_text("a\n\nb\n\n", encoding="utf-8")
+    assert_equal(data.load_documents(text), ["a\n\nb\n\n"], what="documents of a text file without separator")
 
 
 # --- errors -------------------------------------------------------------------------------------

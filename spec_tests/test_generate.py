@@ -18,8 +18,9 @@ temperatures = st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0])
 top_ks = st.one_of(st.none(), st.integers(1, 12))
 top_ps = st.one_of(st.none(), st.floats(0.02, 1.0))
 
-#: Largest probability of a false failure of the frequency test (a fixed seed makes it reproducible).
-FALSE_FAILURE_RATE = 1e-6
+#: Largest probability of a false failure of one frequency test example (a seed makes it reproducible);
+#: at most 4 examples run, so at most 4e-10 per run.
+FALSE_FAILURE_RATE = 1e-10
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,10 @@ def _oracle(logits, temperature, top_k=None, top_p=None):
 
 
 def _build(model_mod, seed, vocab_size=32, context_length=16, positional="learned", dropout=0.0):
-    """A small TransformerLM with every parameter random (so logits are well spread), float32."""
+    """A small TransformerLM with every parameter random (so logits are well spread), in float64: the
+    cached, uncached, batched and single-row paths then agree to ~1e-15, so an argmax or a draw can
+    flip between them only on a gap that small (false-failure rate far below 1e-9; in float32 the
+    paths differ by ~1e-7, enough to flip a near-tied greedy step about once in 10^4 runs)."""
     seed_all(seed)
     config = model_mod.ModelConfig(vocab_size=vocab_size, context_length=context_length, n_layers=2,
                                    d_model=16, n_heads=2, positional=positional, dropout=dropout)
@@ -74,7 +78,7 @@ def _build(model_mod, seed, vocab_size=32, context_length=16, positional="learne
     with torch.no_grad():
         for i, p in enumerate(lm.parameters()):
             p.copy_(randn(p.shape, seed + i, p.dtype, 0.5) + (1.0 if p.dim() == 1 else 0.0))
-    return lm.eval()
+    return lm.double().eval()
 
 
 def _argmax_decode(lm, prompt, n):
@@ -345,7 +349,8 @@ def _p_value(counts, expected_probs, n):
 @settings(max_examples=4)
 @given(v=sizes(20, 2), n_levels=sizes(6), t=temperatures, k=top_ks, p=top_ps, seed=seeds)
 def test_sample_frequencies_match_distribution(gen, v, n_levels, t, k, p, seed):
-    """The frequencies of 200k draws match the distribution (chi-square, false-failure rate <= 1e-6)."""
+    """The frequencies of 200k draws match the distribution (chi-square, false-failure rate <= 1e-10 per
+    example, 4e-10 per run)."""
     n = 200_000
     logits = _tied_logits((v,), seed, n_levels) + randn((v,), seed + 3, torch.float64, 0.5)
     ids = gen.sample(logits.float().expand(n, v), temperature=t, top_k=k, top_p=p,
@@ -498,6 +503,65 @@ def test_stop_ids_in_a_batch(gen):
                            use_cache=use_cache)
         expected = torch.tensor([[5, 9, -1, -1], [7, 8, 6, 9]])
         assert torch.equal(got, expected), f"rows stopping at different steps: expected {expected.tolist()}, got {got.tolist()}"
+
+
+@settings(max_examples=6)
+@given(positional=st.sampled_from(["learned", "rope", "alibi"]), b=sizes(4, 2), t0=sizes(5), n=sizes(10),
+       use_cache=st.booleans(), pick=st.lists(st.integers(0, 9), min_size=1, max_size=2), seed=seeds)
+def test_batched_greedy_rows_equal_rows_alone(gen, model_mod, positional, b, t0, n, use_cache, pick, seed):
+    """A real model, greedy: each row of a batched generate equals that row generated alone, up to and
+    including its first stop id; after it the row holds PAD_ID; the batch ends when every row has
+    stopped (its width is the longest row) or at max_new_tokens. Rows stop at different steps."""
+    lm = _build(model_mod, seed, positional=positional)  # float64: batching cannot flip an argmax
+    prompts = randint(0, 32, (b, t0), seed)
+    free = [gen.generate(lm, prompts[r].tolist(), n, temperature=0.0, use_cache=use_cache) for r in range(b)]
+    stops = sorted({free[0][j % n] for j in pick})  # tokens of row 0: rows tend to stop at different steps
+    alone = []
+    for r in range(b):
+        row = gen.generate(lm, prompts[r].tolist(), n, temperature=0.0, stop_ids=stops, use_cache=use_cache)
+        first = next((j for j, tok in enumerate(free[r]) if tok in stops), None)
+        assert_equal(row, free[r] if first is None else free[r][:first + 1], what=f"row {r} alone with stop_ids={stops}")
+        alone.append(row)
+    got = gen.generate(lm, prompts, n, temperature=0.0, stop_ids=stops, use_cache=use_cache)
+    width = max(len(row) for row in alone)
+    expected = [row + [gen.PAD_ID] * (width - len(row)) for row in alone]
+    assert_equal(got.tolist(), expected, what=f"batched greedy tokens with stop_ids={stops} (use_cache={use_cache})")
+
+
+@settings(max_examples=4)
+@given(b=sizes(3), t0=sizes(5), n=sizes(6), seed=seeds)
+def test_generate_defaults(gen, model_mod, b, t0, n, seed):
+    """Defaults: temperature 1, no top-k / top-p, no stop ids, seed None (torch's global RNG), the cache
+    on: generate(lm, p, n) after torch.manual_seed(s) equals the explicit call after the same seed."""
+    lm = _build(model_mod, seed)
+    prompt = randint(0, 32, (b, t0), seed)
+    widths = []
+    hook = lm.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[-1]))
+    torch.manual_seed(seed)
+    try:
+        default = gen.generate(lm, prompt, n)
+    finally:
+        hook.remove()
+    assert_equal(widths, [t0] + [1] * (len(widths) - 1), what="widths fed to the model by default (cache on: "
+                 "the prompt once, then one new token per step)")
+    torch.manual_seed(seed)
+    explicit = gen.generate(lm, prompt, n, temperature=1.0, top_k=None, top_p=None, stop_ids=(), seed=None,
+                            use_cache=True)
+    assert_equal(default.tolist(), explicit.tolist(), what="generate with defaults vs the explicit defaults")
+    torch.manual_seed(seed)
+    streamed = list(gen.stream(lm, prompt[0].tolist(), n))
+    torch.manual_seed(seed)
+    single = gen.generate(lm, prompt[0].tolist(), n, temperature=1.0, seed=None, use_cache=True)
+    assert_equal(streamed, single, what="stream with defaults vs generate with the explicit defaults")
+    logits = randn((b, 9), seed, torch.float64)
+    assert_close(gen.sampling_distribution(logits), torch.softmax(logits, dim=-1),
+                 what="sampling_distribution(logits) with defaults = softmax(logits)")
+    rows = logits[0].expand(200, 9).contiguous()
+    torch.manual_seed(seed)
+    drawn = gen.sample(rows)
+    torch.manual_seed(seed)
+    again = gen.sample(rows, temperature=1.0, top_k=None, top_p=None, generator=None)
+    assert_equal(drawn.tolist(), again.tolist(), what="sample with defaults vs the explicit defaults")
 
 
 @settings(max_examples=5)

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import regex
-from hypothesis import assume, given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from .support import assert_equal, raises_clear
@@ -221,17 +221,56 @@ def test_byte_level_vocabulary(tokenizer, trained):
     assert_equal(tok.vocab_size, 408, what="vocab_size")
 
 
-def test_training_is_fast(tokenizer):
-    """Training on ~60 KB of text to 1024 tokens takes well under the time of a full recount (< 5 s)."""
-    import time
-    rng = random.Random(0)
-    words = ["".join(rng.choice("etaoinshrdlucmfw") for _ in range(rng.randint(1, 9))) for _ in range(3000)]
-    text = " ".join(rng.choice(words) for _ in range(10_000))
-    start = time.perf_counter()
-    tok = tokenizer.Tokenizer.train(text, 1024)
-    elapsed = time.perf_counter() - start
-    assert_equal(len(tok.merges), 768, what="number of merges")
-    assert elapsed < 5.0, f"training took {elapsed:.1f} s: update pair counts incrementally, do not recount"
+def _large_corpus(n_chars):
+    """About ``n_chars`` characters of few distinct pre-tokens (fast to count). Every 50,000 characters
+    a marker: a run of k spaces and a newline (k = 1, 2, ...), each a pre-token of its own whose
+    last merge exists nowhere else, so a counter that cut such a run in two would lose a merge; other
+    newlines follow a letter ("x\\n", where no pre-token crosses)."""
+    filler = "ab cd ef gh "
+    parts, k = [], 0
+    while sum(map(len, parts)) < n_chars:
+        block = (filler * 4200)[:50_000]
+        k += 1
+        block = block[:25_000] + " " * k + "\n " + block[25_000:]  # the marker: the pre-token " " * k + "\n"
+        if k % 2 == 0:
+            block = block[:45_000] + "x\n" + block[45_000:]         # a newline after a letter
+        parts.append(block)
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("shape", ["one long document", "many documents with specials"])
+def test_large_input_merges_equal_brute_force(tokenizer, shape):
+    """On more than 1 MB of text (past any batching of the counting), training until no pair is left
+    learns exactly the merges of the recount-everything definition."""
+    text = _large_corpus(1_100_000)
+    if shape == "one long document":
+        docs, specials = [text], []
+    else:
+        docs, specials = [text[i:i + 99_991] + EOT + "zz" for i in range(0, len(text), 99_991)], [EOT]
+    tok = tokenizer.Tokenizer.train(docs, 256 + 1000 + len(specials), special_tokens=specials)
+    expected = brute_force_merges(docs, 1000, specials=specials)
+    assert len(expected) < 1000, "the corpus runs out of pairs before 1000 merges"
+    assert_equal([tuple(m) for m in tok.merges], expected, what=f"merges on {sum(map(len, docs))} characters ({shape})")
+
+
+def test_defaults(tokenizer):
+    """Tokenizer() has no merges, no specials and GPT-2's pattern; train() without special_tokens or
+    pattern uses none and GPT-2's pattern; encode() without arguments disallows every special."""
+    tok = tokenizer.Tokenizer()
+    assert_equal((tok.merges, tok.special_tokens, tok.pattern), ([], {}, GPT2), what="Tokenizer() fields")
+    assert_equal(tokenizer.GPT2_PATTERN, GPT2, what="GPT2_PATTERN")
+    text = "hello  world\n\n  it's 123 <|endoftext|>"
+    assert_equal(tok.encode(text), list(text.encode()), what="Tokenizer().encode: the UTF-8 bytes")
+    docs = ["we'll  see 12 34\n\n  ok", "see  we'll\n\n"]
+    trained = tokenizer.Tokenizer.train(docs, 256 + 10)
+    assert_equal((trained.special_tokens, trained.pattern), ({}, GPT2), what="train() without specials / pattern")
+    assert_equal([tuple(m) for m in trained.merges], brute_force_merges(docs, 10),
+                 what="merges of train() with defaults")
+    with_eot = tokenizer.Tokenizer([], special_tokens=[EOT])
+    with raises_clear(ValueError, EOT):
+        with_eot.encode(text)
+    with raises_clear(ValueError, EOT):
+        list(with_eot.encode_iterable([text]))
 
 
 # --- encoding -----------------------------------------------------------------------------------
@@ -240,10 +279,9 @@ def test_training_is_fast(tokenizer):
        where=st.lists(st.integers(0, 60), max_size=3))
 def test_round_trip(trained, text, specials, where):
     """decode(encode(s)) == s for any unicode text, with special tokens anywhere in it."""
-    ids = trained.encode(text)
     for s, k in zip(specials, where):
         text = text[:k] + s + text[k:]
-    ids = trained.encode(text)
+    ids = trained.encode(text, allowed_special="all")
     assert all(isinstance(i, int) and 0 <= i < trained.vocab_size for i in ids), f"ids out of range: {ids}"
     assert_equal(trained.decode(ids), text, what="decode(encode(text))")
     assert_equal(trained.decode_bytes(ids), text.encode(), what="decode_bytes(encode(text))")
@@ -259,7 +297,7 @@ def test_round_trip_any_pattern(tokenizer, text, pattern):
 @given(text=unicode_text | small_text, specials=st.lists(st.sampled_from([EOT, "<|endoftext|><|pad|>"]), max_size=2))
 def test_encode_equals_rank_oracle(trained, text, specials):
     """Encoding applies merges by rank inside each pre-token, specials atomic (oracle in this file)."""
-    got = trained.encode(text + "".join(specials) + text)
+    got = trained.encode(text + "".join(specials) + text, allowed_special="all")
     expected = rank_encode(trained.merges, list(trained.special_tokens), GPT2, text + "".join(specials) + text)
     assert_equal(got, expected, what="encode(text)")
 
@@ -291,10 +329,11 @@ def test_repeated_bytes_keep_their_own_ids(tokenizer):
 
 
 @given(text=unicode_text)
+@example(text="a<|endoftext|>b")
 def test_encode_equals_tiktoken(trained, text):
-    """Encoding equals tiktoken built from the same bytes ranks and pattern (no special tokens)."""
-    got = trained.encode(text)
-    assume(not any(s in text for s in trained.special_tokens))  # compared without special tokens
+    """Encoding equals tiktoken built from the same bytes ranks and pattern (special tokens' strings,
+    should the text hold any, are ordinary text on both sides: disallowed_special=() / encode_ordinary)."""
+    got = trained.encode(text, disallowed_special=())
     tiktoken = pytest.importorskip("tiktoken", reason="tiktoken (a test-only extra) is not installed")
     ranks = {trained.vocab[i]: i for i in range(256 + len(trained.merges))}
     assert len(ranks) == 256 + len(trained.merges), "no two merges of this corpus produce the same bytes"
@@ -325,9 +364,9 @@ def test_encode_real_text_equals_tiktoken(trained):
 def test_special_tokens_are_atomic(trained):
     """A special token encodes to its own id, never split, wherever it appears; text around it round-trips."""
     eot = trained.special_tokens[EOT]
-    assert_equal(trained.encode(EOT), [eot], what=f"encode({EOT!r})")
+    assert_equal(trained.encode(EOT, allowed_special="all"), [eot], what=f"encode({EOT!r})")
     for left, right in [("x", "y"), ("dog.", " The"), ("", "\n"), ("😀", "<|"), ("<|endof", "")]:
-        ids = trained.encode(left + EOT + right)
+        ids = trained.encode(left + EOT + right, allowed_special="all")
         assert_equal(ids, trained.encode(left) + [eot] + trained.encode(right),
                      what=f"encode({left + EOT + right!r})")
     plain = trained.encode("<|endoftext")
@@ -338,9 +377,130 @@ def test_longest_special_token_wins(tokenizer):
     """Where registered special tokens overlap, the longest match wins (whatever the order given)."""
     tok = tokenizer.Tokenizer([], special_tokens=["<a>", "<a><b>", "<b>"])
     assert_equal(tok.special_tokens, {"<a>": 256, "<a><b>": 257, "<b>": 258}, what="special_tokens")
-    assert_equal(tok.encode("<a><b>"), [257], what="encode('<a><b>')")
-    assert_equal(tok.encode("<a><a><b><b>"), [256, 257, 258], what="encode('<a><a><b><b>')")
-    assert_equal(tok.encode("x<a>y"), [120, 256, 121], what="encode('x<a>y')")
+    assert_equal(tok.encode("<a><b>", allowed_special="all"), [257], what="encode('<a><b>')")
+    assert_equal(tok.encode("<a><a><b><b>", allowed_special="all"), [256, 257, 258], what="encode('<a><a><b><b>')")
+    assert_equal(tok.encode("x<a>y", allowed_special="all"), [120, 256, 121], what="encode('x<a>y')")
+
+
+# --- special tokens in raw text (tiktoken's convention) ------------------------------------------
+
+PAD2 = "<|endoftext|><|pad|>"
+
+
+def _with_specials(text, specials, where):
+    for s, k in zip(specials, where):
+        text = text[:k] + s + text[k:]
+    return text
+
+
+def _chunked(text, cuts):
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    return [text[i:j] for i, j in zip(bounds, bounds[1:])]
+
+
+def rank_encode_allowed(tok, allowed, text):
+    """The rule, written out: only the ALLOWED specials are atomic (with their registered ids,
+    longest first); every other character, a non-allowed special's string included, is ordinary text."""
+    ids = []
+    cut = "(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")"
+    for k, piece in enumerate(regex.split(cut, text) if allowed else [text]):
+        ids += [tok.special_tokens[piece]] if k % 2 else rank_encode(tok.merges, [], GPT2, piece)
+    return ids
+
+
+@given(text=small_text | unicode_text, specials=st.lists(st.sampled_from([EOT, PAD2]), min_size=1, max_size=3),
+       where=st.lists(st.integers(0, 60), min_size=3, max_size=3), cuts=st.lists(st.integers(0, 100), max_size=5))
+def test_special_in_text_raises_by_default(trained, text, specials, where, cuts):
+    """By default (allowed_special=(), disallowed_special="all") a special token's string in the text is
+    a ValueError naming the token and both arguments, from encode and from encode_iterable."""
+    text = _with_specials(text, specials, where)
+    found = regex.search("|".join(regex.escape(s) for s in (PAD2, EOT)), text).group()
+    with raises_clear(ValueError, found, "allowed_special", "disallowed_special"):
+        trained.encode(text)
+    with raises_clear(ValueError, found, "allowed_special", "disallowed_special"):
+        list(trained.encode_iterable(_chunked(text, cuts)))
+    broken = text.replace(EOT, "<|endo ftext|>")  # no whole special left: ordinary text, no error
+    assert_equal(trained.encode(broken), rank_encode(trained.merges, [], GPT2, broken),
+                 what=f"encode({broken!r}) (no whole special token in it)")
+
+
+@given(text=small_text | unicode_text, specials=st.lists(st.sampled_from([EOT, PAD2]), max_size=3),
+       where=st.lists(st.integers(0, 60), min_size=3, max_size=3), cuts=st.lists(st.integers(0, 100), max_size=5))
+def test_disallowed_special_empty_encodes_specials_as_text(trained, text, specials, where, cuts):
+    """disallowed_special=() (nothing allowed): a special's string is encoded as ordinary text, exactly
+    as if no special token were registered; decode gives the text back; encode_iterable agrees."""
+    text = _with_specials(text, specials, where)
+    ids = trained.encode(text, disallowed_special=())
+    assert_equal(ids, rank_encode(trained.merges, [], GPT2, text), what="encode(text, disallowed_special=())")
+    assert not set(ids) & set(trained.special_tokens.values()), f"special ids in ordinary text: {ids}"
+    assert_equal(trained.decode(ids), text, what="decode(encode(text, disallowed_special=()))")
+    assert_equal(list(trained.encode_iterable(_chunked(text, cuts), disallowed_special=())), ids,
+                 what="encode_iterable(chunks, disallowed_special=())")
+
+
+@given(text=small_text | unicode_text, specials=st.lists(st.sampled_from([EOT, PAD2]), max_size=3),
+       where=st.lists(st.integers(0, 60), min_size=3, max_size=3), cuts=st.lists(st.integers(0, 100), max_size=5),
+       allowed=st.sampled_from(["all", (EOT, PAD2), (EOT,), (PAD2,), ()]))
+def test_allowed_specials_become_their_ids(trained, text, specials, where, cuts, allowed):
+    """The allowed specials become their ids (longest first); with disallowed_special=() the others are
+    ordinary text; allowed_special="all" allows every special; encode_iterable agrees."""
+    text = _with_specials(text, specials, where)
+    expected = rank_encode_allowed(trained, list(trained.special_tokens) if allowed == "all" else allowed, text)
+    got = trained.encode(text, allowed_special=allowed, disallowed_special=())
+    assert_equal(got, expected, what=f"encode(text, allowed_special={allowed!r}, disallowed_special=())")
+    assert_equal(list(trained.encode_iterable(_chunked(text, cuts), allowed_special=allowed, disallowed_special=())),
+                 expected, what=f"encode_iterable(chunks, allowed_special={allowed!r}, disallowed_special=())")
+    assert_equal(trained.decode(got), text, what="decode(encode(text, ...))")
+    if allowed in ("all", (EOT, PAD2)):  # nothing left to disallow: the default disallowed_special agrees
+        assert_equal(trained.encode(text, allowed_special=allowed), expected,
+                     what=f"encode(text, allowed_special={allowed!r})")
+
+
+def test_overlapping_allowed_and_disallowed_specials(trained):
+    """Specials are found leftmost, then longest, among the allowed and disallowed ones together: an
+    allowed longer special that holds a disallowed one is fine; the disallowed one alone raises."""
+    eot, pad2 = trained.special_tokens[EOT], trained.special_tokens[PAD2]
+    assert_equal(trained.encode("x" + PAD2 + "y", allowed_special={PAD2}),
+                 trained.encode("x", allowed_special={PAD2}) + [pad2] + trained.encode("y"),
+                 what=f"encode('x{PAD2}y', allowed_special={{{PAD2!r}}})")
+    with raises_clear(ValueError, repr(EOT)):
+        trained.encode("x" + EOT + "y", allowed_special={PAD2})
+    assert_equal(trained.encode(PAD2, allowed_special={EOT}, disallowed_special=()),
+                 [eot] + rank_encode(trained.merges, [], GPT2, "<|pad|>"),
+                 what=f"encode({PAD2!r}, allowed_special={{EOT}}, disallowed_special=())")
+    with raises_clear(ValueError, repr(PAD2)):
+        trained.encode("a" + PAD2, allowed_special={EOT})
+
+
+def test_bad_special_arguments(trained):
+    """allowed_special / disallowed_special: a bare str other than "all" is a TypeError, an unknown special
+    or one both allowed and disallowed a ValueError naming the argument."""
+    with raises_clear(TypeError, "allowed_special"):
+        trained.encode("abc", allowed_special=EOT)
+    with raises_clear(TypeError, "disallowed_special"):
+        trained.encode("abc", disallowed_special=EOT)
+    with raises_clear(ValueError, "allowed_special", "<|nope|>"):
+        trained.encode("abc", allowed_special={"<|nope|>"})
+    with raises_clear(ValueError, "disallowed_special", "<|nope|>"):
+        trained.encode("abc", disallowed_special=["<|nope|>"])
+    with raises_clear(ValueError, "allowed_special", "disallowed_special"):
+        trained.encode("abc", allowed_special={EOT}, disallowed_special={EOT})
+    with raises_clear(ValueError, "allowed_special", "<|nope|>"):
+        list(trained.encode_iterable(["abc"], allowed_special={"<|nope|>"}))
+
+
+def test_special_ids_follow_the_given_order(tokenizer, tmp_path):
+    """The i-th special token AS GIVEN (not sorted) gets id 256 + len(merges) + i, kept by save/load."""
+    specials = ["<|z|>", EOT, "<a>", "<|b|>"]
+    tok = tokenizer.Tokenizer([(97, 98)], special_tokens=specials)
+    assert_equal(tok.special_tokens, {"<|z|>": 257, EOT: 258, "<a>": 259, "<|b|>": 260}, what="special_tokens")
+    assert_equal(tok.encode("<a>ab<|z|>", allowed_special="all"), [259, 256, 257], what="encode('<a>ab<|z|>')")
+    trained = tokenizer.Tokenizer.train("ab ab ab", 256 + 1 + 4, special_tokens=specials)
+    assert_equal(trained.special_tokens, tok.special_tokens, what="special_tokens after train")
+    assert_equal(tok.to_dict()["special_tokens"], specials, what="to_dict()['special_tokens']")
+    tok.save(tmp_path / "tok.json")
+    assert_equal(tokenizer.Tokenizer.load(tmp_path / "tok.json").special_tokens, tok.special_tokens,
+                 what="special_tokens after save/load")
 
 
 @given(text=small_text | unicode_text, specials=st.lists(st.sampled_from([EOT, "<|endoftext|><|pad|>", "<| a b |>"]),
@@ -353,8 +513,38 @@ def test_encode_iterable_equals_encode(tokenizer, text, specials, where, cuts):
         text = text[:k] + s + text[k:]
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
     chunks = [text[i:j] for i, j in zip(bounds, bounds[1:])]
-    got = list(tok.encode_iterable(iter(chunks)))
-    assert_equal(got, tok.encode(text), what=f"encode_iterable({chunks!r})")
+    got = list(tok.encode_iterable(iter(chunks), allowed_special="all"))
+    assert_equal(got, tok.encode(text, allowed_special="all"), what=f"encode_iterable({chunks!r})")
+
+
+#: Whitespace-heavy text: runs of spaces, tabs and newlines between short words and punctuation.
+spacey_text = st.lists(st.sampled_from(["a", "b", "ab", ".", " ", "  ", "   ", "\n", "\n\n", "\n\n\n",
+                                        "\t\t", " \n", "\n  "]), max_size=14).map("".join)
+#: A corpus whose merges join whitespace ("  ", "\n\n", " \n", "\t\t" ...), so that a pre-token
+#: boundary moved inside a whitespace run changes the ids (bytes alone would hide it).
+SPACEY_CORPUS = ["a  b   c\n\n d \n\n\n e\t\t f  \n  g\n" * 20, "x\n\n\ny \t z.  .\n" * 20]
+
+
+@pytest.fixture(scope="module")
+def spacey(tokenizer):
+    """Trained on SPACEY_CORPUS to 40 merges (many of them whitespace runs), one special token."""
+    return tokenizer.Tokenizer.train(SPACEY_CORPUS, 256 + 40 + 1, special_tokens=[EOT])
+
+
+@given(text=spacey_text, cuts=st.lists(st.integers(0, 40), max_size=6))
+@example(text="x\n\n\nb c", cuts=[])
+@example(text="a\n\t\taa\n  \n", cuts=[])
+def test_encode_iterable_equals_encode_inside_whitespace_runs(spacey, text, cuts):
+    """encode_iterable(chunks) == encode("".join(chunks)) for any chunking, also with a chunk boundary
+    inside a run of whitespace (a file read line by line) and merges that join whitespace."""
+    assert any(spacey.vocab[256 + n].isspace() and len(spacey.vocab[256 + n]) > 1 for n in range(len(spacey.merges))), \
+        "the whitespace corpus must give merges of whitespace"
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    chunks = [text[i:j] for i, j in zip(bounds, bounds[1:])]
+    got = list(spacey.encode_iterable(chunks))
+    assert_equal(got, spacey.encode(text), what=f"encode_iterable({chunks!r})")
+    lines = text.splitlines(keepends=True)
+    assert_equal(list(spacey.encode_iterable(lines)), spacey.encode(text), what=f"encode_iterable({lines!r}) (lines)")
 
 
 @pytest.mark.parametrize("chunks", [
@@ -366,8 +556,9 @@ def test_encode_iterable_chunk_boundaries(tokenizer, chunks):
     """encode_iterable equals encode on the joined text for chunks cut inside words and specials."""
     for specials in ([EOT, "<|endoftext|><|pad|>", "<| a b |>"], []):
         tok = tokenizer.Tokenizer.train(CORPUS, 350, special_tokens=specials)
-        got = list(tok.encode_iterable(chunks))
-        assert_equal(got, tok.encode("".join(chunks)), what=f"encode_iterable({chunks!r}), specials {specials}")
+        got = list(tok.encode_iterable(chunks, allowed_special="all"))
+        assert_equal(got, tok.encode("".join(chunks), allowed_special="all"),
+                     what=f"encode_iterable({chunks!r}), specials {specials}")
 
 
 def test_encode_iterable_is_lazy(trained):
@@ -415,7 +606,8 @@ def test_save_load_round_trip(tokenizer, trained, tmp_path_factory, text):
     json.loads(path.read_text(encoding="utf-8"))
     assert_equal(loaded.merges, trained.merges, what="merges after load")
     assert_equal(loaded.special_tokens, trained.special_tokens, what="special_tokens after load")
-    assert_equal(loaded.encode(text + EOT), trained.encode(text + EOT), what="encode after load")
+    assert_equal(loaded.encode(text + EOT, allowed_special="all"), trained.encode(text + EOT, allowed_special="all"),
+                 what="encode after load")
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", None, r"\w+|\W"])
@@ -427,7 +619,8 @@ def test_to_dict_from_dict_round_trip(tokenizer, pattern):
     back = tokenizer.Tokenizer.from_dict(d)
     assert_equal(back.pattern, pat, what="pattern after from_dict")
     text = "".join(CORPUS) + EOT + "abc"
-    assert_equal(back.encode(text), tok.encode(text), what="encode after from_dict(to_dict())")
+    assert_equal(back.encode(text, allowed_special="all"), tok.encode(text, allowed_special="all"),
+                 what="encode after from_dict(to_dict())")
     assert_equal(back.vocab, tok.vocab, what="vocab after from_dict(to_dict())")
 
 
@@ -480,6 +673,30 @@ def test_bad_tokenizer_data_raises(tokenizer, trained, tmp_path, edit, words):
     path.write_text(json.dumps(d), encoding="utf-8")
     with raises_clear(ValueError, *words):
         tokenizer.Tokenizer.load(path)
+
+
+@pytest.mark.parametrize("edit", ["change one", "drop one", "add one", "not a list"])
+def test_tampered_tokens_raise_on_load(tokenizer, trained, tmp_path, edit):
+    """A saved file whose readable "tokens" disagree with its merges is refused on load with a ValueError
+    naming the file and "tokens"; a file without "tokens" loads the same tokenizer."""
+    path, d = _saved(trained, tmp_path)
+    assert_equal(len(d["tokens"]), len(trained.merges), what="number of tokens in the saved file")
+    if edit == "change one":
+        d["tokens"][3] = d["tokens"][3] + "x"
+    elif edit == "drop one":
+        d["tokens"].pop()
+    elif edit == "add one":
+        d["tokens"].append("zz")
+    else:
+        d["tokens"] = "abc"
+    path.write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
+    with raises_clear(ValueError, "tok.json", "tokens"):
+        tokenizer.Tokenizer.load(path)
+    del d["tokens"]
+    path.write_text(json.dumps(d), encoding="utf-8")
+    loaded = tokenizer.Tokenizer.load(path)
+    assert_equal((loaded.merges, loaded.special_tokens), (trained.merges, trained.special_tokens),
+                 what="merges and specials of a file without tokens")
 
 
 def test_corrupt_file_raises(tokenizer, trained, tmp_path):
