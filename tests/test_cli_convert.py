@@ -1,4 +1,4 @@
-"""The ``bare-lm convert`` and ``bare-lm generate --hf`` commands, as a user meets them."""
+"""The `bare-lm convert`, `bare-lm generate --hf` and `bare-lm tokenizer encode` commands, as a user meets them."""
 
 import torch
 
@@ -35,3 +35,18 @@ def test_generate_hf_missing_directory_is_one_clear_line(tmp_path, capsys):
     status = main(["generate", "--hf", str(tmp_path / "nothing"), "--prompt", "x"])
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1 and "config.json" in err, err
+
+
+def test_tokenizer_encode_special_text_needs_allow_special(tmp_path, capsys):
+    """`tokenizer encode` of text holding <|endoftext|>: one error line naming --allow-special; with
+    the flag, the special token's id."""
+    from reference.tokenizer import Tokenizer as Tok
+    tok = Tok.train(["abc abc abd"], 260, special_tokens=[ENDOFTEXT])
+    path = tmp_path / "tok.json"
+    tok.save(path)
+    assert main(["tokenizer", "encode", "--tokenizer", str(path), "ab" + ENDOFTEXT]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--allow-special" in err, err
+    assert main(["tokenizer", "encode", "--tokenizer", str(path), "--ids-only", "--allow-special",
+                 "ab" + ENDOFTEXT]) == 0
+    assert str(tok.special_tokens[ENDOFTEXT]) in capsys.readouterr().out

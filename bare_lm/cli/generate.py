@@ -57,27 +57,13 @@ def run(args) -> int:
 
 def encode_prompt(tokenizer, prompt: str, allow_special: bool) -> list[int]:
     """The prompt's ids. A special token's text is a ValueError naming it unless ``allow_special``;
-    then each occurrence is that special token and the text between is encoded as plain text."""
-    specials = dict(getattr(tokenizer, "special_tokens", {}))
-    found = sorted((prompt.find(s), s) for s in specials if s in prompt)
-    if not found:
-        return tokenizer.encode(prompt)
-    if not allow_special:
-        pos, s = found[0]
-        raise ValueError(f"the prompt contains the special token text {s!r} (at character {pos}); "
-                         f"pass --allow-special to use it as that token")
-    ids: list[int] = []
-    rest = prompt
-    while rest:
-        hits = [(rest.find(s), -len(s), s) for s in specials if s in rest]
-        if not hits:
-            ids += tokenizer.encode(rest)
-            break
-        pos, _, s = min(hits)            # the first occurrence, the longest special on a tie
-        ids += tokenizer.encode(rest[:pos]) if pos else []
-        ids.append(specials[s])
-        rest = rest[pos + len(s):]
-    return ids
+    then each occurrence is that special token (``Tokenizer.encode``'s ``allowed_special="all"``)."""
+    try:
+        return tokenizer.encode(prompt, allowed_special="all" if allow_special else ())
+    except ValueError as err:
+        if allow_special or not any(s in prompt for s in getattr(tokenizer, "special_tokens", {})):
+            raise
+        raise ValueError(f"{err}; pass --allow-special to use it as that token") from None
 
 
 def _text_pieces(tokenizer, ids):

@@ -33,6 +33,8 @@ def register(commands) -> None:
     e.add_argument("--tokenizer", required=True, help="tokenizer JSON file")
     e.add_argument("text", help="text to encode")
     e.add_argument("--ids-only", action="store_true", help="print only the ids")
+    e.add_argument("--allow-special", action="store_true",
+                   help="a special token's text (<|endoftext|>) is that token (default: an error)")
     e.set_defaults(run=_quiet_on_broken_pipe(run_encode))
 
     d = sub.add_parser("decode", help="decode token ids to text")
@@ -115,9 +117,10 @@ def _show(tok, ids) -> str:
 def run_encode(args) -> int:
     try:
         tok = _load(args.tokenizer)
-        ids = tok.encode(args.text)
+        ids = tok.encode(args.text, allowed_special="all" if args.allow_special else ())
     except (ValueError, OSError) as err:
-        print(f"bare-lm tokenizer encode: {err}", file=sys.stderr)
+        hint = "; pass --allow-special to use it as that token" if "allowed_special" in str(err) else ""
+        print(f"bare-lm tokenizer encode: {err}{hint}", file=sys.stderr)
         return 2
     if args.ids_only:
         print(" ".join(map(str, ids)))
