@@ -266,9 +266,12 @@ def match_listed(listed: list[Listed], results: list[dict]) -> dict[int, Listed]
     return covered
 
 
-def stale(listed: list[Listed], modules: set[str]) -> list[Listed]:
-    """Entries of the run's modules that matched nothing."""
-    return [e for e in listed if e.module in modules and not e.matched]
+def stale(listed: list[Listed], results: list[dict]) -> list[Listed]:
+    """Entries that matched nothing, among the modules whose every mutant has run (a mutant's lines
+    are known once it has run)."""
+    incomplete = {r["module"] for r in results if not r["status"]}
+    complete = {r["module"] for r in results} - incomplete
+    return [e for e in listed if e.module in complete and not e.matched]
 
 
 # --- the warm forking executor ----------------------------------------------------------------------
@@ -293,15 +296,24 @@ class Job:
     start: float = 0.0
     restore: tuple[Path, str] | None = None
     specs: tuple[str, ...] = ()
+    first: tuple[str, ...] = ()   # test ids to run first
 
 
 class _FirstFailure:
     """A pytest plugin for the child: the first failing test's id; at the session's end it writes the
     verdict and leaves at once (pytest's teardown, a full garbage collection among it, costs ~0.5 s)."""
 
-    def __init__(self, verdict: Path):
+    def __init__(self, verdict: Path, first: tuple[str, ...] = ()):
         self.nodeid = ""
         self.verdict = verdict
+        self.first = {name: i for i, name in enumerate(first)}
+
+    def pytest_collection_modifyitems(self, items):
+        """The tests that caught earlier mutants of this module run first (with ``-x`` a killed
+        mutant then costs one test, not the tests before it); the rest keep their order."""
+        if self.first:
+            rank = {id(item): self.first.get(item.nodeid.split("/")[-1], len(self.first)) for item in items}
+            items.sort(key=lambda item: rank[id(item)])  # stable
 
     def pytest_sessionfinish(self, session, exitstatus):
         self.verdict.write_text(json.dumps({"exit": int(exitstatus), "failed": self.nodeid}))
@@ -317,7 +329,7 @@ class _FirstFailure:
             self.nodeid = f"collecting {report.nodeid}"
 
 
-def _child(args: list[str], workdir: Path) -> None:
+def _child(args: list[str], workdir: Path, first: tuple[str, ...] = ()) -> None:
     """In the forked child: run pytest quietly, write its verdict, and leave without cleanup."""
     code = 70
     try:
@@ -328,7 +340,7 @@ def _child(args: list[str], workdir: Path) -> None:
         os.dup2(log, 1)
         os.dup2(log, 2)
         import pytest
-        first = _FirstFailure(workdir / "verdict.json")
+        first = _FirstFailure(workdir / "verdict.json", first)
         exit_code = int(pytest.main(args, plugins=[first]))  # usage errors end here, not in sessionfinish
         first.verdict.write_text(json.dumps({"exit": exit_code, "failed": first.nodeid}))
         code = 0
@@ -370,7 +382,7 @@ class Executor:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(job.args, workdir)
+            _child(job.args, workdir, job.first)
         job.pid = pid
         self.running[pid] = job
 
@@ -519,6 +531,36 @@ def timeout_for(baseline: float) -> float:
     return 3 * baseline + 20
 
 
+class Catchers:
+    """Which tests caught a module's mutants so far: those of the same line first, then by count."""
+
+    def __init__(self, results: list[dict]):
+        from collections import Counter
+        self.by_module: dict[str, Counter] = {}
+        self.by_line: dict[tuple[str, int], list[str]] = {}
+        self._counter = Counter
+        for r in results:
+            if r["status"] == "killed":
+                self._add(r["module"], r["line"], r["caught_by"])
+
+    def _add(self, module: str, line: int, test: str) -> None:
+        if "::" not in test:  # a crash, a usage error: no test to prefer
+            return
+        self.by_module.setdefault(module, self._counter())[test] += 1
+        on_line = self.by_line.setdefault((module, line), [])
+        if test not in on_line:
+            on_line.append(test)
+
+    def add(self, module: str, line: int, outcome: "Outcome") -> None:
+        if outcome.status == "killed":
+            self._add(module, line, outcome.caught_by)
+
+    def first(self, mutant: Mutant) -> tuple[str, ...]:
+        same_line = self.by_line.get((mutant.module, mutant.line), [])
+        counted = [t for t, _ in self.by_module.get(mutant.module, self._counter()).most_common()]
+        return tuple(dict.fromkeys(same_line + counted))
+
+
 def run_mutants(session: Session | None, mutants: list[Mutant], source: Path, target: Target, state: Path,
                 jobs: int, budget: float | None, baseline: dict | None = None,
                 on_outcome=None, timeout: float | None = None) -> list[tuple[Mutant, Outcome]]:
@@ -534,6 +576,13 @@ def run_mutants(session: Session | None, mutants: list[Mutant], source: Path, ta
     start = time.perf_counter()
     queue = list(mutants)
     finished: list[tuple[Mutant, Outcome]] = []
+
+    catchers = Catchers(session.results(modules) if session else [])
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         while queue or executor.running:
             while queue and executor.free and (budget is None or time.perf_counter() - start < budget):
@@ -550,19 +599,24 @@ def run_mutants(session: Session | None, mutants: list[Mutant], source: Path, ta
                     continue
                 slot = executor.free.pop(0)
                 job = Job((mutant, code), target.args(mutant.module, executor.impl_dir(slot)),
-                          timeout or timeout_for(baseline.get(specs, 60.0)), specs=specs)
+                          timeout or timeout_for(baseline.get(specs, 60.0)), specs=specs,
+                          first=catchers.first(mutant))
                 executor.start(job, slot, (f"{mutant.module}.py", code))
             if not executor.running:
                 break
             for job, outcome in executor.wait():
                 mutant, code = job.key
                 finished.append((mutant, outcome))
+                catchers.add(mutant.module, mutant.line, outcome)
                 if session:
                     session.record(mutant, outcome, _diff(texts[mutant.module], code, mutant.module))
                 if on_outcome:
                     on_outcome(mutant, outcome)
+    except KeyboardInterrupt:
+        print(f"stopped: {len(finished)} mutants done, the rest stay pending", flush=True)
     finally:
         executor.kill_all()
+        signal.signal(signal.SIGTERM, previous)
     return finished
 
 
@@ -675,7 +729,7 @@ def summary(session: Session, modules: list[str]) -> int:
             score = f"{c['score']:.3f}" if c["score"] is not None else "-"
             print(f"{module:<12} {c['generated']:>9} {c['run']:>6} {c['killed']:>6} {c['timeout']:>7} "
                   f"{c['survived']:>8} {c['equivalent']:>5} {score:>6} {c['seconds']:>8.0f}")
-    for e in stale(listed, set(modules)):
+    for e in stale(listed, rows):
         print(f"STALE {e.kind} entry: {e.module} {e.operator or e.definition} {e.original!r} -> {e.mutated!r}")
     return 0
 
@@ -690,9 +744,9 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
     core_s = sum(r[1] * r[2] for r in run_rows)
     generated = sum(c["generated"] for c in per.values())
     rate = done / wall if wall else None
-    est_2 = generated * (core_s / done) / 2 if done else None
+    est_2 = estimate_wall(per, core_s, rows) / 2 if done else None
     baseline = _baseline_from_rows(rows)
-    stale_entries = stale(listed, set(modules))
+    stale_entries = stale(listed, rows)
     DOCS.mkdir(parents=True, exist_ok=True)
     killed = [r for r in rows if r["status"] in ("killed",)]
     sample = sorted(random.Random(CI_SAMPLE_SEED).sample(killed, min(CI_SAMPLE_SIZE, len(killed))),
@@ -707,11 +761,16 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
                      "estimated_full_wall_seconds_2_cores": round(est_2) if est_2 else None},
         "spec_seconds": baseline,
         "ci_sample": [_ident(r) for r in sample],
-        "mutants": [{**_ident(r), "status": r["status"], "caught_by": r["caught_by"],
-                     "seconds": round(r["seconds"], 2) if r["seconds"] is not None else None,
-                     **({"reason": r["reason"]} if r.get("reason") else {})} for r in rows],
+        # every mutant run; the changed lines for those not killed (survivors, equivalent, timeout)
+        "mutants": [{**(_ident(r) if r["status"] != "killed" else
+                        {k: r[k] for k in ("module", "operator", "occurrence", "line")}),
+                     "status": r["status"], "caught_by": r["caught_by"], "seconds": round(r["seconds"], 2),
+                     **({"reason": r["reason"]} if r.get("reason") else {})} for r in rows if r["status"]],
     }
-    (DOCS / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    mutant_rows = data.pop("mutants")
+    text = json.dumps(data, indent=1)[:-2]  # one mutant per line: readable diffs, a small file
+    text += ',\n "mutants": [\n' + ",\n".join("  " + json.dumps(m) for m in mutant_rows) + "\n ]\n}\n"
+    (DOCS / "results.json").write_text(text)
     lines = ["# Generated mutants over reference/", "",
              "Generated by cosmic-ray's default operators over `reference/`, each run against the spec by "
              "`bare-lm mutants --generated` (bare_lm/mutgen.py: a warm process that imports torch and the spec "
@@ -742,8 +801,10 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
         lines.append(f"Measured: {done} mutants in {wall:.0f} s of wall time ({rate:.2f} mutants/s; "
                      f"{core_s / done:.2f} core-seconds per mutant, on 2 cores shared with other work). "
                      f"Estimated full run ({generated} mutants of the modules above) with `--jobs 2` on 2 "
-                     f"free cores: about {est_2 / 3600:.1f} h. A module's survivors dominate: each runs its "
-                     f"whole spec.")
+                     f"free cores: about {est_2 / 3600:.1f} h (per module: its mean seconds per mutant run so "
+                     f"far times its mutants; modules not run yet at the overall mean). The per-mutant "
+                     f"seconds were measured under `nice -n 10` on cores shared with other work, so this "
+                     f"errs long. A module's survivors dominate: each runs its whole spec.")
     not_run = [m for m in modules if per.get(m) and per[m]["run"] < per[m]["generated"]]
     if not_run:
         lines += ["", "Not (fully) run yet: " + ", ".join(
@@ -783,6 +844,22 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
     print(f"wrote {DOCS / 'REPORT.md'} and {DOCS / 'results.json'}")
 
 
+def estimate_wall(per: dict[str, dict], core_s: float, rows: list[dict]) -> float:
+    """Core-seconds a full run would take: per module, its mean seconds per mutant run so far (all
+    modules' mean where none ran) times its mutants generated, scaled by the measured ratio of
+    core-seconds of the runs to the children's own seconds (the parent's share, forks)."""
+    ran = [r["seconds"] for r in rows if r["status"] and r["seconds"]]
+    if not ran:
+        return 0.0
+    overall = sum(ran) / len(ran)
+    total = 0.0
+    for c in per.values():
+        mean = c["seconds"] / c["run"] if c["run"] else overall
+        total += mean * c["generated"]
+    overhead = max(1.0, core_s / sum(ran)) if core_s else 1.0
+    return total * overhead
+
+
 def _md(text: str | None) -> str:
     return (text or "").replace("|", "\\|").replace("`", "'")[:120]
 
@@ -810,20 +887,11 @@ def ci_sample(args: argparse.Namespace, source: Path, state: Path) -> int:
         wanted = [w for w in wanted if w["module"] in args.component]
     if args.sample:
         wanted = random.Random(args.seed).sample(wanted, min(args.sample, len(wanted)))
-    by_module: dict[str, list[Mutant]] = {}
     chosen: list[Mutant] = []
     missing = []
     for w in wanted:
-        if w["module"] not in by_module:
-            by_module[w["module"]] = _applied(source, w["module"])
-        matches = [m for m in by_module[w["module"]] if m.operator == w["operator"]
-                   and m.original == w["original"] and m.mutated == w["mutated"]]
-        if len(matches) > 1:
-            matches = [m for m in matches if m.occurrence == w["occurrence"]]
-        if len(matches) == 1:
-            chosen.append(matches[0])
-        else:
-            missing.append(w)
+        found = locate(source, w)
+        (chosen if found else missing).append(found or w)
     print(f"CI sample: {len(chosen)} mutants listed as killed in docs/mutation/results.json"
           + (f"; {len(missing)} no longer exist in {source} (the report is out of date)" if missing else ""),
           flush=True)
@@ -843,14 +911,29 @@ def ci_sample(args: argparse.Namespace, source: Path, state: Path) -> int:
     return 1 if survivors or len(finished) < len(chosen) else 0
 
 
-def _applied(source: Path, module: str) -> list[Mutant]:
-    """Every mutant of a module with its changed lines filled in."""
-    path = source / f"{module}.py"
-    text = path.read_text()
-    mutants = enumerate_mutants(path, module)
-    for m in mutants:
-        mutate_source(text, m)
-    return mutants
+_MODULE_CACHE: dict[Path, tuple[str, list[Mutant]]] = {}
+
+
+def locate(source: Path, ident: dict) -> Mutant | None:
+    """The mutant of ``source`` that an identity from results.json names (module, operator, original
+    and mutated line; the occurrence breaks ties), or None. Tries the recorded occurrence first and
+    applies other mutations of that operator only if it no longer fits."""
+    path = source / f"{ident['module']}.py"
+    if path not in _MODULE_CACHE:
+        _MODULE_CACHE[path] = (path.read_text(), enumerate_mutants(path, ident["module"]))
+    text, mutants = _MODULE_CACHE[path]
+    same_op = [m for m in mutants if m.operator == ident["operator"]]
+
+    def fits(m: Mutant) -> bool:
+        if m.mutated is None:
+            mutate_source(text, m)
+        return (m.original, m.mutated) == (ident["original"], ident["mutated"])
+
+    at = [m for m in same_op if m.occurrence == ident["occurrence"]]
+    if at and fits(at[0]):
+        return at[0]  # (where several mutants have these lines, the occurrence picks one)
+    matches = [m for m in same_op if fits(m)]
+    return matches[0] if len(matches) == 1 else None
 
 
 # --- command line ----------------------------------------------------------------------------------

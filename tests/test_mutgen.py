@@ -195,7 +195,7 @@ def test_equivalent_list_matches_by_line_text_and_reports_stale_entries(fake, tm
     assert len(banner) == 1 and results[banner[0]]["mutated"] == 'return "=" * 4'
     assert results[banner[0]]["occurrence"] == 6
     assert all(results[i]["definition"] == "count_to" for i, e in covered.items() if e.kind == "skip")
-    assert [e.reason for e in mutgen.stale(listed, {"calc"})] == ["a line that no longer exists"]
+    assert [e.reason for e in mutgen.stale(listed, results)] == ["a line that no longer exists"]
     rows, per = mutgen.tally(results, mutgen.load_listed(listed_file))
     assert per["calc"]["equivalent"] == len(covered)
 
@@ -211,3 +211,32 @@ def test_equivalent_entries_need_a_reason(tmp_path):
 def test_changed_lines():
     """The changed lines of a mutation, stripped, both sides."""
     assert mutgen.changed_lines("a\n    x = 1\nb\n", "a\n    x = 2\nb\n") == ("x = 1", "x = 2")
+
+
+def test_locate_follows_a_mutant_when_lines_move(fake):
+    """The CI sample finds a recorded mutant by its lines even when its occurrence moved, and
+    reports None for a mutant whose line no longer exists."""
+    impl, _, _ = fake
+    ident = {"module": "calc", "operator": "core/NumberReplacer", "occurrence": 4, "line": 13,
+             "original": 'return "=" * 3', "mutated": 'return "=" * 4'}
+    assert mutgen.locate(impl, ident).occurrence == 4
+    mutgen._MODULE_CACHE.clear()
+    (impl / "calc.py").write_text("LIMIT = 10\n" + CALC)
+    assert mutgen.locate(impl, ident).occurrence == 6
+    mutgen._MODULE_CACHE.clear()
+    (impl / "calc.py").write_text(CALC.replace('"=" * 3', '"-" * 3'))
+    assert mutgen.locate(impl, ident) is None
+    mutgen._MODULE_CACHE.clear()
+
+
+def test_tests_that_caught_earlier_mutants_run_first():
+    """The child runs first the tests that caught mutants of the same line, then the module's most
+    frequent catchers."""
+    results = [{"module": "calc", "line": 2, "status": "killed", "caught_by": "test_calc.py::test_add"},
+               {"module": "calc", "line": 7, "status": "killed", "caught_by": "test_calc.py::test_count_to"},
+               {"module": "calc", "line": 8, "status": "killed", "caught_by": "test_calc.py::test_count_to"},
+               {"module": "calc", "line": 9, "status": "killed", "caught_by": "pytest exited 4"}]
+    catchers = mutgen.Catchers(results)
+    mutant = mutgen.Mutant("id", "calc", "core/AddNot", 0, 2)
+    assert catchers.first(mutant) == ("test_calc.py::test_add", "test_calc.py::test_count_to")
+    assert catchers.first(mutgen.Mutant("id", "calc", "core/AddNot", 0, 5))[0] == "test_calc.py::test_count_to"
