@@ -64,6 +64,7 @@ class Mutant:
     occurrence: int             # index among this operator's positions in the module (cosmic-ray's)
     line: int                   # first line of the mutated node
     definition: str | None = None
+    context: str | None = None   # "annotation" for a node inside a type annotation, else ""
     original: str | None = None  # the original line(s), stripped; filled when the mutant is applied
     mutated: str | None = None
 
@@ -87,15 +88,33 @@ def enumerate_mutants(path: Path, module: str) -> list[Mutant]:
     from cosmic_ray.ast.ast_query import ASTQuery
     tree = get_ast_from_path(path)
     nodes = list(ast_nodes(tree))
+    postponed = "from __future__ import annotations" in path.read_text()
     mutants = []
     for name, operator in _operators():
         occurrence = 0
         for node in nodes:
             for start, _end in operator.mutation_positions(node):
+                context = "annotation" if postponed and in_annotation(node) else ""
                 mutants.append(Mutant(uuid.uuid4().hex, module, name, occurrence, start[0],
-                                      ASTQuery(node).get_definition_name()))
+                                      ASTQuery(node).get_definition_name(), context))
                 occurrence += 1
     return mutants
+
+
+def in_annotation(node) -> bool:
+    """Whether a parso node lies in a parameter, return or variable annotation."""
+    child, parent = node, node.parent
+    while parent is not None:
+        siblings = parent.children
+        if parent.type == "tfpdef" and len(siblings) == 3 and child is siblings[2]:
+            return True
+        if parent.type == "annassign" and child is siblings[1]:
+            return True
+        if parent.type == "funcdef":
+            i = siblings.index(child)
+            return i > 0 and siblings[i - 1].type == "operator" and siblings[i - 1].value == "->"
+        child, parent = parent, parent.parent
+    return False
 
 
 def mutate_source(source: str, mutant: Mutant) -> str | None:
@@ -142,6 +161,9 @@ class Session:
                 definition TEXT, original TEXT, mutated TEXT, status TEXT, caught_by TEXT,
                 seconds REAL, specs TEXT);
         """)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(bare_lm_mutants)")}
+        if "context" not in columns:
+            self.db.execute("ALTER TABLE bare_lm_mutants ADD COLUMN context TEXT")
         self.db.commit()
 
     def close(self):
@@ -155,6 +177,12 @@ class Session:
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         row = self.db.execute("SELECT sha FROM bare_lm_modules WHERE module = ?", (module,)).fetchone()
         if row and row[0] == sha:
+            if self.db.execute("SELECT COUNT(*) FROM bare_lm_mutants WHERE module = ? AND context IS NULL",
+                               (module,)).fetchone()[0]:  # a session from before contexts were kept
+                self.db.executemany(
+                    "UPDATE bare_lm_mutants SET context = ? WHERE module = ? AND operator = ? AND occurrence = ?",
+                    [(m.context, module, m.operator, m.occurrence) for m in enumerate_mutants(path, module)])
+                self.db.commit()
             return self.db.execute("SELECT COUNT(*) FROM bare_lm_mutants WHERE module = ?", (module,)).fetchone()[0]
         old = [r[0] for r in self.db.execute("SELECT job_id FROM bare_lm_mutants WHERE module = ?", (module,))]
         for table in ("work_results", "mutation_specs", "work_items"):
@@ -164,9 +192,9 @@ class Session:
         mutants = enumerate_mutants(path, module)
         self._add_work_items(mutants, path)
         self.db.executemany(
-            "INSERT INTO bare_lm_mutants (job_id, module, operator, occurrence, line, definition) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [(m.job_id, m.module, m.operator, m.occurrence, m.line, m.definition) for m in mutants])
+            "INSERT INTO bare_lm_mutants (job_id, module, operator, occurrence, line, definition, context) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(m.job_id, m.module, m.operator, m.occurrence, m.line, m.definition, m.context) for m in mutants])
         self.db.execute("INSERT OR REPLACE INTO bare_lm_modules VALUES (?, ?, ?)", (module, sha, str(path)))
         self.db.commit()
         return len(mutants)
@@ -181,7 +209,7 @@ class Session:
 
     def mutants(self, modules: list[str], pending_only: bool = False) -> list[Mutant]:
         marks = ",".join("?" * len(modules))
-        sql = (f"SELECT job_id, module, operator, occurrence, line, definition, original, mutated "
+        sql = (f"SELECT job_id, module, operator, occurrence, line, definition, context, original, mutated "
                f"FROM bare_lm_mutants WHERE module IN ({marks})")
         if pending_only:
             sql += " AND status IS NULL"
@@ -206,7 +234,7 @@ class Session:
     def results(self, modules: list[str]) -> list[dict]:
         marks = ",".join("?" * len(modules))
         cur = self.db.execute(
-            f"SELECT module, operator, occurrence, line, definition, original, mutated, status, caught_by, "
+            f"SELECT module, operator, occurrence, line, definition, context, original, mutated, status, caught_by, "
             f"seconds FROM bare_lm_mutants WHERE module IN ({marks}) ORDER BY module, line, operator, occurrence",
             modules)
         names = [d[0] for d in cur.description]
@@ -218,7 +246,8 @@ class Session:
 @dataclass
 class Listed:
     """One entry of equivalent.toml: ``[[equivalent]]`` names one mutant; ``[[skip]]`` names a
-    function (``definition``) of a module whose mutants no spec can reach by contract."""
+    function (``definition``) of a module (``"*"``: every module), or a ``context`` (``annotation``),
+    whose mutants no spec can reach by contract."""
     kind: str
     module: str
     reason: str
@@ -227,7 +256,13 @@ class Listed:
     original: str = ""
     mutated: str = ""
     definition: str = ""
+    context: str = ""
     matched: int = 0
+
+    def skips(self, module: str, definition: str | None, context: str | None) -> bool:
+        return (self.kind == "skip" and self.module in ("*", module)
+                and (not self.definition or self.definition == definition)
+                and (not self.context or self.context == context))
 
 
 def load_listed(path: Path) -> list[Listed]:
@@ -251,7 +286,7 @@ def match_listed(listed: list[Listed], results: list[dict]) -> dict[int, Listed]
     for entry in listed:
         if entry.kind == "skip":
             for i, r in enumerate(results):
-                if r["module"] == entry.module and r["definition"] == entry.definition:
+                if entry.skips(r["module"], r["definition"], r.get("context")):
                     covered[i] = entry
                     entry.matched += 1
             continue
@@ -271,7 +306,7 @@ def stale(listed: list[Listed], results: list[dict]) -> list[Listed]:
     are known once it has run)."""
     incomplete = {r["module"] for r in results if not r["status"]}
     complete = {r["module"] for r in results} - incomplete
-    return [e for e in listed if e.module in complete and not e.matched]
+    return [e for e in listed if (e.module in complete or e.module == "*" and complete) and not e.matched]
 
 
 # --- the warm forking executor ----------------------------------------------------------------------
@@ -658,8 +693,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         listed = load_listed(EQUIVALENT_FILE)
         pending = session.mutants(modules, pending_only=True)
-        skipped = [m for m in pending if any(e.kind == "skip" and e.module == m.module and
-                                            e.definition == m.definition for e in listed)]
+        skipped = [m for m in pending if any(e.skips(m.module, m.definition, m.context) for e in listed)]
         for m in skipped:
             session.record(m, Outcome("survived", "skipped: listed in equivalent.toml", 0.0))
         pending = [m for m in pending if m not in skipped]

@@ -240,3 +240,20 @@ def test_tests_that_caught_earlier_mutants_run_first():
     mutant = mutgen.Mutant("id", "calc", "core/AddNot", 0, 2)
     assert catchers.first(mutant) == ("test_calc.py::test_add", "test_calc.py::test_count_to")
     assert catchers.first(mutgen.Mutant("id", "calc", "core/AddNot", 0, 5))[0] == "test_calc.py::test_count_to"
+
+
+def test_mutants_in_annotations_are_marked(tmp_path):
+    """With postponed annotations, a mutation inside a parameter or return annotation is marked ``annotation`` (the list can skip those); one in the code itself is not."""
+    path = tmp_path / "typed.py"
+    path.write_text("from __future__ import annotations\n\n\n"
+                    "def f(a: int | None = None) -> int | None:\n"
+                    "    y: int | None = a\n"
+                    "    return y | 2\n")
+    mutants = [m for m in mutgen.enumerate_mutants(path, "typed") if m.operator == "core/ReplaceBinaryOperator_BitOr_Add"]
+    text = path.read_text()
+    for m in mutants:
+        mutgen.mutate_source(text, m)
+    contexts = {m.mutated: m.context for m in mutants}
+    assert contexts == {"def f(a: int + None = None) -> int | None:": "annotation",
+                        "def f(a: int | None = None) -> int + None:": "annotation",
+                        "return y + 2": ""}
