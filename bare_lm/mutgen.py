@@ -164,6 +164,7 @@ class Session:
         columns = {r[1] for r in self.db.execute("PRAGMA table_info(bare_lm_mutants)")}
         if "context" not in columns:
             self.db.execute("ALTER TABLE bare_lm_mutants ADD COLUMN context TEXT")
+        self.db.execute("UPDATE bare_lm_mutants SET status = 'skipped' WHERE caught_by LIKE 'skipped:%'")
         self.db.commit()
 
     def close(self):
@@ -218,9 +219,10 @@ class Session:
 
     def record(self, mutant: Mutant, outcome: "Outcome", diff: str = ""):
         from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
-        test_outcome = {"survived": TestOutcome.SURVIVED, "incompetent": TestOutcome.INCOMPETENT}.get(
-            outcome.status, TestOutcome.KILLED)
-        worker = WorkerOutcome.NO_TEST if outcome.status == "incompetent" else WorkerOutcome.NORMAL
+        test_outcome = {"survived": TestOutcome.SURVIVED, "incompetent": TestOutcome.INCOMPETENT,
+                        "skipped": None}.get(outcome.status, TestOutcome.KILLED)
+        worker = {"incompetent": WorkerOutcome.NO_TEST, "skipped": WorkerOutcome.SKIPPED}.get(
+            outcome.status, WorkerOutcome.NORMAL)
         self.work_db.set_result(mutant.job_id, WorkResult(
             worker_outcome=worker, test_outcome=test_outcome, diff=diff,
             output=f"{outcome.status}: {outcome.caught_by}".strip(": ")))
@@ -229,6 +231,13 @@ class Session:
             "specs = ? WHERE job_id = ?",
             (mutant.original, mutant.mutated, outcome.status, outcome.caught_by, outcome.seconds,
              ",".join(outcome.specs), mutant.job_id))
+        self.db.commit()
+
+    def unskip(self, job_ids: list[str]) -> None:
+        """Make skipped mutants pending again (their entry left the list)."""
+        self.db.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in job_ids])
+        self.db.executemany("UPDATE bare_lm_mutants SET status = NULL, caught_by = NULL, seconds = NULL "
+                            "WHERE job_id = ?", [(j,) for j in job_ids])
         self.db.commit()
 
     def results(self, modules: list[str]) -> list[dict]:
@@ -692,10 +701,14 @@ def run(args: argparse.Namespace) -> int:
             write_report(session, modules, source)
             return 0
         listed = load_listed(EQUIVALENT_FILE)
+        was_skipped = session.db.execute(
+            f"SELECT job_id, module, definition, context FROM bare_lm_mutants WHERE status = 'skipped' "
+            f"AND module IN ({','.join('?' * len(modules))})", modules).fetchall()
+        session.unskip([j for j, mod, d, c in was_skipped if not any(e.skips(mod, d, c) for e in listed)])
         pending = session.mutants(modules, pending_only=True)
         skipped = [m for m in pending if any(e.skips(m.module, m.definition, m.context) for e in listed)]
         for m in skipped:
-            session.record(m, Outcome("survived", "skipped: listed in equivalent.toml", 0.0))
+            session.record(m, Outcome("skipped", "skipped: listed in equivalent.toml", 0.0))
         pending = [m for m in pending if m not in skipped]
         if args.sample:
             everything = session.mutants(modules)
@@ -733,22 +746,25 @@ def tally(results: list[dict], listed: list[Listed]) -> tuple[list[dict], dict[s
     rows = []
     for i, r in enumerate(results):
         r = dict(r)
-        if i in covered and r["status"] == "survived":
+        if i in covered and r["status"] in ("survived", "skipped"):
             r["status"], r["reason"] = "equivalent", covered[i].reason
         elif i in covered and r["status"] in ("killed", "timeout"):
             r["listed_but_killed"] = covered[i].reason
+        elif r["status"] == "skipped":  # its entry left the list: it has not run
+            r["status"] = None
         rows.append(r)
     per: dict[str, dict] = {}
     for r in rows:
         c = per.setdefault(r["module"], {"generated": 0, "run": 0, **{s: 0 for s in STATUSES}, "seconds": 0.0})
         c["generated"] += 1
         if r["status"]:
-            c["run"] += 1
             c[r["status"]] += 1
+            if r["status"] != "equivalent" or r["seconds"]:  # skipped ones did not run
+                c["run"] += 1
             c["seconds"] += r["seconds"] or 0.0
     for c in per.values():
-        denominator = c["run"] - c["equivalent"] - c["incompetent"]
-        c["score"] = round((c["killed"] + c["timeout"]) / denominator, 4) if denominator else None
+        judged = c["killed"] + c["timeout"] + c["survived"]
+        c["score"] = round((c["killed"] + c["timeout"]) / judged, 4) if judged else None
     return rows, per
 
 
@@ -811,11 +827,15 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
              "once and forks per mutant). Profile `mutants` (40 derandomized examples, no shrinking), `-x`.",
              "Regenerate: `bare-lm mutants --generated [--component X]` (resumable), then "
              "`bare-lm mutants --generated --report`.", "",
-             "Score = (killed + timeout) / (run - equivalent - incompetent). *timeout*: the mutant made the spec "
+             "Score = (killed + timeout) / (killed + timeout + survived), i.e. killed / (generated - "
+             "equivalent) over the mutants judged. *run*: mutants executed (skipped ones, listed in "
+             "equivalent.toml by function or as annotations, are counted as equivalent without running). *timeout*: the mutant made the spec "
              "run past 3x its normal time + 20 s and was killed (an infinite loop, a huge allocation); "
              "*incompetent*: the mutation no longer applies. Mutants of `checks.py` run the specs of "
              f"{', '.join(CHECKS_SPECS)}; every other module runs its own component's spec.", "",
-             "| component | generated | run | killed | timeout | survived | equivalent | score | spec seconds |",
+             "For a module not fully run, the counts and the score are over the mutants run so far "
+             "(for the larger modules a seeded random sample, `--sample`), so the score is an estimate.", "",
+             "| component | generated | run | killed | timeout | survived | equivalent | score | seconds (sum) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for module in modules:
         c = per.get(module)
@@ -826,7 +846,7 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
                      f"{c['survived']} | {c['equivalent']} | {score} | {c['seconds']:.0f} |")
     t = {k: sum(c[k] for c in per.values()) for k in ("generated", "run", "killed", "timeout", "survived",
                                                       "equivalent", "incompetent")}
-    den = t["run"] - t["equivalent"] - t["incompetent"]
+    den = t["killed"] + t["timeout"] + t["survived"]
     lines.append(f"| **all** | {t['generated']} | {t['run']} | {t['killed']} | {t['timeout']} | {t['survived']} | "
                  f"{t['equivalent']} | {(t['killed'] + t['timeout']) / den if den else 0:.3f} | "
                  f"{sum(c['seconds'] for c in per.values()):.0f} |")
@@ -851,9 +871,10 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
         surv = [r for r in rows if r["module"] == module and r["status"] == "survived"]
         if not surv:
             continue
-        lines += [f"### {module} ({len(surv)})", "", "| line | operator | original | mutated |", "|---:|---|---|---|"]
+        lines += [f"### {module} ({len(surv)})", "", "| line | in | operator | original | mutated |",
+                  "|---:|---|---|---|---|"]
         for r in surv:
-            lines.append(f"| {module}.py:{r['line']} | {r['operator'].removeprefix('core/')} | "
+            lines.append(f"| {module}.py:{r['line']} | {r['definition'] or ''} | {r['operator'].removeprefix('core/')} | "
                          f"`{_md(r['original'])}` | `{_md(r['mutated'])}` |")
         lines.append("")
     tos = [r for r in rows if r["status"] == "timeout"]
