@@ -164,7 +164,11 @@ class Session:
         columns = {r[1] for r in self.db.execute("PRAGMA table_info(bare_lm_mutants)")}
         if "context" not in columns:
             self.db.execute("ALTER TABLE bare_lm_mutants ADD COLUMN context TEXT")
+        if "cpu" not in columns:
+            self.db.execute("ALTER TABLE bare_lm_mutants ADD COLUMN cpu REAL")
         self.db.execute("UPDATE bare_lm_mutants SET status = 'skipped' WHERE caught_by LIKE 'skipped:%'")
+        self.db.execute("UPDATE work_results SET worker_outcome = 'SKIPPED', test_outcome = NULL WHERE job_id IN "
+                        "(SELECT job_id FROM bare_lm_mutants WHERE status = 'skipped')")
         self.db.commit()
 
     def close(self):
@@ -228,9 +232,9 @@ class Session:
             output=f"{outcome.status}: {outcome.caught_by}".strip(": ")))
         self.db.execute(
             "UPDATE bare_lm_mutants SET original = ?, mutated = ?, status = ?, caught_by = ?, seconds = ?, "
-            "specs = ? WHERE job_id = ?",
+            "specs = ?, cpu = ? WHERE job_id = ?",
             (mutant.original, mutant.mutated, outcome.status, outcome.caught_by, outcome.seconds,
-             ",".join(outcome.specs), mutant.job_id))
+             ",".join(outcome.specs), outcome.cpu, mutant.job_id))
         self.db.commit()
 
     def unskip(self, job_ids: list[str]) -> None:
@@ -244,7 +248,7 @@ class Session:
         marks = ",".join("?" * len(modules))
         cur = self.db.execute(
             f"SELECT module, operator, occurrence, line, definition, context, original, mutated, status, caught_by, "
-            f"seconds FROM bare_lm_mutants WHERE module IN ({marks}) ORDER BY module, line, operator, occurrence",
+            f"seconds, cpu FROM bare_lm_mutants WHERE module IN ({marks}) ORDER BY module, line, operator, occurrence",
             modules)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
@@ -326,6 +330,7 @@ class Outcome:
     caught_by: str = ""
     seconds: float = 0.0
     specs: tuple[str, ...] = ()
+    cpu: float | None = None   # the child's CPU seconds (user + system): its cost on a free core
 
 
 @dataclass
@@ -434,7 +439,7 @@ class Executor:
         """Block until at least one child ends (or is killed for its timeout); their outcomes."""
         done = []
         while not done:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
             if pid == 0:
                 now = time.perf_counter()
                 for job in list(self.running.values()):
@@ -443,9 +448,10 @@ class Executor:
                             os.killpg(job.pid, signal.SIGKILL)
                         except ProcessLookupError:
                             pass
-                        os.waitpid(job.pid, 0)
+                        _, _, usage = os.wait4(job.pid, 0)
                         done.append((self._finish(job), Outcome("timeout", f"ran over {job.timeout:.0f} s",
-                                                                now - job.start, job.specs)))
+                                                                now - job.start, job.specs,
+                                                                usage.ru_utime + usage.ru_stime)))
                 if not done:
                     time.sleep(0.02)
                 continue
@@ -462,6 +468,7 @@ class Executor:
             else:
                 verdict = json.loads(verdict_path.read_text())
                 outcome = _classify(verdict["exit"], verdict["failed"], seconds, job.specs)
+            outcome.cpu = usage.ru_utime + usage.ru_stime
             done.append((self._finish(job), outcome))
         return done
 
@@ -746,7 +753,8 @@ def tally(results: list[dict], listed: list[Listed]) -> tuple[list[dict], dict[s
     rows = []
     for i, r in enumerate(results):
         r = dict(r)
-        if i in covered and r["status"] in ("survived", "skipped"):
+        if i in covered and (r["status"] in ("survived", "skipped") or
+                             r["status"] is None and covered[i].kind == "skip"):  # skipped when it comes up
             r["status"], r["reason"] = "equivalent", covered[i].reason
         elif i in covered and r["status"] in ("killed", "timeout"):
             r["listed_but_killed"] = covered[i].reason
@@ -755,12 +763,15 @@ def tally(results: list[dict], listed: list[Listed]) -> tuple[list[dict], dict[s
         rows.append(r)
     per: dict[str, dict] = {}
     for r in rows:
-        c = per.setdefault(r["module"], {"generated": 0, "run": 0, **{s: 0 for s in STATUSES}, "seconds": 0.0})
+        c = per.setdefault(r["module"], {"generated": 0, "run": 0, **{s: 0 for s in STATUSES}, "skipped": 0,
+                                         "seconds": 0.0})
         c["generated"] += 1
         if r["status"]:
             c[r["status"]] += 1
-            if r["status"] != "equivalent" or r["seconds"]:  # skipped ones did not run
+            if r["status"] != "equivalent" or r["seconds"]:
                 c["run"] += 1
+            else:  # skipped: never ran
+                c["skipped"] += 1
             c["seconds"] += r["seconds"] or 0.0
     for c in per.values():
         judged = c["killed"] + c["timeout"] + c["survived"]
@@ -794,7 +805,8 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
     core_s = sum(r[1] * r[2] for r in run_rows)
     generated = sum(c["generated"] for c in per.values())
     rate = done / wall if wall else None
-    est_2 = estimate_wall(per, core_s, rows) / 2 if done else None
+    est_cpu, cpu_ratio = estimate_cpu(per, rows)
+    est_2 = est_cpu / 2 * 1.1 if done else None  # 2 jobs on 2 free cores; 10% for the parent and forks
     baseline = _baseline_from_rows(rows)
     stale_entries = stale(listed, rows)
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -808,14 +820,17 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
         "components": per,
         "measured": {"mutants_run": done, "wall_seconds": round(wall, 1), "core_seconds": round(core_s, 1),
                      "mutants_per_second": round(rate, 3) if rate else None,
+                     "child_cpu_over_wall": round(cpu_ratio, 3),
+                     "estimated_full_core_seconds": round(est_cpu),
                      "estimated_full_wall_seconds_2_cores": round(est_2) if est_2 else None},
         "spec_seconds": baseline,
         "ci_sample": [_ident(r) for r in sample],
-        # every mutant run; the changed lines for those not killed (survivors, equivalent, timeout)
+        # every mutant that ran; the changed lines for those not killed (survivors, equivalent, timeout)
         "mutants": [{**(_ident(r) if r["status"] != "killed" else
                         {k: r[k] for k in ("module", "operator", "occurrence", "line")}),
                      "status": r["status"], "caught_by": r["caught_by"], "seconds": round(r["seconds"], 2),
-                     **({"reason": r["reason"]} if r.get("reason") else {})} for r in rows if r["status"]],
+                     **({"reason": r["reason"]} if r.get("reason") else {})}
+                    for r in rows if r["status"] and r["seconds"]],  # (skipped ones never ran)
     }
     mutant_rows = data.pop("mutants")
     text = json.dumps(data, indent=1)[:-2]  # one mutant per line: readable diffs, a small file
@@ -854,11 +869,12 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
     if done:
         lines.append(f"Measured: {done} mutants in {wall:.0f} s of wall time ({rate:.2f} mutants/s; "
                      f"{core_s / done:.2f} core-seconds per mutant, on 2 cores shared with other work). "
-                     f"Estimated full run ({generated} mutants of the modules above) with `--jobs 2` on 2 "
-                     f"free cores: about {est_2 / 3600:.1f} h (per module: its mean seconds per mutant run so "
-                     f"far times its mutants; modules not run yet at the overall mean). The per-mutant "
-                     f"seconds were measured under `nice -n 10` on cores shared with other work, so this "
-                     f"errs long. A module's survivors dominate: each runs its whole spec.")
+                     f"The children's CPU time was {cpu_ratio:.0%} of their wall time (the cores were shared). "
+                     f"Estimated full run ({generated} mutants, less those skipped by the list) with "
+                     f"`--jobs 2` on 2 free cores: about {est_2 / 3600:.1f} h = {est_cpu / 3600:.1f} core-hours "
+                     f"/ 2 + 10% (per module: the mean CPU seconds of its mutants run so far, times the "
+                     f"mutants it must run; a module not run yet at the overall mean). A module's survivors "
+                     f"dominate: each runs its whole spec.")
     not_run = [m for m in modules if per.get(m) and per[m]["run"] < per[m]["generated"]]
     if not_run:
         lines += ["", "Not (fully) run yet: " + ", ".join(
@@ -899,20 +915,23 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
     print(f"wrote {DOCS / 'REPORT.md'} and {DOCS / 'results.json'}")
 
 
-def estimate_wall(per: dict[str, dict], core_s: float, rows: list[dict]) -> float:
-    """Core-seconds a full run would take: per module, its mean seconds per mutant run so far (all
-    modules' mean where none ran) times its mutants generated, scaled by the measured ratio of
-    core-seconds of the runs to the children's own seconds (the parent's share, forks)."""
-    ran = [r["seconds"] for r in rows if r["status"] and r["seconds"]]
-    if not ran:
-        return 0.0
-    overall = sum(ran) / len(ran)
+def estimate_cpu(per: dict[str, dict], rows: list[dict]) -> tuple[float, float]:
+    """(core-seconds a full run needs, CPU/wall ratio of the children measured). Per module: the mean
+    CPU seconds of its mutants run so far (where only wall time was kept: wall x the measured ratio;
+    a module not run yet: the overall mean) times the mutants it must run (skipped ones excluded)."""
+    timed = [r for r in rows if r["status"] and r["seconds"]]
+    with_cpu = [r for r in timed if r.get("cpu")]
+    ratio = sum(r["cpu"] for r in with_cpu) / sum(r["seconds"] for r in with_cpu) if with_cpu else 1.0
+    cost = {id(r): r["cpu"] if r.get("cpu") else r["seconds"] * ratio for r in timed}
+    if not timed:
+        return 0.0, ratio
+    overall = sum(cost.values()) / len(cost)
     total = 0.0
-    for c in per.values():
-        mean = c["seconds"] / c["run"] if c["run"] else overall
-        total += mean * c["generated"]
-    overhead = max(1.0, core_s / sum(ran)) if core_s else 1.0
-    return total * overhead
+    for module, c in per.items():
+        mine = [cost[id(r)] for r in timed if r["module"] == module]
+        mean = sum(mine) / len(mine) if mine else overall
+        total += mean * (c["generated"] - c["skipped"])
+    return total, ratio
 
 
 def _md(text: str | None) -> str:

@@ -102,6 +102,7 @@ def test_executor_classifies_killed_survived_and_timeout(fake):
     assert outcome[killed.job_id].status == "killed"
     assert outcome[killed.job_id].caught_by.endswith("test_calc.py::test_add")
     assert outcome[survivor.job_id].status == "survived"
+    assert 0 < outcome[survivor.job_id].cpu < 30  # the child's CPU seconds, from wait4
     assert outcome[endless.job_id].status == "timeout"
     assert 3.0 <= outcome[endless.job_id].seconds < 30
     assert time.perf_counter() - start < 60
