@@ -729,7 +729,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         target = bare_lm_target(args.profile)
         warm_up(target, modules)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         finished = run_mutants(session, pending, source, target, state / "work", args.jobs, args.budget,
                                on_outcome=_print_outcome)
         wall = time.perf_counter() - start
@@ -737,8 +737,12 @@ def run(args: argparse.Namespace) -> int:
               f"{args.jobs} jobs); {len(pending) - len(finished)} left for a rerun")
         session.db.execute("CREATE TABLE IF NOT EXISTS bare_lm_runs (at TEXT, modules TEXT, mutants INTEGER, "
                            "seconds REAL, jobs INTEGER)")
-        session.db.execute("INSERT INTO bare_lm_runs VALUES (datetime('now'), ?, ?, ?, ?)",
-                           (",".join(sorted({m.module for m, _ in finished})), len(finished), wall, args.jobs))
+        if "parent_cpu" not in {r[1] for r in session.db.execute("PRAGMA table_info(bare_lm_runs)")}:
+            session.db.execute("ALTER TABLE bare_lm_runs ADD COLUMN parent_cpu REAL")
+            session.db.execute("ALTER TABLE bare_lm_runs ADD COLUMN child_cpu REAL")
+        session.db.execute("INSERT INTO bare_lm_runs VALUES (datetime('now'), ?, ?, ?, ?, ?, ?)",
+                           (",".join(sorted({m.module for m, _ in finished})), len(finished), wall, args.jobs,
+                            time.process_time() - cpu_start, sum(o.cpu or 0.0 for _, o in finished)))
         session.db.commit()
         return summary(session, modules)
     finally:
@@ -764,7 +768,7 @@ def tally(results: list[dict], listed: list[Listed]) -> tuple[list[dict], dict[s
     per: dict[str, dict] = {}
     for r in rows:
         c = per.setdefault(r["module"], {"generated": 0, "run": 0, **{s: 0 for s in STATUSES}, "skipped": 0,
-                                         "seconds": 0.0})
+                                         "seconds": 0.0, "cpu": 0.0})
         c["generated"] += 1
         if r["status"]:
             c[r["status"]] += 1
@@ -773,7 +777,9 @@ def tally(results: list[dict], listed: list[Listed]) -> tuple[list[dict], dict[s
             else:  # skipped: never ran
                 c["skipped"] += 1
             c["seconds"] += r["seconds"] or 0.0
+            c["cpu"] += r.get("cpu") or 0.0
     for c in per.values():
+        c["seconds"], c["cpu"] = round(c["seconds"], 1), round(c["cpu"], 1)
         judged = c["killed"] + c["timeout"] + c["survived"]
         c["score"] = round((c["killed"] + c["timeout"]) / judged, 4) if judged else None
     return rows, per
@@ -806,7 +812,8 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
     generated = sum(c["generated"] for c in per.values())
     rate = done / wall if wall else None
     est_cpu, cpu_ratio = estimate_cpu(per, rows)
-    est_2 = est_cpu / 2 * 1.1 if done else None  # 2 jobs on 2 free cores; 10% for the parent and forks
+    parent = _parent_share(session)
+    est_2 = est_cpu * (1 + parent) / 2 if done else None  # 2 jobs on 2 free cores, plus the parent's share
     baseline = _baseline_from_rows(rows)
     stale_entries = stale(listed, rows)
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -818,7 +825,7 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
         "profile": "mutants",
         "specs": {m: list(bare_lm_target().specs(m)) for m in modules},
         "components": per,
-        "measured": {"mutants_run": done, "wall_seconds": round(wall, 1), "core_seconds": round(core_s, 1),
+        "measured": {"parent_cpu_share": round(parent, 3), "mutants_run": done, "wall_seconds": round(wall, 1), "core_seconds": round(core_s, 1),
                      "mutants_per_second": round(rate, 3) if rate else None,
                      "child_cpu_over_wall": round(cpu_ratio, 3),
                      "estimated_full_core_seconds": round(est_cpu),
@@ -850,21 +857,24 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
              f"{', '.join(CHECKS_SPECS)}; every other module runs its own component's spec.", "",
              "For a module not fully run, the counts and the score are over the mutants run so far "
              "(for the larger modules a seeded random sample, `--sample`), so the score is an estimate.", "",
-             "| component | generated | run | killed | timeout | survived | equivalent | score | seconds (sum) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "*equivalent (skipped)*: listed as equivalent, of which skipped without running. *wall s*, *CPU s*: "
+             "the children's wall and CPU seconds, summed (CPU seconds only for runs since they were kept).", "",
+             "| component | generated | run | killed | timeout | survived | equivalent (skipped) | score | wall s | CPU s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for module in modules:
         c = per.get(module)
         if not c:
             continue
         score = f"{c['score']:.3f}" if c["score"] is not None else "-"
         lines.append(f"| {module} | {c['generated']} | {c['run']} | {c['killed']} | {c['timeout']} | "
-                     f"{c['survived']} | {c['equivalent']} | {score} | {c['seconds']:.0f} |")
+                     f"{c['survived']} | {c['equivalent']} ({c['skipped']}) | {score} | {c['seconds']:.0f} | "
+                     f"{c['cpu']:.0f} |")
     t = {k: sum(c[k] for c in per.values()) for k in ("generated", "run", "killed", "timeout", "survived",
-                                                      "equivalent", "incompetent")}
+                                                      "equivalent", "incompetent", "skipped")}
     den = t["killed"] + t["timeout"] + t["survived"]
     lines.append(f"| **all** | {t['generated']} | {t['run']} | {t['killed']} | {t['timeout']} | {t['survived']} | "
-                 f"{t['equivalent']} | {(t['killed'] + t['timeout']) / den if den else 0:.3f} | "
-                 f"{sum(c['seconds'] for c in per.values()):.0f} |")
+                 f"{t['equivalent']} ({t['skipped']}) | {(t['killed'] + t['timeout']) / den if den else 0:.3f} | "
+                 f"{sum(c['seconds'] for c in per.values()):.0f} | {sum(c['cpu'] for c in per.values()):.0f} |")
     lines += ["", "## Wall time", ""]
     if done:
         lines.append(f"Measured: {done} mutants in {wall:.0f} s of wall time ({rate:.2f} mutants/s; "
@@ -872,7 +882,7 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
                      f"The children's CPU time was {cpu_ratio:.0%} of their wall time (the cores were shared). "
                      f"Estimated full run ({generated} mutants, less those skipped by the list) with "
                      f"`--jobs 2` on 2 free cores: about {est_2 / 3600:.1f} h = {est_cpu / 3600:.1f} core-hours "
-                     f"/ 2 + 10% (per module: the mean CPU seconds of its mutants run so far, times the "
+                     f"of children / 2 + {parent:.0%} for the parent (measured: mutating, forking, recording) (per module: the mean CPU seconds of its mutants run so far, times the "
                      f"mutants it must run; a module not run yet at the overall mean). A module's survivors "
                      f"dominate: each runs its whole spec.")
     not_run = [m for m in modules if per.get(m) and per[m]["run"] < per[m]["generated"]]
@@ -913,6 +923,18 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
               f"(seed {CI_SAMPLE_SEED}) that this report lists as killed and fails if any survives.", ""]
     (DOCS / "REPORT.md").write_text("\n".join(lines))
     print(f"wrote {DOCS / 'REPORT.md'} and {DOCS / 'results.json'}")
+
+
+def _parent_share(session: Session) -> float:
+    """The parent's CPU seconds (mutating, forking, recording) per child CPU second, from the runs
+    that kept both; 0.25 where none did."""
+    try:
+        runs = session.db.execute("SELECT parent_cpu, child_cpu FROM bare_lm_runs "
+                                  "WHERE parent_cpu IS NOT NULL AND child_cpu > 0").fetchall()
+    except sqlite3.OperationalError:
+        return 0.25
+    child = sum(r[1] for r in runs)
+    return sum(r[0] for r in runs) / child if child else 0.25
 
 
 def estimate_cpu(per: dict[str, dict], rows: list[dict]) -> tuple[float, float]:
