@@ -33,7 +33,6 @@ import signal
 import sqlite3
 import sys
 import time
-import tomllib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,6 +280,10 @@ class Listed:
 def load_listed(path: Path) -> list[Listed]:
     if not path.exists():
         return []
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: cosmic-ray depends on the toml package
+        import toml as tomllib
     data = tomllib.loads(path.read_text())
     listed = []
     for kind in ("equivalent", "skip"):
@@ -694,6 +697,11 @@ def modules_of(source: Path, wanted: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import cosmic_ray  # noqa: F401
+    except ImportError:
+        raise SystemExit("bare-lm mutants --generated needs cosmic-ray (in the test extra): "
+                         "pip install -e '.[test]'") from None
     source = Path(args.source).resolve() if getattr(args, "source", None) else DEFAULT_SOURCE
     state = Path(args.state).resolve()
     if args.ci_sample:
