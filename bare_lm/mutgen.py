@@ -622,12 +622,12 @@ def run_mutants(session: Session | None, mutants: list[Mutant], source: Path, ta
     seconds have passed; returns (mutant, outcome) in the order they finished. Each mutant's timeout
     is ``timeout`` if given, else derived from its spec's time on the unmutated implementation
     (``baseline``, measured here if not given)."""
+    start = time.perf_counter()  # the budget counts from here, the baselines included
     modules = sorted({m.module for m in mutants})
     executor = Executor(state, source, jobs)
     texts = {mod: (source / f"{mod}.py").read_text() for mod in modules}
     if baseline is None:
         baseline = baselines(executor, target, modules)
-    start = time.perf_counter()
     queue = list(mutants)
     finished: list[tuple[Mutant, Outcome]] = []
 
