@@ -48,7 +48,7 @@ ORDER = ("linear", "embedding", "norm", "feedforward", "loss", "positional", "op
          "data", "checkpoint", "attention", "generate", "model", "train", "tokenizer")
 # checks.py has no spec of its own: the specs of cheap components that validate their arguments with it.
 CHECKS_SPECS = ("linear", "embedding", "norm", "feedforward", "positional", "loss", "corpus", "optim", "data")
-CI_SAMPLE_SIZE = 150
+CI_SAMPLE_SIZE = 300
 CI_SAMPLE_SEED = 20261202
 STATUSES = ("killed", "timeout", "survived", "equivalent", "incompetent")
 
