@@ -893,10 +893,10 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
                      f"of children / 2 + {parent:.0%} for the parent (measured: mutating, forking, recording) (per module: the mean CPU seconds of its mutants run so far, times the "
                      f"mutants it must run; a module not run yet at the overall mean). A module's survivors "
                      f"dominate: each runs its whole spec.")
-    not_run = [m for m in modules if per.get(m) and per[m]["run"] < per[m]["generated"]]
+    not_run = [m for m in modules if per.get(m) and per[m]["run"] + per[m]["skipped"] < per[m]["generated"]]
     if not_run:
-        lines += ["", "Not (fully) run yet: " + ", ".join(
-            f"{m} ({per[m]['run']} of {per[m]['generated']})" for m in not_run) + "."]
+        lines += ["", "Not (fully) run yet (run of those to run): " + ", ".join(
+            f"{m} ({per[m]['run']} of {per[m]['generated'] - per[m]['skipped']})" for m in not_run) + "."]
     lines += ["", "## Survivors", "",
               "Each survivor is a change to `reference/` that the spec does not notice: either a missing "
               "property (a test to add) or an equivalent mutant (add it to `docs/mutation/equivalent.toml` "
