@@ -89,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--profile", default="mutants", help="hypothesis profile (default: mutants)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    from . import mutgen  # --generated: cosmic-ray's generated mutants (bare_lm/mutgen.py)
+    mutgen.add_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-
+    if getattr(args, "generated", False) or getattr(args, "ci_sample", False):
+        from . import mutgen
+        return mutgen.run(args)
     mutants = [m for m in all_mutants()
                if (not args.component or set(m.components) & set(args.component) or
                    m.file.removesuffix(".py") in args.component)
