@@ -47,9 +47,8 @@ def causal_mask(t_q: int, t_k: int | None = None, device=None) -> torch.Tensor:
     t_k = t_q if t_k is None else checks.positive_int("t_k", t_k)
     if t_k < t_q:
         raise ValueError(f"t_k must be >= t_q (the queries are the last t_q keys), got t_q={t_q}, t_k={t_k}")
-    i = torch.arange(t_k - t_q, t_k, device=device)[:, None]   # (t_q, 1) query positions
-    j = torch.arange(t_k, device=device)[None, :]              # (1, t_k) key positions
-    return j <= i                                              # (t_q, t_k)
+    # allowed[i, j] = j <= i + (t_k - t_q): the lower triangle, shifted right by t_k - t_q
+    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(t_k - t_q)   # (t_q, t_k)
 
 
 def softmax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -228,10 +227,14 @@ class MultiHeadAttention(nn.Module):
         """Hook: ``q (B, H, T, D)``, ``k, v (B, H, L, D)``, ``mask`` bool broadcastable to ``(B, H, T, L)``,
         ``bias`` ``(H, T, L)`` or None -> ``(out (B, H, T, D), weights (B, H, T, L) or None)``."""
         dropout_p = self.dropout if self.training else 0.0
-        if self.fast and not need_weights and dropout_p == 0.0 and bool(mask.any(dim=-1).all()):
-            # Same maths, fused. Not for fully masked rows: some torch versions and backends give NaN there.
+        if self.fast and not need_weights and dropout_p == 0.0:
+            # Same maths, fused. A fully masked row (some torch versions and backends give NaN there)
+            # attends to every key instead, then gets zeros, as written out: no host sync needed.
+            has_key = mask.any(dim=-1, keepdim=True)                          # (..., T, 1)
+            mask = mask | ~has_key
             attn_mask = mask if bias is None else bias.masked_fill(~mask, float("-inf"))
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            return torch.where(has_key, out, 0.0), None
         return scaled_dot_product_attention(q, k, v, mask, bias, dropout_p, return_weights=True)
 
     # --- the pipeline -------------------------------------------------------------------------
@@ -262,13 +265,14 @@ class MultiHeadAttention(nn.Module):
             if not isinstance(kv_cache, KVCache):
                 raise TypeError(f"kv_cache must be a KVCache or None, got {type(kv_cache).__name__}")
             start = kv_cache.length
-        expected_positions = torch.arange(start, start + t, device=x.device)   # (T,)
         if positions is None:
-            positions = expected_positions
+            if self.rope is not None or self.positional == "alibi":   # only they use the positions
+                positions = torch.arange(start, start + t, device=x.device)   # (T,)
         else:
             check_positions(positions, self.max_len)
             if positions.shape != (t,):
                 raise ValueError(f"positions must have shape (T,) = ({t},), got {tuple(positions.shape)}")
+            expected_positions = torch.arange(start, start + t, device=x.device)   # (T,)
             if kv_cache is not None and not torch.equal(positions, expected_positions):
                 raise ValueError(f"positions must continue from kv_cache.length={start}: expected "
                                  f"arange({start}, {start + t})")
@@ -292,7 +296,8 @@ class MultiHeadAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(k, v, padding_mask)          # (B, H_kv, L, D) old and new
             key_padding = kv_cache.padding_mask
-            k_positions = torch.arange(kv_cache.length, device=x.device)
+            if self.positional == "alibi":
+                k_positions = torch.arange(kv_cache.length, device=x.device)
         k, v = self.expand_kv(k, v)                             # (B, H, L, D)
         if k.shape[1] != self.n_heads:
             raise ValueError(f"expand_kv must return n_heads={self.n_heads} heads, got {k.shape[1]}")
