@@ -96,7 +96,11 @@ def _draw(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
     probs = _distribution(logits, temperature, top_k, top_p)          # (..., V)
     v = probs.shape[-1]
     flat = probs.reshape(-1, v)                                          # (N, V)
-    ids = torch.multinomial(flat, 1, generator=generator)                # (N, 1)
+    # The exponential race: with E_i ~ Exp(1) independent, argmax_i p_i / E_i is i with probability
+    # p_i. It is how torch.multinomial(flat, 1) draws (the same random numbers, the same ids),
+    # without re-validating a distribution that is valid by construction.
+    race = flat / torch.empty_like(flat).exponential_(1.0, generator=generator)   # (N, V)
+    ids = race.argmax(dim=-1)                                            # (N,)
     return ids.reshape(probs.shape[:-1])                                 # (...) long
 
 
@@ -273,7 +277,7 @@ def _checked_draw(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
     """``_draw``; non-finite logits (which the sampler itself may refuse) are a ValueError naming logits."""
     try:
         return _draw(logits, temperature, top_k, top_p, generator)
-    except RuntimeError:
+    except RuntimeError:   # e.g. a NaN index; the decoding loop checks finiteness with its one sync
         if not bool(torch.isfinite(logits).all()):
             _raise_not_finite()
         raise
