@@ -17,8 +17,9 @@ plainly (temperature 1) or with top-k 50 + top-p 0.9. Each group holds three con
 Every contender uses its KV cache; the ratio reference / torch of the mean times is the figure of
 merit (``benchmarks.summarize``), and ``extra_info`` records the tokens/s. ``test_cache_speedup``
 compares the reference with and without its cache. With ``--benchmark-disable`` (CI) the 64-token
-cases run once and the longer ones are skipped, so the file runs in seconds; the smoke run also
-checks that the baseline greedy-decodes the same tokens as the reference (the same model).
+cases run once, decoding 8 tokens, and the longer ones are skipped, so the file runs in seconds;
+``test_baseline_decodes_the_same_model`` checks that the baseline greedy-decodes the reference's
+tokens (the same model).
 """
 
 from __future__ import annotations
@@ -189,9 +190,15 @@ def _rounds(n: int) -> int:
     return 3 if n <= 256 else 2
 
 
-def _skip_long_in_smoke_run(benchmark, n):
+#: New tokens per case in the smoke run (``--benchmark-disable``): each case once, and short.
+SMOKE_TOKENS = 8
+
+
+def _skip_long_in_smoke_run(benchmark, n) -> int:
+    """The number of tokens to decode: ``n``, or ``SMOKE_TOKENS`` in the smoke run (longer cases skipped)."""
     if benchmark.disabled and n > LENGTHS[0]:
         pytest.skip("--benchmark-disable: the smoke run decodes the shortest length only")
+    return SMOKE_TOKENS if benchmark.disabled else n
 
 
 def _timed(benchmark, fn, n, batch):
@@ -219,7 +226,7 @@ def _timed(benchmark, fn, n, batch):
 @pytest.mark.parametrize("batch", BATCHES)
 def test_generate(benchmark, models, impl, filters, n, batch):
     """``generate`` against the baseline's loop, the same weights, prompt, seed and filters."""
-    _skip_long_in_smoke_run(benchmark, n)
+    n = _skip_long_in_smoke_run(benchmark, n)
     model, prompt, kwargs = models[impl], _prompt(batch), dict(temperature=1.0, seed=0, **FILTERS[filters])
     if impl == "torch":
         fn = lambda: torch_generate(model, prompt, n, **kwargs)   # noqa: E731
@@ -237,7 +244,7 @@ def test_generate(benchmark, models, impl, filters, n, batch):
 @pytest.mark.parametrize("batch", BATCHES)
 def test_stream(benchmark, models, impl, filters, n, batch):
     """``stream`` consumed token by token against the baseline's generator loop."""
-    _skip_long_in_smoke_run(benchmark, n)
+    n = _skip_long_in_smoke_run(benchmark, n)
     model, prompt, kwargs = models[impl], _prompt(batch), dict(temperature=1.0, seed=0, **FILTERS[filters])
     source = torch_stream if impl == "torch" else stream
     benchmark.group = f"stream b{batch} {n} tokens {filters}"
@@ -251,7 +258,7 @@ def test_stream(benchmark, models, impl, filters, n, batch):
 @pytest.mark.parametrize("n", LENGTHS)
 def test_stream_text(benchmark, models, tokenizer, impl, filters, n):
     """``stream_text`` (one prompt) against the baseline's loop with the same incremental UTF-8 decoding."""
-    _skip_long_in_smoke_run(benchmark, n)
+    n = _skip_long_in_smoke_run(benchmark, n)
     model, kwargs = models[impl], dict(temperature=1.0, seed=0, **FILTERS[filters])
     prompt = "the quick brown fox jumps over the lazy dog"
     source = torch_stream_text if impl == "torch" else stream_text
@@ -274,7 +281,7 @@ def test_baseline_decodes_the_same_model(models, batch):
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
 def test_cache_speedup(benchmark, models, use_cache, n):
     """The reference with and without its KV cache (without it each step recomputes the whole sequence)."""
-    _skip_long_in_smoke_run(benchmark, n)
+    n = _skip_long_in_smoke_run(benchmark, n)
     model = models["reference"]
     benchmark.group = f"generate-{n}-tokens cache vs no cache"
     benchmark.extra_info.update(use_cache=use_cache)

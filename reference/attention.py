@@ -303,11 +303,12 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"expand_kv must return n_heads={self.n_heads} heads, got {k.shape[1]}")
         length = k.shape[-2]
 
-        if self._sees_every_key(t, key_padding, return_weights):
-            # fast path, one new token under the plain causal mask: it sees every stored key, so
-            # SDPA needs no mask at all (the same values as an all-True mask)
-            out = F.scaled_dot_product_attention(q, k, v)       # (B, H, 1, D)
-            return self.out_proj(self.merge_heads(out))         # (B, 1, C)
+        if self._plain_causal(t, length, key_padding, return_weights):
+            # fast path under the plain causal mask, built by SDPA itself (the same values as the
+            # bool mask): one new token sees every stored key (no mask); without a cached prefix
+            # the mask is the square lower triangle (is_causal)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)   # (B, H, T, D)
+            return self.out_proj(self.merge_heads(out))         # (B, T, C)
         mask = self.attention_mask(t, length, device=x.device)  # (T, L)
         if key_padding is not None:
             mask = mask & key_padding[:, None, None, :]         # (B, 1, T, L)
@@ -319,11 +320,12 @@ class MultiHeadAttention(nn.Module):
         y = self.out_proj(self.merge_heads(out))                # (B, T, C)
         return (y, weights) if return_weights else y
 
-    def _sees_every_key(self, t: int, key_padding, return_weights: bool) -> bool:
-        """Whether ``attend``'s fast path would run with an all-True mask: one query, no padding,
-        no ALiBi bias, the base class's causal ``attention_mask`` and ``attend`` hooks."""
+    def _plain_causal(self, t: int, length: int, key_padding, return_weights: bool) -> bool:
+        """Whether ``attend``'s fast path would run with the plain causal mask of one query (all
+        True) or of a square ``(T, T)`` (no cached prefix): no padding, no ALiBi bias, no weights,
+        no active dropout, the base class's ``attention_mask`` and ``attend`` hooks."""
         cls = type(self)
-        return (self.fast and t == 1 and key_padding is None and not return_weights
+        return (self.fast and (t == 1 or t == length) and key_padding is None and not return_weights
                 and self.positional != "alibi" and (self.dropout == 0.0 or not self.training)
                 and cls.attention_mask is MultiHeadAttention.attention_mask
                 and cls.attend is MultiHeadAttention.attend)
