@@ -38,6 +38,7 @@ import codecs
 from collections.abc import Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from . import checks
 
@@ -73,7 +74,7 @@ def _distribution(logits, temperature, top_k, top_p) -> torch.Tensor:
     if top_k is not None and top_k < z.shape[-1]:
         largest, candidates = z.topk(top_k, dim=-1)              # (..., k) sorted, descending
         z = z.masked_fill(z < largest[..., -1:], float("-inf"))  # (..., V) 2. -inf below the k-th largest
-    probs = _softmax(z)                                          # (..., V) 3. zero outside the top k
+    probs = _softmax(z, None if candidates is None else largest[..., :1])   # (..., V) 3. zero outside the top k
     if top_p is not None and top_p < 1.0:
         keep = _top_p_mask(probs, top_p, candidates)             # (..., V) 4. bool
         probs = torch.where(keep, probs, 0.0)
@@ -117,9 +118,12 @@ def _check_sampling_args(logits, temperature, top_k, top_p) -> None:
         checks.number_in_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
 
 
-def _softmax(z: torch.Tensor) -> torch.Tensor:
-    """Stable softmax along the last dim; ``-inf`` entries get probability 0."""
-    e = torch.exp(z - z.amax(dim=-1, keepdim=True))    # (..., V) max entry -> exp(0) = 1
+def _softmax(z: torch.Tensor, z_max: torch.Tensor | None = None) -> torch.Tensor:
+    """Stable softmax along the last dim; ``-inf`` entries get probability 0. ``z_max (..., 1)``:
+    the row maxima when already known."""
+    if z_max is None:
+        z_max = z.amax(dim=-1, keepdim=True)
+    e = torch.exp(z - z_max)                           # (..., V) max entry -> exp(0) = 1
     return e / e.sum(dim=-1, keepdim=True)
 
 
@@ -135,11 +139,11 @@ def _top_p_mask(probs: torch.Tensor, p: float, candidates: torch.Tensor | None =
     else:
         desc = probs.gather(-1, candidates)                                    # (..., k) already descending
     n = desc.shape[-1]
-    before = torch.cat([torch.zeros_like(desc[..., :1]), desc.cumsum(dim=-1)[..., :-1]], dim=-1)
+    before = F.pad(desc.cumsum(dim=-1)[..., :-1], (1, 0))                       # (..., n)
     # before[r] = mass of the r most probable tokens; a token with n_greater strictly larger ones
-    # sees exactly before[n_greater], whatever order the sort gave its ties.
-    ascending = desc.flip(-1).contiguous()                                     # (..., n)
-    n_greater = n - torch.searchsorted(ascending, probs.contiguous(), right=True)   # (..., V)
+    # sees exactly before[n_greater], whatever order the sort gave its ties. -desc ascends, and
+    # the number of its entries below -p is the number of probabilities above p.
+    n_greater = torch.searchsorted(desc.neg(), probs.neg())                    # (..., V)
     # a token outside the top k (probability 0) may count all n candidates above it: its keep
     # value does not matter, so clamp it to a valid index
     above = before.gather(-1, n_greater.clamp_(max=n - 1))                     # (..., V)
