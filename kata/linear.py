@@ -22,17 +22,21 @@ class Linear(nn.Module):
     Args:
         in_features, out_features: positive ints (else ``checks.positive_int`` raises).
         bias: when False, ``self.bias`` is None.
+        fast: a bool (``checks.boolean``), kept as ``self.fast``; when True, ``forward`` may return
+            ``torch.nn.functional.linear(x, weight, bias)`` (the same values, one fused call). The
+            written-out path (``fast=False``, the default) is the exercise.
 
     Attributes: ``weight`` an ``nn.Parameter`` of shape ``(out_features, in_features)`` drawn from
     ``torch.randn`` (the global RNG) times ``INIT_STD``; ``bias`` zeros of shape ``(out_features,)``.
-    Use tensor operations, not ``torch.nn.Linear`` or ``F.linear`` (the spec uses those as oracles).
+    Use tensor operations, not ``torch.nn.Linear`` or ``F.linear`` (the spec uses those as oracles),
+    except in the opt-in ``fast`` path.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, fast: bool = False):
         super().__init__()
         raise NotImplementedError(
             "Linear.__init__: validate sizes with checks.positive_int, create weight (out, in) ~ N(0, 0.02^2) "
-            "and bias zeros(out) (or None)")
+            "and bias zeros(out) (or None); keep fast (checks.boolean)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(..., in_features)`` float tensor -> ``(..., out_features)``.

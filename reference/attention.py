@@ -47,9 +47,8 @@ def causal_mask(t_q: int, t_k: int | None = None, device=None) -> torch.Tensor:
     t_k = t_q if t_k is None else checks.positive_int("t_k", t_k)
     if t_k < t_q:
         raise ValueError(f"t_k must be >= t_q (the queries are the last t_q keys), got t_q={t_q}, t_k={t_k}")
-    i = torch.arange(t_k - t_q, t_k, device=device)[:, None]   # (t_q, 1) query positions
-    j = torch.arange(t_k, device=device)[None, :]              # (1, t_k) key positions
-    return j <= i                                              # (t_q, t_k)
+    # allowed[i, j] = j <= i + (t_k - t_q): the lower triangle, shifted right by t_k - t_q
+    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(t_k - t_q)   # (t_q, t_k)
 
 
 def softmax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -235,10 +234,14 @@ class MultiHeadAttention(nn.Module):
         """Hook: ``q (B, H, T, D)``, ``k, v (B, H, L, D)``, ``mask`` bool broadcastable to ``(B, H, T, L)``,
         ``bias`` ``(H, T, L)`` or None -> ``(out (B, H, T, D), weights (B, H, T, L) or None)``."""
         dropout_p = self.dropout if self.training else 0.0
-        if self.fast and not need_weights and dropout_p == 0.0 and bool(mask.any(dim=-1).all()):
-            # Same maths, fused. Not for fully masked rows: some torch versions and backends give NaN there.
+        if self.fast and not need_weights and dropout_p == 0.0:
+            # Same maths, fused. A fully masked row (some torch versions and backends give NaN there)
+            # attends to every key instead, then gets zeros, as written out: no host sync needed.
+            has_key = mask.any(dim=-1, keepdim=True)                          # (..., T, 1)
+            mask = mask | ~has_key
             attn_mask = mask if bias is None else bias.masked_fill(~mask, float("-inf"))
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            return torch.where(has_key, out, 0.0), None
         return scaled_dot_product_attention(q, k, v, mask, bias, dropout_p, return_weights=True)
 
     # --- the pipeline -------------------------------------------------------------------------
@@ -269,13 +272,14 @@ class MultiHeadAttention(nn.Module):
             if not isinstance(kv_cache, KVCache):
                 raise TypeError(f"kv_cache must be a KVCache or None, got {type(kv_cache).__name__}")
             start = kv_cache.length
-        expected_positions = torch.arange(start, start + t, device=x.device)   # (T,)
         if positions is None:
-            positions = expected_positions
+            if self.rope is not None or self.positional == "alibi":   # only they use the positions
+                positions = torch.arange(start, start + t, device=x.device)   # (T,)
         else:
             check_positions(positions, self.max_len)
             if positions.shape != (t,):
                 raise ValueError(f"positions must have shape (T,) = ({t},), got {tuple(positions.shape)}")
+            expected_positions = torch.arange(start, start + t, device=x.device)   # (T,)
             if kv_cache is not None and not torch.equal(positions, expected_positions):
                 raise ValueError(f"positions must continue from kv_cache.length={start}: expected "
                                  f"arange({start}, {start + t})")
@@ -299,12 +303,19 @@ class MultiHeadAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(k, v, padding_mask)          # (B, H_kv, L, D) old and new
             key_padding = kv_cache.padding_mask
-            k_positions = torch.arange(kv_cache.length, device=x.device)
+            if self.positional == "alibi":
+                k_positions = torch.arange(kv_cache.length, device=x.device)
         k, v = self.expand_kv(k, v)                             # (B, H, L, D)
         if k.shape[1] != self.n_heads:
             raise ValueError(f"expand_kv must return n_heads={self.n_heads} heads, got {k.shape[1]}")
         length = k.shape[-2]
 
+        if self._plain_causal(t, length, key_padding, return_weights):
+            # fast path under the plain causal mask, built by SDPA itself (the same values as the
+            # bool mask): one new token sees every stored key (no mask); without a cached prefix
+            # the mask is the square lower triangle (is_causal)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)   # (B, H, T, D)
+            return self.out_proj(self.merge_heads(out))         # (B, T, C)
         mask = self.attention_mask(t, length, device=x.device)  # (T, L)
         if key_padding is not None:
             mask = mask & key_padding[:, None, None, :]         # (B, 1, T, L)
@@ -315,6 +326,16 @@ class MultiHeadAttention(nn.Module):
         out, weights = self.attend(q, k, v, mask, bias, need_weights=return_weights)  # (B, H, T, D)
         y = self.out_proj(self.merge_heads(out))                # (B, T, C)
         return (y, weights) if return_weights else y
+
+    def _plain_causal(self, t: int, length: int, key_padding, return_weights: bool) -> bool:
+        """Whether ``attend``'s fast path would run with the plain causal mask of one query (all
+        True) or of a square ``(T, T)`` (no cached prefix): no padding, no ALiBi bias, no weights,
+        no active dropout, the base class's ``attention_mask`` and ``attend`` hooks."""
+        cls = type(self)
+        return (self.fast and (t == 1 or t == length) and key_padding is None and not return_weights
+                and self.positional != "alibi" and (self.dropout == 0.0 or not self.training)
+                and cls.attention_mask is MultiHeadAttention.attention_mask
+                and cls.attend is MultiHeadAttention.attend)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "

@@ -38,6 +38,7 @@ import codecs
 from collections.abc import Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from . import checks
 
@@ -58,17 +59,24 @@ def sampling_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k:
                           top_p: float | None = None) -> torch.Tensor:
     """``logits (..., V) -> probs (..., V)``: the exact distribution ``sample`` draws from (see module doc)."""
     _check_sampling_args(logits, temperature, top_k, top_p)
+    return _distribution(logits, temperature, top_k, top_p)
+
+
+def _distribution(logits, temperature, top_k, top_p) -> torch.Tensor:
+    """``sampling_distribution`` without the argument checks (the decoding loop checks them once)."""
     out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     x = logits.double()                                          # (..., V)
     if temperature == 0 or top_k == 1:                           # greedy
         best = torch.argmax(x, dim=-1, keepdim=True)             # (..., 1) first of tied maxima
         return torch.zeros_like(x).scatter(-1, best, 1.0).to(out_dtype)
-    z = x / temperature                                          # (..., V) 1. temperature
-    if top_k is not None:
-        z = _keep_top_k(z, top_k)                                # (..., V) 2. -inf outside the top k
-    probs = _softmax(z)                                          # (..., V) 3. zero outside the top k
+    z = x / temperature if temperature != 1.0 else x             # (..., V) 1. temperature (z / 1 = z exactly)
+    candidates = None                                            # (..., k) ids of the k largest, if top-k
+    if top_k is not None and top_k < z.shape[-1]:
+        largest, candidates = z.topk(top_k, dim=-1)              # (..., k) sorted, descending
+        z = z.masked_fill(z < largest[..., -1:], float("-inf"))  # (..., V) 2. -inf below the k-th largest
+    probs = _softmax(z, None if candidates is None else largest[..., :1])   # (..., V) 3. zero outside the top k
     if top_p is not None and top_p < 1.0:
-        keep = _top_p_mask(probs, top_p)                         # (..., V) 4. bool
+        keep = _top_p_mask(probs, top_p, candidates)             # (..., V) 4. bool
         probs = torch.where(keep, probs, 0.0)
     probs = probs / probs.sum(dim=-1, keepdim=True)              # (..., V) 5. renormalise
     return probs.to(out_dtype)
@@ -80,10 +88,20 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
 
     ``generator``: a ``torch.Generator`` on the logits' device (None: torch's global RNG).
     """
-    probs = sampling_distribution(logits, temperature, top_k, top_p)   # (..., V)
+    _check_sampling_args(logits, temperature, top_k, top_p)
+    return _draw(logits, temperature, top_k, top_p, generator)
+
+
+def _draw(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
+    """``sample`` without the argument checks (the decoding loop checks them once per call)."""
+    probs = _distribution(logits, temperature, top_k, top_p)          # (..., V)
     v = probs.shape[-1]
     flat = probs.reshape(-1, v)                                          # (N, V)
-    ids = torch.multinomial(flat, 1, generator=generator)                # (N, 1)
+    # The exponential race: with E_i ~ Exp(1) independent, argmax_i p_i / E_i is i with probability
+    # p_i. It is how torch.multinomial(flat, 1) draws (the same random numbers, the same ids),
+    # without re-validating a distribution that is valid by construction.
+    race = flat / torch.empty_like(flat).exponential_(1.0, generator=generator)   # (N, V)
+    ids = race.argmax(dim=-1)                                            # (N,)
     return ids.reshape(probs.shape[:-1])                                 # (...) long
 
 
@@ -100,30 +118,35 @@ def _check_sampling_args(logits, temperature, top_k, top_p) -> None:
         checks.number_in_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
 
 
-def _softmax(z: torch.Tensor) -> torch.Tensor:
-    """Stable softmax along the last dim; ``-inf`` entries get probability 0."""
-    e = torch.exp(z - z.amax(dim=-1, keepdim=True))    # (..., V) max entry -> exp(0) = 1
+def _softmax(z: torch.Tensor, z_max: torch.Tensor | None = None) -> torch.Tensor:
+    """Stable softmax along the last dim; ``-inf`` entries get probability 0. ``z_max (..., 1)``:
+    the row maxima when already known."""
+    if z_max is None:
+        z_max = z.amax(dim=-1, keepdim=True)
+    e = torch.exp(z - z_max)                           # (..., V) max entry -> exp(0) = 1
     return e / e.sum(dim=-1, keepdim=True)
 
 
-def _keep_top_k(z: torch.Tensor, k: int) -> torch.Tensor:
-    """Set to ``-inf`` every entry below the k-th largest (ties with it are kept)."""
-    if k >= z.shape[-1]:
-        return z
-    kth = z.sort(dim=-1, descending=True).values[..., k - 1:k]   # (..., 1) the k-th largest
-    return z.masked_fill(z < kth, float("-inf"))
+def _top_p_mask(probs: torch.Tensor, p: float, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """``keep[i] = (sum of the probabilities strictly greater than probs[i]) < p``, tie-independent.
 
-
-def _top_p_mask(probs: torch.Tensor, p: float) -> torch.Tensor:
-    """``keep[i] = (sum of the probabilities strictly greater than probs[i]) < p``, tie-independent."""
-    v = probs.shape[-1]
-    desc = probs.sort(dim=-1, descending=True).values                          # (..., V)
-    before = torch.cat([torch.zeros_like(desc[..., :1]), desc.cumsum(dim=-1)[..., :-1]], dim=-1)
+    ``candidates (..., k)``: after top-k, the ids of the k largest (descending); every other token
+    has zero probability or ties with the k-th, so the masses above the kept tokens are sums over
+    the candidates alone, and only they need sorting.
+    """
+    if candidates is None:
+        desc = probs.sort(dim=-1, descending=True).values                     # (..., V)
+    else:
+        desc = probs.gather(-1, candidates)                                    # (..., k) already descending
+    n = desc.shape[-1]
+    before = F.pad(desc.cumsum(dim=-1)[..., :-1], (1, 0))                       # (..., n)
     # before[r] = mass of the r most probable tokens; a token with n_greater strictly larger ones
-    # sees exactly before[n_greater], whatever order the sort gave its ties.
-    ascending = desc.flip(-1).contiguous()                                     # (..., V)
-    n_greater = v - torch.searchsorted(ascending, probs.contiguous(), right=True)   # (..., V)
-    above = before.gather(-1, n_greater)                                       # (..., V)
+    # sees exactly before[n_greater], whatever order the sort gave its ties. -desc ascends, and
+    # the number of its entries below -p is the number of probabilities above p.
+    n_greater = torch.searchsorted(desc.neg(), probs.neg())                    # (..., V)
+    # a token outside the top k (probability 0) may count all n candidates above it: its keep
+    # value does not matter, so clamp it to a valid index
+    above = before.gather(-1, n_greater.clamp_(max=n - 1))                     # (..., V)
     return above < p * (1.0 - TOP_P_RTOL)   # rounding: a mass within TOP_P_RTOL of p has reached it
 
 
@@ -220,6 +243,12 @@ def _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
         raise TypeError(f"prompt_ids must be a list of ints or a long tensor, got {type(prompt_ids).__name__}")
     if tokens.shape[0] == 0 or tokens.shape[1] == 0:
         raise ValueError(f"prompt_ids must hold at least one token (per row), got shape {tuple(tokens.shape)}")
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab_size, int):    # checked once here: the sampled ids are in range by construction
+        lowest, highest = (int(i) for i in torch.aminmax(tokens))
+        if lowest < 0 or highest >= vocab_size:
+            bad = lowest if lowest < 0 else highest
+            raise ValueError(f"prompt_ids holds token id {bad}, outside [0, vocab_size={vocab_size})")
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -240,6 +269,24 @@ def _device(model) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
+#: Marks a step whose logits were not finite (never a token id, nor PAD_ID).
+_NOT_FINITE = -2
+
+
+def _raise_not_finite():
+    raise ValueError("logits must be finite (no NaN or inf): the model produced non-finite logits")
+
+
+def _checked_draw(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
+    """``_draw``; non-finite logits (which the sampler itself may refuse) are a ValueError naming logits."""
+    try:
+        return _draw(logits, temperature, top_k, top_p, generator)
+    except RuntimeError:   # e.g. a NaN index; the decoding loop checks finiteness with its one sync
+        if not bool(torch.isfinite(logits).all()):
+            _raise_not_finite()
+        raise
+
+
 def _forward(model, ids: torch.Tensor, caches) -> torch.Tensor:
     """Logits of the LAST position, ``(B, V)``, without building a graph."""
     with torch.no_grad():
@@ -249,7 +296,11 @@ def _forward(model, ids: torch.Tensor, caches) -> torch.Tensor:
 
 def _decode(model, tokens, single, max_new_tokens, temperature, top_k, top_p, stops, generator,
             use_cache) -> Iterator:
-    """The decoding loop shared by ``generate`` and ``stream`` (arguments already checked)."""
+    """The decoding loop shared by ``generate`` and ``stream`` (arguments already checked, once).
+
+    One host sync per step: the emitted id of a single prompt, or the "every row stopped / logits
+    not finite" flag of a batch; the rest stays on the device.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -261,19 +312,36 @@ def _decode(model, tokens, single, max_new_tokens, temperature, top_k, top_p, st
         caches = None
         if use_cache and max_new_tokens > 0:
             caches = model.new_kv_cache(b, min(context, t + max_new_tokens))
+        new = tokens                                      # (B, T_new) the tokens not in the cache yet
         for _ in range(max_new_tokens):
             if caches is not None and tokens.shape[1] <= context:
-                new = tokens[:, caches[0].length:]        # (B, T_new) the tokens not in the cache yet
                 logits = _forward(model, new, caches)                   # (B, V)
             else:
                 logits = _forward(model, tokens[:, -context:], None)    # (B, V) full pass, sliding window
-            next_ids = sample(logits, temperature, top_k, top_p, generator)   # (B,)
-            emitted = torch.where(done, torch.full_like(next_ids, PAD_ID), next_ids)
-            fed = torch.where(done, tokens[:, -1], next_ids)            # stopped rows repeat a valid id
-            tokens = torch.cat([tokens, fed[:, None]], dim=1)           # (B, T + 1)
-            done = done | torch.isin(next_ids, stop_tensor)
-            yield int(emitted[0]) if single else emitted
-            if bool(done.all()):
+            next_ids = _checked_draw(logits, temperature, top_k, top_p, generator)   # (B,)
+            finite = torch.isfinite(logits).all()                       # () checked with the step's sync
+            if stops:
+                emitted = torch.where(done, PAD_ID, next_ids)
+                next_ids = torch.where(done, tokens[:, -1], next_ids)   # stopped rows repeat a valid id
+                done = done | torch.isin(next_ids, stop_tensor)
+            else:
+                emitted = next_ids
+            new = next_ids[:, None]                                     # (B, 1)
+            tokens = torch.cat([tokens, new], dim=1)                    # (B, T + 1)
+            if single:
+                token = int(torch.where(finite, emitted, _NOT_FINITE))  # the step's one host sync
+                if token == _NOT_FINITE:
+                    _raise_not_finite()
+                yield token
+                if token in stops:
+                    return
+                continue
+            halt = (done.all() | ~finite) if stops else ~finite
+            if bool(halt):                                              # the step's one host sync
+                if not bool(finite):
+                    _raise_not_finite()
+                yield emitted
                 return
+            yield emitted
     finally:
         model.train(was_training)

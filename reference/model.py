@@ -258,6 +258,9 @@ class TransformerLM(nn.Module):
         self.lm_head = Linear(c, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.token_embedding.weight  # one Parameter, two uses
+        for module in self.modules():                          # fast: every Linear is F.linear
+            if isinstance(module, Linear):
+                module.fast = config.fast
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -321,7 +324,8 @@ class TransformerLM(nn.Module):
             x = x + self.position_embedding(positions)                    # (B, T, C) + (T, C)
         x = dropout(x, config.dropout, self.training)
         for i, block in enumerate(self.blocks):
-            x = block(x, positions, padding_mask=padding_mask,
+            # positions=None: attention's default, the same arange (it then skips re-checking it)
+            x = block(x, None, padding_mask=padding_mask,
                       kv_cache=None if kv_cache is None else kv_cache[i])  # (B, T, C)
         if self.ln_f is not None:
             x = self.ln_f(x)

@@ -2,13 +2,14 @@ from . import Mutant
 
 MUTANTS = [
     Mutant("no-causal-mask", "attention.py", "the causal mask allows every key (the model sees the future)",
-           "return j <= i                                              # (t_q, t_k)",
-           "return (j <= i) | True"),
+           "return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(t_k - t_q)   # (t_q, t_k)",
+           "return torch.ones(t_q, t_k, dtype=torch.bool, device=device)"),
     Mutant("causal-mask-excludes-diagonal", "attention.py", "mask off by one: a query may not see itself",
-           "return j <= i                                              # (t_q, t_k)", "return j < i"),
+           "return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(t_k - t_q)   # (t_q, t_k)",
+           "return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(t_k - t_q - 1)"),
     Mutant("causal-mask-top-left", "attention.py", "with t_k > t_q the queries are taken as the FIRST t_q positions",
-           "i = torch.arange(t_k - t_q, t_k, device=device)[:, None]   # (t_q, 1) query positions",
-           "i = torch.arange(t_q, device=device)[:, None]"),
+           "return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(t_k - t_q)   # (t_q, t_k)",
+           "return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(0)"),
     Mutant("scale-by-d", "attention.py", "scores scaled by 1/d_k instead of 1/sqrt(d_k)",
            "scores = q @ k.transpose(-2, -1) / math.sqrt(d)", "scores = q @ k.transpose(-2, -1) / d"),
     Mutant("scale-missing", "attention.py", "scores not scaled at all",
@@ -59,6 +60,6 @@ MUTANTS = [
     Mutant("fast-path-drops-bias", "attention.py", "the fused path forgets the ALiBi bias",
            'attn_mask = mask if bias is None else bias.masked_fill(~mask, float("-inf"))', "attn_mask = mask"),
     Mutant("fast-path-drops-weights", "attention.py", "the fused path runs even when the weights are requested",
-           "if self.fast and not need_weights and dropout_p == 0.0 and bool(mask.any(dim=-1).all()):",
-           "if self.fast and dropout_p == 0.0 and bool(mask.any(dim=-1).all()):"),
+           "if self.fast and not need_weights and dropout_p == 0.0:",
+           "if self.fast and dropout_p == 0.0:"),
 ]
