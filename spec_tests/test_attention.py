@@ -168,8 +168,13 @@ def test_sdpa_permutation_equivariant(attention, t, d, seed):
 
 @given(t=sizes(6, 2), p=st.sampled_from([0.2, 0.5]), seed=seeds)
 def test_sdpa_dropout_is_inverted(attention, t, p, seed):
-    """With dropout_p, each weight is either dropped (0) or kept and scaled by 1 / (1 - p)."""
-    q, k, v = randn((4, t, 3), seed), randn((4, t, 3), seed + 1), randn((4, t, 3), seed + 2)
+    """With dropout_p, each weight is either dropped (0) or kept and scaled by 1 / (1 - p).
+
+    False-failure rate: the 64 * t * t >= 256 weights are all > 0, each dropped independently with
+    probability p in {0.2, 0.5}; "none dropped" has probability <= 0.8^256 = 1.6e-25 and "all
+    dropped" <= 0.5^256 = 8.6e-78, so <= 1e-22 per run even at 400 examples (thorough).
+    """
+    q, k, v = randn((64, t, 3), seed), randn((64, t, 3), seed + 1), randn((64, t, 3), seed + 2)
     torch.manual_seed(seed)
     out, dropped = attention.scaled_dot_product_attention(q, k, v, dropout_p=p, return_weights=True)
     _, weights = attention.scaled_dot_product_attention(q, k, v, return_weights=True)
@@ -432,11 +437,17 @@ def test_layer_kv_cache_overflow_and_positions(attention):
 
 @given(cfg=configs(), seed=seeds)
 def test_dropout_only_in_training(attention, cfg, seed):
-    """Eval mode ignores dropout (same as dropout=0); training mode drops attention weights."""
-    attn = _build(attention, dict(cfg, t=6), seed, dropout=0.5)
-    x = randn((cfg["b"], 6, cfg["n_heads"] * cfg["head_dim"]), seed, torch.float64)
+    """Eval mode ignores dropout (same as dropout=0); training mode drops attention weights.
+
+    False-failure rate: with B = 16 and T = 8 there are at least B * H * T = 128 positive weights
+    (the diagonal, even with window 1), each dropped with probability 0.5: "none dropped" has
+    probability <= 0.5^128 = 2.9e-39 per example, <= 1.2e-36 per run at 400 examples.
+    """
+    cfg = dict(cfg, t=8, b=16)
+    attn = _build(attention, cfg, seed, dropout=0.5)
+    x = randn((cfg["b"], 8, cfg["n_heads"] * cfg["head_dim"]), seed, torch.float64)
     got = attn(x)
-    plain = _build(attention, dict(cfg, t=6), seed, dropout=0.0)
+    plain = _build(attention, cfg, seed, dropout=0.0)
     assert_close(got, plain(x), what="eval mode with dropout=0.5 vs dropout=0")
     _, kept = attn(x, return_weights=True)
     attn.train()
@@ -525,3 +536,130 @@ def test_bad_arguments(attention):
         attn(torch.zeros(1, 7, 8))
     with raises_clear(ValueError, "positions"):
         attn(torch.zeros(1, 3, 8), positions=torch.arange(4))
+
+
+# --- defaults, low precision, the fast path in training, a reset cache ---------------------------
+
+def _torch_causal_mha(layer, x):
+    """torch.nn.MultiheadAttention with ``layer``'s weights and biases, under a causal mask."""
+    d = layer.d_model
+    ref = torch.nn.MultiheadAttention(d, layer.n_heads, batch_first=True).to(x.dtype)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight]))
+        ref.in_proj_bias.copy_(torch.cat([layer.q_proj.bias, layer.k_proj.bias, layer.v_proj.bias]))
+        ref.out_proj.weight.copy_(layer.out_proj.weight)
+        ref.out_proj.bias.copy_(layer.out_proj.bias)
+    t = x.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    return ref(x, x, x, attn_mask=~causal, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("how", ["MultiHeadAttention", "build_attention"])
+def test_defaults(attention, how):
+    """Only d_model and n_heads given: biases, no dropout (train mode = torch MHA), no positions, causal, max_len 2048."""
+    seed_all(0)
+    layer = (attention.MultiHeadAttention(8, 2) if how == "MultiHeadAttention"
+             else attention.build_attention(d_model=8, n_heads=2))
+    assert type(layer) is attention.MultiHeadAttention, f"{how} with defaults: got {type(layer).__name__}"
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        assert getattr(layer, name).bias is not None, f"{how} default bias=True: {name}.bias is None"
+    assert layer.fast is False, f"{how} default fast=False, got {layer.fast!r}"
+    assert layer.window is None and layer.n_kv_heads == 2, "defaults: window None, n_kv_heads = n_heads"
+    layer = layer.double().train()              # dropout 0 by default: training mode is deterministic
+    with torch.no_grad():
+        for i, p in enumerate(layer.parameters()):
+            p.copy_(randn(p.shape, 10 + i, torch.float64, 0.6))
+    x = randn((2, 5, 8), 0, torch.float64)
+    assert_close(layer(x), _torch_causal_mha(layer, x),
+                 what=f"{how}(8, 2) in training mode vs torch MHA (defaults: dropout 0, positional none, causal)")
+    layer(x[:, :1], positions=torch.tensor([2047]))  # default max_len=2048: position 2047 is allowed
+    with raises_clear(ValueError, "max_len"):
+        layer(x[:, :1], positions=torch.tensor([2048]))
+
+
+def test_sdpa_and_cache_defaults(attention):
+    """SDPA without mask, bias, dropout_p or return_weights returns out = torch's SDPA; KVCache is float32 by default."""
+    q, k, v = randn((2, 4, 3), 0), randn((2, 5, 3), 1), randn((2, 5, 2), 2)
+    torch.manual_seed(0)
+    out = attention.scaled_dot_product_attention(q, k, v)
+    assert isinstance(out, torch.Tensor), f"return_weights=False by default: expected a tensor, got {type(out)}"
+    assert_close(out, F.scaled_dot_product_attention(q, k, v), what="SDPA(q, k, v) with every default")
+    cache = attention.KVCache(2, 1, 4, 3)
+    assert cache.k.dtype == torch.float32 and cache.v.dtype == torch.float32, \
+        f"KVCache default dtype float32, got {cache.k.dtype}"
+    with raises_clear(TypeError, "k"):
+        cache.update(randn((2, 1, 1, 3), 0, torch.float64), randn((2, 1, 1, 3), 1, torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@given(cfg=configs(max_t=6), seed=seeds, fast=st.booleans())
+def test_low_precision(attention, dtype, cfg, seed, fast):
+    """In float16 / bfloat16 the layer keeps the dtype and equals a float64 oracle on the same rounded weights.
+
+    Tolerance: 10 * eps(dtype) * M (measured worst relative to max|y| over 300 layers: 3.5), since
+    each of the projections, scores, softmax and output rounds once to the dtype; M bounds the
+    output's operands: out_proj written with |W|, |b| applied to the largest |v| (so outputs that
+    cancel to ~0 are fine).
+    """
+    layer = _build(attention, cfg, seed, torch.float64, fast=fast)
+    layer = layer.to(dtype).double()                    # the weights rounded to the dtype
+    x = randn((cfg["b"], cfg["t"], cfg["n_heads"] * cfg["head_dim"]), seed, torch.float64).to(dtype)
+    mask = _padding(cfg["b"], cfg["t"], seed)
+    expected = layer(x.double(), padding_mask=mask)
+    got = layer.to(dtype)(x, padding_mask=mask)
+    assert got.dtype == dtype, f"output dtype: expected {dtype}, got {got.dtype}"
+    lin_abs = lambda layer, h: F.linear(h, layer.weight.double().abs(),  # noqa: E731
+                                        None if layer.bias is None else layer.bias.double().abs())
+    v_max = float(lin_abs(layer.v_proj, x.double().abs()).detach().max())
+    magnitude = float(lin_abs(layer.out_proj, torch.full((layer.d_model,), v_max, dtype=torch.float64)).detach().max())
+    atol = 10 * torch.finfo(dtype).eps * max(magnitude, float(expected.detach().abs().max()))
+    assert_close(got, expected.to(dtype), what=f"attention in {dtype} vs float64 {cfg}", atol=atol)
+
+
+@given(cfg=configs(), seed=seeds, p=st.sampled_from([0.0, 0.5]), padded=st.booleans())
+def test_fast_path_equals_written_out_in_training(attention, cfg, seed, p, padded):
+    """In training mode (dropout active or 0), fast=True equals fast=False with the same RNG seed.
+
+    With dropout > 0 the fast path takes the written-out path, so it draws the same dropout mask
+    from torch's global RNG (the contract fixes this); with dropout 0 nothing is random.
+    """
+    fast = _build(attention, cfg, seed, torch.float32, fast=True, dropout=p).train()
+    slow = _build(attention, cfg, seed, torch.float32, fast=False, dropout=p).train()
+    x = randn((cfg["b"], cfg["t"], cfg["n_heads"] * cfg["head_dim"]), seed)
+    mask = _padding(cfg["b"], cfg["t"], seed) if padded else None
+    torch.manual_seed(seed)
+    got = fast(x, padding_mask=mask)
+    torch.manual_seed(seed)
+    expected = slow(x, padding_mask=mask)
+    assert_close(got, expected, what=f"fast path vs written-out path in training mode (dropout {p})")
+
+
+def test_kv_cache_reset_equals_fresh(attention):
+    """After reset(), a used cache (padding stored) behaves exactly like a fresh one: lengths, k/v, padding_mask."""
+    used = attention.KVCache(2, 1, 6, 4, dtype=torch.float64)
+    stale = torch.tensor([[True, False, False, True, False, True], [False, True, False, False, True, True]])
+    used.update(randn((2, 1, 6, 4), 0, torch.float64), randn((2, 1, 6, 4), 1, torch.float64), stale)
+    used.reset()
+    fresh = attention.KVCache(2, 1, 6, 4, dtype=torch.float64)
+    chunks = [(randn((2, 1, 1, 4), 2, torch.float64), randn((2, 1, 1, 4), 3, torch.float64), None),
+              (randn((2, 1, 1, 4), 4, torch.float64), randn((2, 1, 1, 4), 5, torch.float64),
+               torch.tensor([[False], [True]])),
+              (randn((2, 1, 3, 4), 6, torch.float64), randn((2, 1, 3, 4), 7, torch.float64), None)]
+    assert_equal(used.length, 0, what="length after reset()")
+    assert used.padding_mask is None, "padding_mask after reset() must be None (no padding stored)"
+    for i, (k, v, pad) in enumerate(chunks):
+        got, expected = used.update(k, v, pad), fresh.update(k, v, pad)
+        assert_equal(used.length, fresh.length, what=f"length after update {i}")
+        assert_close(got[0], expected[0], what=f"keys after update {i}, reset cache vs fresh cache")
+        assert_close(got[1], expected[1], what=f"values after update {i}, reset cache vs fresh cache")
+        if fresh.padding_mask is None:
+            assert used.padding_mask is None, f"update {i}: fresh padding_mask None, reset cache {used.padding_mask}"
+        else:
+            assert used.padding_mask is not None, f"update {i}: the reset cache lost the padding"
+            assert_close(used.padding_mask, fresh.padding_mask, what=f"padding_mask after update {i}")
+    cfg = dict(n_heads=2, n_kv_heads=1, head_dim=4, window=None, positional="rope", bias=True)
+    layer = _build(attention, cfg, 0)
+    x = randn((2, 4, 8), 8, torch.float64)
+    used.reset()
+    fresh = attention.KVCache(2, 1, 6, 4, dtype=torch.float64)
+    assert_close(layer(x, kv_cache=used), layer(x, kv_cache=fresh), what="layer output with a reset vs a fresh cache")

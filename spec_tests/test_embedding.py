@@ -37,7 +37,11 @@ def test_gradient_reaches_the_rows_used(embedding, vocab, d, seed):
 
 
 def test_initialisation(embedding):
-    """The weight is a (vocab_size, d_model) float32 Parameter drawn from N(0, 0.02^2)."""
+    """The weight is a (vocab_size, d_model) float32 Parameter drawn from N(0, 0.02^2).
+
+    False-failure rate: 64,000 draws; 0.001 is 12.6 standard errors of the mean (0.02 / 253) and
+    17.9 of the std (0.02 / sqrt(128,000)): below 1e-35 for a correct draw.
+    """
     seed_all(0)
     emb = embedding.TokenEmbedding(1000, 64)
     w = emb.weight.detach()
@@ -74,3 +78,26 @@ def test_bad_arguments(embedding):
         emb(torch.zeros(2, 3, dtype=torch.bool))
     with raises_clear(TypeError, "ids"):
         emb([0, 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_lookup_keeps_the_tables_dtype(embedding, dtype):
+    """A table moved to float16 / bfloat16 / float64 returns rows of that dtype, exactly the table's rows."""
+    seed_all(0)
+    emb = embedding.TokenEmbedding(11, 6).to(dtype)
+    ids = randint(0, 11, (3, 4), 1)
+    got = emb(ids)
+    assert got.dtype == dtype, f"lookup dtype: expected {dtype}, got {got.dtype}"
+    assert_close(got, emb.weight.detach()[ids], what=f"rows of the {dtype} table", atol=0, rtol=0)
+
+
+def test_loaded_table_equals_the_original(embedding):
+    """A fresh TokenEmbedding that loads another's state_dict (key 'weight') looks up the same rows."""
+    seed_all(0)
+    original = embedding.TokenEmbedding(9, 5)
+    seed_all(1)
+    loaded = embedding.TokenEmbedding(9, 5)
+    loaded.load_state_dict(original.state_dict())
+    assert_equal(sorted(original.state_dict()), ["weight"], what="state_dict keys")
+    ids = randint(0, 9, (4, 3), 2)
+    assert_close(loaded(ids), original(ids), what="lookup of the loaded table vs the original", atol=0, rtol=0)

@@ -114,3 +114,44 @@ def test_bad_arguments(feedforward):
         ffn(torch.zeros(2, 5))
     with raises_clear(ValueError, "x"):
         ffn(torch.tensor(0.5))
+
+
+@given(lead=batch_shapes(0, 2), d=sizes(8), f=sizes(12), seed=seeds)
+def test_defaults(feedforward, lead, d, f, seed):
+    """FeedForward(d_model, d_ff) alone: exact GELU, biases in w1 and w2, no w3, fast False."""
+    seed_all(seed)
+    ffn = feedforward.FeedForward(d, f).double()
+    assert ffn.w3 is None, "default activation gelu: w3 must be None"
+    assert ffn.w1.bias is not None and ffn.w2.bias is not None, "FeedForward: bias defaults to True"
+    assert ffn.fast is False, f"FeedForward: fast defaults to False, got {ffn.fast!r}"
+    with torch.no_grad():
+        for i, p in enumerate(ffn.parameters()):
+            p.copy_(randn(p.shape, seed + i, torch.float64, 0.5))
+    x = randn((*lead, d), seed, torch.float64, 2.0)
+    assert_close(ffn(x), _oracle(ffn, x, "gelu"), what="FeedForward(d, f) vs w2(gelu(w1 x)) (the defaults)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@given(lead=batch_shapes(0, 2), d=sizes(8), f=sizes(12), activation=activations, bias=st.booleans(),
+       fast=st.booleans(), seed=seeds)
+def test_low_precision(feedforward, dtype, lead, d, f, activation, bias, fast, seed):
+    """In float16 / bfloat16 the FFN keeps the dtype and equals float64 on the same rounded weights.
+
+    Tolerance: 8 * eps(dtype) * M, M = the oracle written with |x| and every |W|, |b| (a bound on
+    each operand, so outputs that cancel to ~0 are fine); measured worst relative to max|y|: 2.4.
+    """
+    ffn = _build(feedforward, d, f, activation, bias, seed)
+    ffn.fast = fast
+    ffn = ffn.to(dtype).double()
+    x = randn((*lead, d), seed, torch.float64).to(dtype)
+    expected = _oracle(ffn, x.double(), activation)
+    got = ffn.to(dtype)(x)
+    assert got.dtype == dtype, f"output dtype: expected {dtype}, got {got.dtype}"
+    lin_abs = lambda layer, h: F.linear(h, layer.weight.double().abs(),  # noqa: E731
+                                        None if layer.bias is None else layer.bias.double().abs())
+    hidden = lin_abs(ffn.w1, x.double().abs())
+    if activation == "swiglu":
+        hidden = hidden * lin_abs(ffn.w3, x.double().abs())
+    magnitude = float(lin_abs(ffn.w2, hidden).detach().max())
+    atol = 8 * torch.finfo(dtype).eps * magnitude
+    assert_close(got, expected.detach().to(dtype), what=f"FeedForward({activation}) in {dtype} vs float64", atol=atol)

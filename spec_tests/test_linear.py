@@ -40,7 +40,11 @@ def test_equals_torch_linear(linear, lead, n_in, n_out, bias, dtype, seed):
 
 
 def test_initialisation_statistics(linear):
-    """Weights start as N(0, 0.02^2) (checked on 65,536 draws), biases as zeros."""
+    """Weights start as N(0, 0.02^2) (checked on 65,536 draws), biases as zeros.
+
+    False-failure rate: the thresholds are 12.8 standard errors of the mean (0.02 / 256) and 18 of
+    the std (0.02 / sqrt(2 * 65,536)): below 1e-36 for a correct N(0, 0.02^2) draw.
+    """
     seed_all(0)
     layer = linear.Linear(256, 256)
     w = layer.weight.detach().double()
@@ -69,3 +73,46 @@ def test_bad_arguments(linear):
     layer = linear.Linear(3, 2)
     with raises_clear(ValueError, "x", "3"):
         layer(torch.zeros(2, 4))
+
+
+def _assert_low_precision(got, expected, dtype, factor, what, magnitude):
+    """``got`` has ``dtype`` and is within ``factor * eps(dtype) * magnitude`` of the float64 ``expected``
+    (``magnitude``: the largest operand, e.g. ``|x| |W|^T + |b|``: a result that cancels to ~0 still
+    carries the rounding error of its operands)."""
+    assert got.dtype == dtype, f"{what}: output dtype: expected {dtype}, got {got.dtype}"
+    atol = factor * torch.finfo(dtype).eps * magnitude
+    assert_close(got, expected.detach().to(dtype), what=f"{what} in {dtype} vs float64", atol=atol)
+
+
+@given(n_in=sizes(), n_out=sizes(), seed=seeds)
+def test_bias_by_default(linear, n_in, n_out, seed):
+    """Linear(in, out) without bias= has a bias (zeros at first) that is added: y = x W^T + b."""
+    seed_all(seed)
+    layer = linear.Linear(n_in, n_out).double()
+    assert layer.bias is not None, "Linear(in, out): bias defaults to True, got bias None"
+    assert torch.equal(layer.bias.detach(), torch.zeros(n_out, dtype=torch.float64)), "the bias must start at zero"
+    with torch.no_grad():
+        layer.bias.copy_(randn((n_out,), seed + 1, torch.float64))
+    x = randn((3, n_in), seed, torch.float64)
+    assert_close(layer(x), x @ layer.weight.T + layer.bias, what="Linear(x) with the default bias")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@given(lead=batch_shapes(0, 2), n_in=sizes(16), n_out=sizes(8), bias=st.booleans(), seed=seeds)
+def test_low_precision(linear, dtype, lead, n_in, n_out, bias, seed):
+    """In float16 / bfloat16 Linear keeps the dtype and equals float64 on the same rounded weights.
+
+    Tolerance: 4 * eps(dtype) * max(|x| |W|^T + |b|) (measured worst, relative to max|y|: 0.7).
+    """
+    seed_all(seed)
+    layer = linear.Linear(n_in, n_out, bias=bias).double()
+    with torch.no_grad():
+        for i, p in enumerate(layer.parameters()):
+            p.copy_(randn(p.shape, seed + 1 + i, torch.float64))
+    layer = layer.to(dtype).double()
+    x = randn((*lead, n_in), seed, torch.float64).to(dtype)
+    expected = layer(x.double())
+    magnitude = x.double().abs() @ layer.weight.detach().abs().T
+    if bias:
+        magnitude = magnitude + layer.bias.detach().abs()
+    _assert_low_precision(layer.to(dtype)(x), expected, dtype, 4, "Linear(x)", float(magnitude.max()))

@@ -148,14 +148,28 @@ def test_uniform_logits_give_log_v(loss, v):
                  what=f"loss of uniform logits over V={v}")
 
 
-def test_half_precision(loss):
-    """bfloat16 logits give a bfloat16 loss close to the float32 loss (computed in float32 inside)."""
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision(loss, dtype, fast):
+    """bfloat16 / float16 logits give a loss of that dtype: the float32 loss rounded once (within eps(dtype), relative)."""
     logits = randn((64, 50), 0, torch.float32, 30.0)
     targets = randint(0, 50, (64,), 1)
-    got = loss.cross_entropy(logits.to(torch.bfloat16), targets)
-    assert got.dtype == torch.bfloat16, f"loss dtype: expected bfloat16, got {got.dtype}"
-    expected = F.cross_entropy(logits.to(torch.bfloat16).float(), targets)
-    assert_close(got.float(), expected, what="bfloat16 cross_entropy vs float32", atol=0.05, rtol=0.01)
+    got = loss.cross_entropy(logits.to(dtype), targets, fast=fast)
+    assert got.dtype == dtype, f"loss dtype: expected {dtype}, got {got.dtype}"
+    expected = F.cross_entropy(logits.to(dtype).float(), targets)
+    eps = torch.finfo(dtype).eps          # rounding once costs at most eps / 2, relative
+    assert_close(got.float(), expected, what=f"{dtype} cross_entropy vs float32", atol=0.0, rtol=eps)
+    none = loss.cross_entropy(logits.to(dtype), targets, reduction="none", fast=fast)
+    assert none.dtype == dtype, f"reduction='none' dtype: expected {dtype}, got {none.dtype}"
+    assert_close(none.float(), F.cross_entropy(logits.to(dtype).float(), targets, reduction="none"),
+                 what=f"{dtype} per-position nll vs float32", atol=0.0, rtol=eps)
+    # 4,096 positions with an nll of about 100 each: their sum (~4e5) is beyond float16's range
+    # (65,504), so the mean must be taken in float32 and only then rounded.
+    many = randn((4096, 4), 2, torch.float32, 100.0).to(dtype)
+    many_targets = randint(0, 4, (4096,), 3)
+    mean = loss.cross_entropy(many, many_targets, fast=fast)
+    assert_close(mean.float(), F.cross_entropy(many.float(), many_targets), what=f"{dtype} mean over 4,096 positions",
+                 atol=0.0, rtol=eps)
 
 
 def test_bad_arguments(loss):
@@ -178,3 +192,15 @@ def test_bad_arguments(loss):
         loss.cross_entropy(logits, good, reduction="average")
     with raises_clear(TypeError, "fast"):
         loss.cross_entropy(logits, good, fast=None)
+
+
+@given(lead=batch_shapes(1, 2), v=sizes(12, 2), seed=seeds)
+def test_defaults(loss, lead, v, seed):
+    """cross_entropy(logits, targets) alone: targets -100 ignored, the mean over the kept ones (F.cross_entropy's defaults)."""
+    logits = randn((*lead, v), seed, torch.float64, 3.0)
+    targets = randint(0, v, lead, seed)
+    targets[randint(0, 2, lead, seed + 1).bool()] = -100
+    targets.view(-1)[0] = int(randint(0, v, (), seed + 2))         # at least one kept target
+    got = loss.cross_entropy(logits, targets)
+    expected = F.cross_entropy(logits.reshape(-1, v), targets.reshape(-1), ignore_index=-100, reduction="mean")
+    assert_close(got, expected, what="cross_entropy(logits, targets) with every default")

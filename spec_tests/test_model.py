@@ -181,8 +181,12 @@ def test_bad_config(model, field, error, override):
 
 @given(p=st.sampled_from([0.1, 0.5, 0.8]), seed=seeds)
 def test_dropout_function(model, p, seed):
-    """dropout zeroes about a fraction p and scales the rest by 1/(1-p); eval mode or p=0 is the identity."""
-    x = randn((64, 64), seed).abs() + 0.5
+    """dropout zeroes about a fraction p and scales the rest by 1/(1-p); eval mode or p=0 is the identity.
+
+    False-failure rate: the dropped fraction of n = 65,536 independent draws is more than 0.05 from
+    p with probability <= 2 exp(-2 n 0.05^2) = 2e-142 (Hoeffding), per example and per run.
+    """
+    x = randn((256, 256), seed).abs() + 0.5
     seed_all(seed)
     y = model.dropout(x, p, True)
     zero = y == 0
@@ -344,7 +348,11 @@ def test_residual_connections(model, placement, seed):
 @pytest.mark.parametrize("sublayer", ["attn", "ffn"])
 @given(p=st.sampled_from([0.2, 0.5]), seed=seeds)
 def test_residual_dropout(model, sublayer, p, seed):
-    """In train mode each sublayer's output is dropped elementwise (rate p, kept values / (1-p)) before the residual sum."""
+    """In train mode each sublayer's output is dropped elementwise (rate p, kept values / (1-p)) before the residual sum.
+
+    False-failure rate: n = 16,384 independent draws; the dropped fraction is more than 0.06 from p
+    with probability <= 2 exp(-2 n 0.06^2) = 1e-51 (Hoeffding) per example.
+    """
     c = {**BASE, "dropout": p, "d_model": 32, "n_heads": 4}
     seed_all(seed)
     block = model.TransformerBlock(model.ModelConfig(**c), 0).train()
@@ -359,7 +367,7 @@ def test_residual_dropout(model, sublayer, p, seed):
 
     setattr(block, "attn", Ones() if sublayer == "attn" else Zeros())
     setattr(block, "ffn", Ones() if sublayer == "ffn" else Zeros())
-    x = randn((4, 16, 32), seed)
+    x = randn((32, 16, 32), seed)
     delta = block(x, torch.arange(16)) - x           # Pre-LN: the dropped sublayer output
     dropped = (delta.abs() < 1e-6).double().mean().item()
     assert abs(dropped - p) < 0.06, f"fraction of the {sublayer} output dropped: expected about {p}, got {dropped:.3f}"
@@ -369,13 +377,17 @@ def test_residual_dropout(model, sublayer, p, seed):
 
 @given(p=st.sampled_from([0.2, 0.5]), seed=seeds)
 def test_embedding_dropout(model, p, seed):
-    """In train mode the embeddings (token + position) are dropped elementwise (rate p, kept values / (1-p))."""
+    """In train mode the embeddings (token + position) are dropped elementwise (rate p, kept values / (1-p)).
+
+    False-failure rate: n = 16,384 independent draws; the dropped fraction is more than 0.06 from p
+    with probability <= 2 exp(-2 n 0.06^2) = 1e-51 (Hoeffding) per example.
+    """
     c = {**BASE, "dropout": p, "d_model": 32, "n_heads": 4, "context_length": 16}
     lm = _build(model, c, seed, torch.float32, randomise=False).train()
     _zero_sublayer_outputs(lm)
     seen = {}
     lm.ln_f.register_forward_pre_hook(lambda module, args: seen.update(h=args[0].detach()))
-    idx = randint(0, c["vocab_size"], (4, 16), seed)
+    idx = randint(0, c["vocab_size"], (32, 16), seed)
     lm(idx)
     emb = lm.token_embedding.weight[idx] + lm.position_embedding(torch.arange(16))
     h = seen["h"]
@@ -388,7 +400,11 @@ def test_embedding_dropout(model, p, seed):
 @given(seed=seeds)
 @settings(max_examples=5)
 def test_eval_is_deterministic_and_dropout_free(model, seed):
-    """Eval mode is deterministic and equals a dropout-0 model with the same weights; train mode is stochastic."""
+    """Eval mode is deterministic and equals a dropout-0 model with the same weights; train mode is stochastic.
+
+    False-failure rate: two train-mode passes can only agree if the 2 * 10 * 16 embedding draws
+    (rate 0.3) agree, probability <= (0.3^2 + 0.7^2)^320 = 1e-76.
+    """
     c = {**BASE, "dropout": 0.3, "d_model": 16, "n_heads": 4}
     lm = _build(model, c, seed, torch.float32)
     idx = randint(0, c["vocab_size"], (2, 10), seed)
@@ -422,7 +438,12 @@ def test_loss_equals_cross_entropy(model, data, seed):
 @given(seed=seeds, positional=st.sampled_from(POSITIONAL), placement=st.sampled_from(["pre", "post"]))
 @settings(max_examples=5)
 def test_initial_loss_is_log_vocab(model, seed, positional, placement):
-    """At initialisation the loss on uniform random tokens is within 0.15 of ln(vocab_size)."""
+    """At initialisation the loss on uniform random tokens is within 0.15 of ln(vocab_size).
+
+    False-failure rate: the logits have std about 0.02 * sqrt(64) = 0.16, so the expected loss is
+    ln(256) + about 0.013, and the mean over 128 targets has std about 0.016: 0.15 is over 8
+    standard deviations, a rate below 1e-15 per example.
+    """
     c = dict(vocab_size=256, context_length=32, n_layers=2, d_model=64, n_heads=4, positional=positional,
              norm_placement=placement)
     lm = _build(model, c, seed, torch.float32, randomise=False)
@@ -433,7 +454,12 @@ def test_initial_loss_is_log_vocab(model, seed, positional, placement):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_initialisation(model, tie):
-    """Weights ~ N(0, 0.02^2), biases 0, norm gains 1; attn out_proj and FFN w2 ~ N(0, (0.02 / sqrt(2 n_layers))^2)."""
+    """Weights ~ N(0, 0.02^2), biases 0, norm gains 1; attn out_proj and FFN w2 ~ N(0, (0.02 / sqrt(2 n_layers))^2).
+
+    False-failure rate: every matrix has n >= 4,096 draws; the sample std is within 10% of sigma
+    (9 standard errors sigma / sqrt(2n)) and the mean within 0.2 sigma (12.8 standard errors
+    sigma / sqrt(n)) except with probability below 1e-18 per matrix, 1e-16 for the ~40 matrices.
+    """
     seed_all(0)
     n_layers = 8
     config = dict(vocab_size=512, context_length=64, n_layers=n_layers, d_model=64, n_heads=4, tie_weights=tie)
@@ -451,7 +477,7 @@ def test_initialisation(model, tie):
             std = 0.02 / math.sqrt(2 * n_layers) if id(p) in residual else 0.02
             got = p.detach().std().item()
             assert abs(got - std) < 0.1 * std, f"initial std of {name}: expected {std:.4g}, got {got:.4g}"
-            assert abs(p.detach().mean().item()) < 0.1 * std, f"initial mean of {name}: expected 0"
+            assert abs(p.detach().mean().item()) < 0.2 * std, f"initial mean of {name}: expected 0"
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -554,3 +580,128 @@ def test_new_kv_cache(model):
     lm(torch.zeros(2, 4, dtype=torch.long), kv_cache=caches)
     lm(torch.zeros(2, 1, dtype=torch.long), kv_cache=caches)
     assert_equal([cache.length for cache in caches], [5, 5, 5], what="cache lengths after 4 + 1 tokens")
+
+
+# --- defaults, modes, state_dict round trip, low precision ----------------------------------------
+
+def test_default_config_builds_the_documented_model(model, impl):
+    """ModelConfig with only the required fields: learned positions, Pre-LN LayerNorm with biases, GELU 4*C, tied, MHA, no dropout."""
+    seed_all(0)
+    lm = model.TransformerLM(model.ModelConfig(**BASE))
+    learned = impl.component("positional").LearnedPositionalEmbedding
+    assert isinstance(lm.position_embedding, learned), \
+        f"default positional='learned': got {type(lm.position_embedding).__name__}"
+    assert lm.ln_f is not None and lm.ln_f.bias is not None, "default Pre-LN LayerNorm with bias: ln_f missing or no bias"
+    assert lm.lm_head.weight is lm.token_embedding.weight, "default tie_weights=True: lm_head.weight is not the table"
+    assert_equal(lm.num_parameters(), _closed_form_count(BASE), what="parameter count of the default model")
+    for block in lm.blocks:
+        assert block.ffn.w3 is None and block.ffn.w1.weight.shape[0] == 4 * BASE["d_model"], "default FFN: gelu, 4 * C"
+        assert block.attn.n_kv_heads == BASE["n_heads"] and block.attn.window is None, "default attention: MHA"
+    idx = randint(0, BASE["vocab_size"], (2, BASE["context_length"]), 0)
+    block = lm.blocks[0]
+    h = randn((2, 4, BASE["d_model"]), 1)
+    expected_ffn = F.linear(F.gelu(F.linear(h, block.ffn.w1.weight, block.ffn.w1.bias)), block.ffn.w2.weight,
+                            block.ffn.w2.bias)
+    assert_close(block.ffn(h), expected_ffn, what="default activation (exact GELU)")
+    lm.train()                                             # default dropout 0: training mode is deterministic
+    assert_close(lm(idx)[0], lm.eval()(idx)[0], what="default model: train-mode logits vs eval-mode logits")
+
+
+def test_train_and_eval_reach_every_submodule(model):
+    """model.train() / .eval() set every submodule's mode; the helpers leave the mode as they found it."""
+    seed_all(0)
+    lm = model.TransformerLM(model.ModelConfig(**{**BASE, "dropout": 0.2, "positional": "rope"}))
+    for mode in (True, False, True):
+        lm.train(mode)
+        wrong = [name or "model" for name, m in lm.named_modules() if m.training is not mode]
+        assert not wrong, f"after model.train({mode}) these modules have training={not mode}: {wrong}"
+        caches = lm.new_kv_cache(1)
+        lm.num_parameters()
+        lm.num_parameters(exclude_embeddings=True)
+        lm(torch.zeros(1, 3, dtype=torch.long), kv_cache=caches)
+        lm.reset_parameters()
+        wrong = [name or "model" for name, m in lm.named_modules() if m.training is not mode]
+        assert not wrong, (f"new_kv_cache / num_parameters / a cached forward / reset_parameters changed "
+                           f"the mode of {wrong} (was training={mode})")
+
+
+@settings(max_examples=8)
+@given(c=configs(), seed=seeds)
+def test_loaded_model_behaves_like_the_original(model, c, seed):
+    """A fresh model that loads another's state_dict gives the same logits, loss and gradients, in eval and train mode."""
+    c = {**c, "dropout": 0.2}
+    original = _build(model, c, seed, torch.float32)
+    seed_all(seed + 1)
+    loaded = model.TransformerLM(model.ModelConfig(**c))
+    loaded.load_state_dict(original.state_dict())
+    assert_equal(sorted(loaded.state_dict()), sorted(original.state_dict()), what="state_dict keys")
+    if c["tie_weights"]:
+        assert loaded.lm_head.weight is loaded.token_embedding.weight, "load_state_dict untied the head"
+    idx = randint(0, c["vocab_size"], (2, c["context_length"]), seed)
+    targets = randint(0, c["vocab_size"], (2, c["context_length"]), seed + 1)
+    for training in (False, True):
+        results = []
+        for lm in (original, loaded):
+            lm.train(training)
+            lm.zero_grad()
+            torch.manual_seed(seed)                     # the same dropout masks in train mode
+            logits, loss = lm(idx, targets)
+            loss.backward()
+            results.append((logits, loss, {n: p.grad.clone() for n, p in lm.named_parameters()}))
+        (lo, so, go), (ll, sl, gl) = results
+        mode = "train" if training else "eval"
+        assert_close(ll, lo, what=f"logits of the loaded model vs the original ({mode} mode)", atol=0, rtol=0)
+        assert_close(sl, so, what=f"loss of the loaded model vs the original ({mode} mode)", atol=0, rtol=0)
+        for name in go:
+            assert_close(gl[name], go[name], what=f"gradient of {name}, loaded vs original ({mode} mode)",
+                         atol=0, rtol=0)
+
+
+@settings(max_examples=8)
+@given(c=configs(), seed=seeds, padded=st.booleans())
+def test_fast_equals_written_out_in_training(model, c, seed, padded):
+    """In train mode with dropout, fast=True gives the logits and loss of fast=False under the same RNG seed."""
+    c = {**c, "dropout": 0.3}
+    slow = _build(model, {**c, "fast": False}, seed, torch.float32).train()
+    fast = _build(model, {**c, "fast": True}, seed, torch.float32, randomise=False).train()
+    fast.load_state_dict(slow.state_dict())
+    idx = randint(0, c["vocab_size"], (2, c["context_length"]), seed)
+    targets = randint(0, c["vocab_size"], (2, c["context_length"]), seed + 1)
+    mask = None
+    if padded:
+        mask = torch.ones(2, c["context_length"], dtype=torch.bool)
+        mask[1, 2:] = False
+    torch.manual_seed(seed)
+    logits_s, loss_s = slow(idx, targets, padding_mask=mask)
+    torch.manual_seed(seed)
+    logits_f, loss_f = fast(idx, targets, padding_mask=mask)
+    assert_close(logits_f, logits_s, what="train-mode logits of fast=True vs fast=False (same seed)")
+    assert_close(loss_f, loss_s, what="train-mode loss of fast=True vs fast=False (same seed)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@settings(max_examples=6)
+@given(c=configs(), seed=seeds, fast=st.booleans())
+def test_low_precision(model, dtype, c, seed, fast):
+    """A model moved to float16 / bfloat16 gives logits and loss of that dtype, close to float64 on the same rounded weights.
+
+    Tolerance: 16 * eps(dtype) * M for the logits and the loss, M = max(|h| |W_head|^T) with h the
+    head's float64 input (a bound on the logits' operands), and at least the loss itself (measured
+    worst relative to max|logits| and the loss over 120 models: 3.5).
+    """
+    lm = _build(model, {**c, "fast": fast}, seed, torch.float64)
+    lm = lm.to(dtype).double()                       # the weights rounded to the dtype
+    idx = randint(0, c["vocab_size"], (2, c["context_length"]), seed)
+    targets = randint(0, c["vocab_size"], (2, c["context_length"]), seed + 1)
+    seen = {}
+    hook = lm.lm_head.register_forward_pre_hook(lambda module, args: seen.update(h=args[0].detach()))
+    with torch.no_grad():
+        expected, expected_loss = lm(idx, targets)
+        hook.remove()
+        magnitude = float((seen["h"].abs() @ lm.lm_head.weight.double().abs().T).max())
+        got, loss = lm.to(dtype)(idx, targets)
+    assert got.dtype == dtype and loss.dtype == dtype, f"logits / loss dtype: expected {dtype}, got {got.dtype} / {loss.dtype}"
+    eps = torch.finfo(dtype).eps
+    assert_close(got, expected.to(dtype), what=f"logits in {dtype} vs float64", atol=16 * eps * magnitude)
+    assert_close(loss, expected_loss.to(dtype), what=f"loss in {dtype} vs float64",
+                 atol=16 * eps * max(magnitude, float(expected_loss)))

@@ -93,16 +93,19 @@ def test_rmsnorm_scale_invariant(norm, lead, d, gain, seed):
 
 # --- both ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
-def test_half_precision(norm, kind):
-    """bfloat16 inputs give bfloat16 outputs close to the float32 result (statistics in float32)."""
-    layer = norm.build_norm(kind, 64)
-    x = (randn((4, 64), 0, torch.float32, 20.0) + 1000.0).to(torch.bfloat16)  # bf16 steps of 4 here
-    got = layer.to(torch.bfloat16)(x)
-    assert got.dtype == torch.bfloat16, f"output dtype: expected bfloat16, got {got.dtype}"
+def test_half_precision(norm, kind, dtype, fast):
+    """bfloat16 / float16 inputs give outputs of that dtype close to the float32 result (statistics in float32)."""
+    layer = norm.build_norm(kind, 64, fast=fast)
+    x = (randn((4, 64), 0, torch.float32, 20.0) + 1000.0).to(dtype)  # steps of 4 (bf16), 0.5 (fp16) here
+    got = layer.to(dtype)(x)
+    assert got.dtype == dtype, f"output dtype: expected {dtype}, got {got.dtype}"
     expected = layer.float()(x.float())
-    # Only the output's rounding to bfloat16 (relative 2^-8) may differ.
-    assert_close(got.float(), expected, what=f"{kind} in bfloat16 vs float32", atol=0.01, rtol=0.01)
+    # Only the output's rounding to the dtype (relative 2^-8 for bfloat16, 2^-11 for float16) may differ.
+    tol = 0.01 if dtype == torch.bfloat16 else 0.002
+    assert_close(got.float(), expected, what=f"{kind} in {dtype} vs float32", atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
@@ -167,3 +170,24 @@ def test_bad_arguments(norm, cls):
         layer(torch.tensor(1.0))
     with raises_clear(TypeError, "x"):
         layer(torch.zeros(2, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+@given(lead=batch_shapes(1, 2), d=sizes(16, 2), seed=seeds)
+def test_defaults(norm, kind, lead, d, seed):
+    """build_norm(kind, d) and the classes without eps / bias / fast: eps 1e-5 inside the sqrt, LayerNorm has a bias, fast False.
+
+    The input has variance about 1e-6, so an eps of 1e-6 or 1e-4 instead of 1e-5 shows.
+    """
+    x = randn((*lead, d), seed, torch.float64, 1e-3)
+    for layer in (norm.build_norm(kind, d), norm.LayerNorm(d) if kind == "layernorm" else norm.RMSNorm(d)):
+        layer = layer.double()
+        assert layer.fast is False, f"{type(layer).__name__}: fast defaults to False, got {layer.fast!r}"
+        if kind == "layernorm":
+            assert layer.bias is not None, "LayerNorm / build_norm('layernorm'): bias defaults to True"
+            with torch.no_grad():
+                layer.bias.copy_(randn((d,), seed + 1, torch.float64))
+            expected = F.layer_norm(x, (d,), layer.weight, layer.bias, eps=1e-5)
+        else:
+            expected = F.rms_norm(x, (d,), layer.weight, eps=1e-5)
+        assert_close(layer(x), expected, what=f"{type(layer).__name__} with default eps (1e-5) on tiny inputs")

@@ -1,5 +1,6 @@
 """Spec of ``optim``: ``AdamW``, ``param_groups``, ``clip_grad_norm`` and ``lr_schedule``."""
 
+import copy
 import math
 
 import pytest
@@ -92,6 +93,57 @@ def test_adamw_state_dict_resumes_exactly(optim, shapes, betas, wd, k, m, seed):
     _run(opt2, resumed, shapes, seed, m, first=k)
     for i, (a, b) in enumerate(zip(resumed, straight)):
         assert torch.equal(a.detach(), b.detach()), f"parameter {i}: resumed run differs from the straight run"
+
+
+def test_adamw_defaults(optim):
+    """AdamW(params, lr) alone uses betas (0.9, 0.999), eps 1e-8 and weight_decay 0.01 (torch.optim.AdamW with those)."""
+    shapes = [(3, 2), (4,)]
+    ours = _params(shapes, 0)
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = optim.AdamW(ours, lr=0.1)
+    ref = torch.optim.AdamW(theirs, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    for s in range(4):
+        for k, (a, b) in enumerate(zip(ours, theirs)):
+            scale = 1e-8 if k == 0 else 1.0                      # tiny gradients: eps matters
+            a.grad = randn(a.shape, 1000 * (s + 1) + k, torch.float64, scale)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref.step()
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_close(a.detach(), b.detach(), what=f"parameter {i} after step {s + 1} with default options",
+                         atol=1e-12, rtol=1e-9)
+    group = opt.param_groups[0]
+    assert_equal((tuple(group["betas"]), group["eps"], group["weight_decay"]), ((0.9, 0.999), 1e-8, 0.01),
+                 what="default (betas, eps, weight_decay) in param_groups[0]")
+
+
+@given(shapes=shape_lists, k=st.integers(1, 3), m=st.integers(1, 3), seed=seeds)
+@settings(max_examples=10)
+def test_adamw_state_dict_round_trip(optim, shapes, k, m, seed):
+    """A fresh AdamW loading a state dict (betas as a JSON list) reports the same state_dict, then runs as the original."""
+    first = _params(shapes, seed)
+    opt1 = optim.AdamW(first, lr=0.02, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1)
+    _run(opt1, first, shapes, seed, k)
+    state = copy.deepcopy(opt1.state_dict())      # as from a checkpoint: torch's load shares the tensors
+    as_json = {"state": copy.deepcopy(state["state"]),
+               "param_groups": [{**g, "betas": list(g["betas"])} for g in state["param_groups"]]}
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in first]
+    opt2 = optim.AdamW(resumed, lr=0.5)
+    opt2.load_state_dict(as_json)
+    again = opt2.state_dict()
+    for g in again["param_groups"]:
+        assert isinstance(g["betas"], tuple), f"betas after load_state_dict: expected a tuple, got {g['betas']!r}"
+    assert_equal(again["param_groups"], state["param_groups"], what="param_groups after the round trip")
+    assert_equal(sorted(again["state"]), sorted(state["state"]), what="parameters with state")
+    for i, entry in state["state"].items():
+        got = again["state"][i]
+        assert_equal(int(got["step"]), int(entry["step"]), what=f"step of parameter {i}")
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(got[key], entry[key]), f"{key} of parameter {i} changed in the round trip"
+    _run(opt1, first, shapes, seed, m, first=k)
+    _run(opt2, resumed, shapes, seed, m, first=k)
+    for i, (a, b) in enumerate(zip(resumed, first)):
+        assert torch.equal(a.detach(), b.detach()), f"parameter {i}: the loaded optimizer diverged from the original"
 
 
 def test_adamw_skips_parameters_without_gradient(optim):

@@ -11,4 +11,9 @@ MUTANTS = [
            'checks.tensor("ids", ids, floating=False)', 'checks.tensor("ids", ids)'),
     Mutant("embedding-init-std-1", "embedding.py", "the table is drawn from N(0, 1), not N(0, 0.02^2)",
            "torch.randn(vocab_size, d_model) * INIT_STD", "torch.randn(vocab_size, d_model)"),
+    Mutant("embedding-rows-float32", "embedding.py", "the looked-up rows are returned as float32 whatever the table's dtype",
+           "return self.weight[ids]  ", "return self.weight[ids].float()  "),
+    Mutant("embedding-table-a-buffer", "embedding.py", "the table is a non-persistent buffer, not a Parameter",
+           "self.weight = nn.Parameter(torch.randn(vocab_size, d_model) * INIT_STD)",
+           'self.register_buffer("weight", torch.randn(vocab_size, d_model) * INIT_STD, persistent=False)'),
 ]

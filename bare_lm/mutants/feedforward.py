@@ -27,4 +27,10 @@ MUTANTS = [
            "self.w3 = Linear(d_model, d_ff, bias=bias)"),
     Mutant("ffn-second-layer-no-bias", "feedforward.py", "the second layer never has a bias",
            "self.w2 = Linear(d_ff, d_model, bias=bias)", "self.w2 = Linear(d_ff, d_model, bias=False)"),
+    Mutant("ffn-default-relu", "feedforward.py", "FeedForward's activation defaults to relu",
+           'activation: str = "gelu", bias: bool = True,', 'activation: str = "relu", bias: bool = True,'),
+    Mutant("ffn-default-no-bias", "feedforward.py", "FeedForward's bias defaults to False",
+           'activation: str = "gelu", bias: bool = True,', 'activation: str = "gelu", bias: bool = False,'),
+    Mutant("silu-sigmoid-in-float32", "feedforward.py", "silu computes the sigmoid in float32 and returns float32",
+           "return x * torch.sigmoid(x)", "return x.float() * torch.sigmoid(x.float())"),
 ]

@@ -66,7 +66,7 @@ MUTANTS = [
     Mutant("max-new-tokens-negative-accepted", "generate.py", "a negative max_new_tokens is not an error",
            "checks.non_negative_int(\"max_new_tokens\", max_new_tokens)", "int(max_new_tokens)"),
     Mutant("batch-ends-when-one-row-stops", "generate.py", "a batch ends as soon as ANY row has stopped",
-           "            if bool(done.all()):", "            if bool(done.any()):"),
+           "halt = (done.all() | ~finite) if stops else ~finite", "halt = (done.any() | ~finite) if stops else ~finite"),
     Mutant("batch-stop-not-sticky", "generate.py", "a stopped row starts emitting again after its stop id",
            "done = done | torch.isin(next_ids, stop_tensor)", "done = torch.isin(next_ids, stop_tensor)"),
     Mutant("default-temperature-not-one", "generate.py", "generate's default temperature is 0.7, not 1",

@@ -10,4 +10,11 @@ MUTANTS = [
     Mutant("linear-weight-in-out", "linear.py", "stores the weight as (in, out)",
            "nn.Parameter(torch.randn(out_features, in_features) * INIT_STD)  # (out, in)",
            "nn.Parameter(torch.randn(in_features, out_features) * INIT_STD)  # (in, out)"),
+    Mutant("linear-default-no-bias", "linear.py", "Linear's bias defaults to False",
+           "out_features: int, bias: bool = True, fast", "out_features: int, bias: bool = False, fast"),
+    Mutant("linear-half-upcast-not-cast-back", "linear.py",
+           "float16 / bfloat16 inputs are multiplied in float32 and the result is not cast back",
+           "y = x @ self.weight.T  # (..., in)",
+           "y = (x.float() @ self.weight.T.float() if x.dtype in (torch.float16, torch.bfloat16) "
+           "else x @ self.weight.T)  # (..., in)"),
 ]

@@ -20,4 +20,11 @@ MUTANTS = [
            "    if bool(bad.any()):", "    if False:"),
     Mutant("loss-sum-is-mean", "loss.py", "reduction='sum' returns the mean",
            "        return total.to(logits.dtype)", "        return (total / keep.sum().clamp(min=1)).to(logits.dtype)"),
+    Mutant("loss-float16-not-upcast", "loss.py", "float16 logits are not upcast (only bfloat16 is)",
+           "return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x",
+           "return x.float() if x.dtype == torch.bfloat16 else x"),
+    Mutant("loss-default-reduction-sum", "loss.py", "cross_entropy's reduction defaults to sum",
+           'reduction: str = "mean", fast: bool = False', 'reduction: str = "sum", fast: bool = False'),
+    Mutant("loss-default-ignore-index", "loss.py", "cross_entropy's ignore_index defaults to -1, not -100",
+           "ignore_index: int = IGNORE_INDEX,", "ignore_index: int = -1,"),
 ]

@@ -58,4 +58,14 @@ MUTANTS = [
            "if self.d_model % self.n_heads:", "if False:"),
     Mutant("from-dict-drops-unknown-keys", "model.py", "from_dict silently ignores unknown keys",
            "unknown = sorted(set(d) - set(fields))", "unknown = []"),
+    Mutant("new-kv-cache-leaves-eval-mode", "model.py", "new_kv_cache switches the model to eval mode for decoding",
+           'checks.positive_int("batch_size", batch_size)\n        max_len = self.config.context_length',
+           'self.eval()\n        checks.positive_int("batch_size", batch_size)\n        max_len = self.config.context_length'),
+    Mutant("fast-embedding-dropout-from-torch", "model.py",
+           "with fast=True the embedding dropout is torch's F.dropout, whose mask differs for the same seed",
+           "x = dropout(x, config.dropout, self.training)",
+           "x = (torch.nn.functional.dropout(x, config.dropout, self.training) if config.fast "
+           "else dropout(x, config.dropout, self.training))"),
+    Mutant("logits-always-float32", "model.py", "the logits are upcast to float32 whatever the model's dtype",
+           "logits = self.lm_head(x)  ", "logits = self.lm_head(x).float()  "),
 ]

@@ -36,4 +36,12 @@ MUTANTS = [
            "(max_lr - min_lr) * 0.5 * (1.0 + math.cos", "(max_lr - min_lr) * (1.0 + math.cos"),
     Mutant("schedule-no-floor", "optim.py", "after total_steps the lr goes back up the cosine",
            "    if step >= total_steps:\n        return float(min_lr)\n", ""),
+    Mutant("adamw-default-weight-decay-0", "optim.py", "AdamW's weight_decay defaults to 0 (Adam's habit), not 0.01",
+           "weight_decay: float = 0.01", "weight_decay: float = 0.0"),
+    Mutant("adamw-default-eps-1e-6", "optim.py", "AdamW's eps defaults to 1e-6, not 1e-8",
+           "eps: float = 1e-8", "eps: float = 1e-6"),
+    Mutant("adamw-default-beta2-0.99", "optim.py", "AdamW's betas default to (0.9, 0.99), not (0.9, 0.999)",
+           "betas: tuple[float, float] = (0.9, 0.999)", "betas: tuple[float, float] = (0.9, 0.99)"),
+    Mutant("adamw-load-keeps-betas-list", "optim.py", "load_state_dict keeps the JSON list for betas",
+           'group["betas"] = tuple(group["betas"])', 'group["betas"] = group["betas"]'),
 ]
