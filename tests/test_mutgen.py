@@ -69,7 +69,9 @@ def fake(tmp_path):
     (spec / "conftest.py").write_text(CONFTEST)
     (spec / "test_calc.py").write_text(SPEC)
     (spec / "pytest.ini").write_text("[pytest]\n")
-    target = mutgen.Target(spec, ["-x", "-q", "-p", "no:cacheprovider", "--import-mode=importlib",
+    # The fake spec defines its own --impl: keep the installed spec plugin (a pytest11 entry point) out.
+    target = mutgen.Target(spec, ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:spec_tests.plugin",
+                                  "--import-mode=importlib",
                                   "--rootdir", str(spec), "-c", str(spec / "pytest.ini")])
     return impl, target, tmp_path
 
