@@ -543,7 +543,10 @@ def warm_up(target: Target, modules: list[str]) -> None:
         torch.set_num_threads(1)
         import _hypothesis_pytestplugin  # noqa: F401
         import hypothesis  # noqa: F401
-        import hypothesis.extra._patching  # noqa: F401  (imported on a test's first failure: ~1.8 s)
+        try:
+            import hypothesis.extra._patching  # noqa: F401  (imported on a test's first failure: ~1.8 s)
+        except ImportError:  # it needs libcst, which hypothesis does without (no patch suggestions)
+            pass
         torch.unravel_index(torch.tensor(5), (2, 3))  # lazily imports ~1 s of torch (support.assert_close)
         try:  # hypothesis scans the loaded modules for constants once per process: scan these now
             import warnings
