@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from .support import assert_close, batch_shapes, float_dtypes, randn, raises_clear, seed_all, seeds, sizes
 
-activations = st.sampled_from(["relu", "gelu", "swiglu"])
+activations = st.sampled_from(["relu", "gelu", "gelu_tanh", "swiglu"])
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +30,15 @@ def _oracle(ffn, x, activation):
     lin = lambda layer, h: F.linear(h, layer.weight, layer.bias)  # noqa: E731
     if activation == "swiglu":
         return lin(ffn.w2, F.silu(lin(ffn.w1, x)) * lin(ffn.w3, x))
-    act = F.relu if activation == "relu" else (lambda h: F.gelu(h, approximate="none"))
+    act = {"relu": F.relu, "gelu": lambda h: F.gelu(h, approximate="none"),
+           "gelu_tanh": lambda h: F.gelu(h, approximate="tanh")}[activation]
     return lin(ffn.w2, act(lin(ffn.w1, x)))
 
 
 @given(lead=batch_shapes(0, 2), d=sizes(8), f=sizes(12), activation=activations, bias=st.booleans(),
        dtype=float_dtypes, seed=seeds)
 def test_equals_formula(feedforward, lead, d, f, activation, bias, dtype, seed):
-    """FFN(x) = W2 act(W1 x) for relu / exact gelu, and W2 (silu(W1 x) * W3 x) for swiglu."""
+    """FFN(x) = W2 act(W1 x) for relu / exact gelu / tanh gelu, and W2 (silu(W1 x) * W3 x) for swiglu."""
     ffn = _build(feedforward, d, f, activation, bias, seed, dtype)
     x = randn((*lead, d), seed, dtype, 2.0)
     assert_close(ffn(x), _oracle(ffn, x, activation), what=f"FeedForward[{activation}](x)")
@@ -63,7 +64,7 @@ def test_parameter_count(feedforward, d, f, activation, bias):
                             f"expected {expected}, got {got}"
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swiglu"])
 def test_gradients_reach_every_parameter(feedforward, activation):
     """Backpropagating through the FFN gives every parameter a non-zero gradient."""
     ffn = _build(feedforward, 4, 8, activation, True, 0, torch.float32)
@@ -92,10 +93,11 @@ def test_fast_path_equals_written_out(feedforward, lead, d, f, activation, bias,
 
 @given(seed=seeds)
 def test_activation_functions(feedforward, seed):
-    """relu, gelu (exact erf form) and silu equal torch's own."""
+    """relu, gelu (exact erf form), gelu_tanh (the tanh approximation) and silu equal torch's own."""
     x = randn((64,), seed, torch.float64, 4.0)
     assert_close(feedforward.relu(x), F.relu(x), what="relu(x)")
     assert_close(feedforward.gelu(x), F.gelu(x, approximate="none"), what="gelu(x), exact erf form")
+    assert_close(feedforward.gelu_tanh(x), F.gelu(x, approximate="tanh"), what="gelu_tanh(x), tanh approximation")
     assert_close(feedforward.silu(x), F.silu(x), what="silu(x)")
 
 
