@@ -1,21 +1,23 @@
 """Run the mutant catalogue: each classic bug must make its component's spec fail.
 
-``bare-lm mutants`` (or ``python -m bare_lm.mutate``): for each mutant, copy ``reference/``, apply
-the edit, run the mutant's spec files against the copy with ``pytest --impl COPY -x``, and report
-which test caught it, or SURVIVED. Exits 1 if any mutant survives or no longer applies.
+``bare-lm mutants`` (or ``python -m bare_lm.mutate``): for each mutant, apply the edit to a copy of
+``reference/`` and run the mutant's spec files against the copy (``pytest --impl COPY -x``), and
+report which test caught it, or SURVIVED. Exits 1 if any mutant survives or no longer applies.
+
+The mutants run in the warm forking executor of the generated mutants (``bare_lm/mutgen.py``): this
+process imports torch, pytest, hypothesis and the specs once (and transformers, tokenizers and
+tiktoken when a mutant's spec uses them), then per mutant writes the mutated file into a job slot's
+copy of the implementation and forks; the child runs pytest on the mutant's specs and is killed
+after ``TIMEOUT_S`` seconds. A mutant costs the tests it runs plus ~0.4 s, not a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,59 +27,98 @@ from .mutants import Mutant, all_mutants
 
 SPEC_DIR = REPO_ROOT / "spec_tests"
 TIMEOUT_S = 300
+# Peers a spec imports lazily (on its first test), imported once in this process instead of per child.
+PEERS = {
+    "interop": ("transformers", "transformers.models.auto.modeling_auto", "transformers.models.gpt2.modeling_gpt2",
+                "transformers.models.llama.modeling_llama", "tokenizers", "safetensors.torch"),
+    "tokenizer": ("tiktoken", "tokenizers"),
+}
 
 
 @dataclass
 class Outcome:
     mutant: Mutant
     status: str          # "caught", "SURVIVED", "TIMEOUT", "BROKEN" (the edit no longer applies to the
-                         # reference), "N/A" (it does not apply to the --source code: not a failure)
+                         # reference, or pytest failed without a failing test), "N/A" (it does not
+                         # apply to the --source code: not a failure)
     caught_by: str = ""
     seconds: float = 0.0
+    cpu: float = 0.0     # the child's CPU seconds (user + system): its cost on a free core
 
 
 def apply(mutant: Mutant, impl_dir: Path) -> None:
     path = impl_dir / mutant.file
-    text = path.read_text()
+    path.write_text(mutated(mutant, path.read_text()))
+
+
+def mutated(mutant: Mutant, text: str) -> str:
+    """``text`` with the mutant's edit; ValueError unless its ``old`` text occurs exactly once."""
     count = text.count(mutant.old)
     if count != 1:
         raise ValueError(f"mutant {mutant.name}: its 'old' text occurs {count} times in {mutant.file} (needs 1)")
-    path.write_text(text.replace(mutant.old, mutant.new))
+    return text.replace(mutant.old, mutant.new)
 
 
-def run_one(mutant: Mutant, source: Path, workdir: Path, profile: str) -> Outcome:
-    start = time.perf_counter()
-    impl_dir = workdir / mutant.name / "impl"
-    shutil.copytree(source, impl_dir, ignore=shutil.ignore_patterns("__pycache__"))
-    try:
-        apply(mutant, impl_dir)
-    except (ValueError, FileNotFoundError) as err:
-        if source != (REPO_ROOT / "reference").resolve():  # other code: the edit need not fit it
-            return Outcome(mutant, "N/A", "does not apply to this code")
-        return Outcome(mutant, "BROKEN", str(err))
-    report = workdir / mutant.name / "report.json"
-    specs = [str(SPEC_DIR / f"test_{c}.py") for c in mutant.components]
-    cmd = [sys.executable, "-m", "pytest", *specs, "--impl", str(impl_dir), "-x", "-q", "--tb=no",
-           "-p", "no:cacheprovider", "--no-header", f"--hypothesis-profile={profile}",
-           "--progress-json", str(report), "--rootdir", str(REPO_ROOT), "-c", str(REPO_ROOT / "pyproject.toml")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=REPO_ROOT, env=env)
-    except subprocess.TimeoutExpired:
-        return Outcome(mutant, "TIMEOUT", f"spec ran over {TIMEOUT_S} s", time.perf_counter() - start)
-    seconds = time.perf_counter() - start
-    if proc.returncode == 0:
-        return Outcome(mutant, "SURVIVED", "", seconds)
-    caught_by = ""
-    if report.exists():
-        results = json.loads(report.read_text())["results"]
-        failed = [r for r in results if r["status"] in ("failed", "broken", "blocked", "not started")]
-        if failed:
-            caught_by = failed[0]["nodeid"].split("/")[-1]
-    if not caught_by:  # pytest itself failed (collection error, usage error): show why
-        return Outcome(mutant, "BROKEN", (proc.stdout + proc.stderr).strip().splitlines()[-1:][0] if
-                       (proc.stdout + proc.stderr).strip() else f"pytest exited {proc.returncode}", seconds)
-    return Outcome(mutant, "caught", caught_by, seconds)
+def peers(mutants: list[Mutant]) -> tuple[str, ...]:
+    """The lazily imported peers that the specs of ``mutants`` use."""
+    return tuple(dict.fromkeys(name for m in mutants for c in m.components for name in PEERS.get(c, ())))
+
+
+def run_mutants(mutants: list[Mutant], source: Path, jobs: int, profile: str, timeout: float = TIMEOUT_S,
+                on_outcome=None) -> list[Outcome]:
+    """Run each mutant against ``source`` in the warm forking executor; outcomes in catalogue order
+    (``on_outcome`` is called as each one ends)."""
+    from . import mutgen
+    is_reference = source == (REPO_ROOT / "reference").resolve()
+    outcomes: dict[str, Outcome] = {}
+    queue: list[tuple[Mutant, str]] = []
+    for m in mutants:
+        try:
+            queue.append((m, mutated(m, (source / m.file).read_text())))
+        except (ValueError, FileNotFoundError) as err:
+            outcome = (Outcome(m, "BROKEN", str(err)) if is_reference else  # other code: the edit need not fit it
+                       Outcome(m, "N/A", "does not apply to this code"))
+            outcomes[m.name] = outcome
+            if on_outcome:
+                on_outcome(outcome)
+    if queue:
+        target = mutgen.bare_lm_target(profile)
+        also = peers([m for m, _ in queue])
+        if also:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")        # as the spec sets them: never the network
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no Rust thread pool across fork()
+        mutgen.warm_up(target, [], tuple(sorted({c for m, _ in queue for c in m.components})), also)
+        with tempfile.TemporaryDirectory(prefix="bare-lm-mutants-") as tmp:
+            executor = mutgen.Executor(Path(tmp), source, jobs)
+            try:
+                while queue or executor.running:
+                    while queue and executor.free:
+                        m, code = queue.pop(0)
+                        slot = executor.free.pop(0)
+                        job = mutgen.Job(m, target.args_for(m.components, executor.impl_dir(slot)), timeout,
+                                         specs=m.components)
+                        executor.start(job, slot, (m.file, code))
+                    for job, result in executor.wait():
+                        outcome = _verdict(job.key, result)
+                        outcomes[outcome.mutant.name] = outcome
+                        if on_outcome:
+                            on_outcome(outcome)
+            finally:
+                executor.kill_all()
+    return [outcomes[m.name] for m in mutants]
+
+
+def _verdict(mutant: Mutant, result) -> Outcome:
+    """The catalogue's verdict from the executor's outcome (killed / survived / timeout)."""
+    cpu = result.cpu or 0.0
+    if result.status == "survived":
+        return Outcome(mutant, "SURVIVED", "", result.seconds, cpu)
+    if result.status == "timeout":
+        return Outcome(mutant, "TIMEOUT", f"spec {result.caught_by}", result.seconds, cpu)
+    if "::" not in result.caught_by:  # pytest itself failed (collection or usage error, a crash): show why
+        return Outcome(mutant, "BROKEN", result.caught_by, result.seconds, cpu)
+    return Outcome(mutant, "caught", result.caught_by, result.seconds, cpu)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,18 +157,18 @@ def run(args: argparse.Namespace) -> int:
         return 1
     source = Path(args.source).resolve()
     print(f"Running {len(mutants)} mutants of {source} with {args.jobs} jobs...", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bare-lm-mutants-") as tmp:
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            outcomes = []
-            for outcome in pool.map(lambda m: run_one(m, source, Path(tmp), args.profile), mutants):
-                outcomes.append(outcome)
-                mark = {"caught": "ok ", "N/A": "-- "}.get(outcome.status, "!! ")
-                print(f"{mark}{outcome.mutant.name:<40} {outcome.status:<9} {outcome.seconds:5.1f} s  "
-                      f"{outcome.caught_by}", flush=True)
-    return report(outcomes)
+    start = time.perf_counter()
+    outcomes = run_mutants(mutants, source, max(1, args.jobs), args.profile, TIMEOUT_S, _print_outcome)
+    return report(outcomes, time.perf_counter() - start)
 
 
-def report(outcomes: list[Outcome]) -> int:
+def _print_outcome(outcome: Outcome) -> None:
+    mark = {"caught": "ok ", "N/A": "-- "}.get(outcome.status, "!! ")
+    print(f"{mark}{outcome.mutant.name:<40} {outcome.status:<9} {outcome.seconds:5.1f} s  {outcome.caught_by}",
+          flush=True)
+
+
+def report(outcomes: list[Outcome], wall: float | None = None) -> int:
     width = max(len(o.mutant.name) for o in outcomes)
     print()
     print(f"{'mutant':<{width}}  {'bug':<55}  caught by")
@@ -138,7 +179,10 @@ def report(outcomes: list[Outcome]) -> int:
     bad = [o for o in outcomes if o.status not in ("caught", "N/A")]
     applied = len(outcomes) - len(skipped)
     total = sum(o.seconds for o in outcomes)
-    print(f"\n{applied - len(bad)} of {applied} mutants caught ({total:.0f} s of spec runs)")
+    cpu = sum(o.cpu for o in outcomes)
+    took = f" in {wall:.0f} s" if wall is not None else ""
+    print(f"\n{applied - len(bad)} of {applied} mutants caught{took} ({total:.0f} s of spec runs, "
+          f"{cpu:.0f} s of CPU in them)")
     if skipped:
         print(f"{len(skipped)} do not apply to this code (their 'old' text is not in it once; not counted): "
               + ", ".join(o.mutant.name for o in skipped))

@@ -518,8 +518,11 @@ class Target:
         return self.specs_of.get(module, (module,))
 
     def args(self, module: str, impl_dir: Path) -> list[str]:
-        return [*(str(self.spec_dir / f"test_{c}.py") for c in self.specs(module)),
-                "--impl", str(impl_dir), *self.extra]
+        return self.args_for(self.specs(module), impl_dir)
+
+    def args_for(self, specs: tuple[str, ...], impl_dir: Path) -> list[str]:
+        """pytest's arguments for the spec files of ``specs`` (component names) against ``impl_dir``."""
+        return [*(str(self.spec_dir / f"test_{c}.py") for c in specs), "--impl", str(impl_dir), *self.extra]
 
 
 def bare_lm_target(profile: str = "mutants") -> Target:
@@ -530,8 +533,10 @@ def bare_lm_target(profile: str = "mutants") -> Target:
                   {"checks": CHECKS_SPECS})
 
 
-def warm_up(target: Target, modules: list[str]) -> None:
-    """Import what every child needs once, in this process (never the implementation itself)."""
+def warm_up(target: Target, modules: list[str], components: tuple[str, ...] = (), also: tuple[str, ...] = ()) -> None:
+    """Import what every child needs once, in this process (never the implementation itself): the
+    specs of ``modules`` and of ``components``, and the modules named in ``also`` (peers the spec
+    imports lazily, e.g. ``transformers``; one that is not installed is left out)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
     # Third-party pytest plugins (anyio, benchmark, ...) cost a second per child: load only hypothesis's.
@@ -548,6 +553,11 @@ def warm_up(target: Target, modules: list[str]) -> None:
         except ImportError:  # it needs libcst, which hypothesis does without (no patch suggestions)
             pass
         torch.unravel_index(torch.tensor(5), (2, 3))  # lazily imports ~1 s of torch (support.assert_close)
+        for name in also:  # before the constants scan below, so that it covers them too
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
         try:  # hypothesis scans the loaded modules for constants once per process: scan these now
             import warnings
             from hypothesis.internal.conjecture.providers import _get_local_constants
@@ -557,7 +567,7 @@ def warm_up(target: Target, modules: list[str]) -> None:
         except Exception:  # noqa: BLE001  (an internal of hypothesis: only a speed-up)
             pass
         import spec_tests.plugin  # noqa: F401
-        for c in sorted({c for m in modules for c in target.specs(m)}):
+        for c in sorted({c for m in modules for c in target.specs(m)} | set(components)):
             importlib.import_module(f"spec_tests.test_{c}")
     import gc
     gc.collect()

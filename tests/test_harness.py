@@ -237,3 +237,46 @@ def test_plugin_registered_once_however_it_is_named():
     proc = _pytest("-p", "spec_tests.plugin", "--co", str(ROOT / "spec_tests" / "test_linear.py"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "test_equals_torch_linear" in proc.stdout
+
+
+WARM_CATALOGUE = '''
+import sys
+from bare_lm import mutate
+from bare_lm.mutants import Mutant, all_mutants
+
+caught = next(m for m in all_mutants() if m.name == "linear-weight-in-out")
+comment = Mutant("linear-comment-only", "linear.py", "a comment changes nothing observable",
+                 "        return y\\n", "        return y  # the output\\n")
+endless = Mutant("linear-forward-never-returns", "linear.py", "forward loops for ever",
+                 "        return y\\n", "        while True:\\n            pass\\n")
+mutate.all_mutants = lambda: [caught, comment, endless]
+mutate.TIMEOUT_S = 4
+sys.exit(mutate.main(sys.argv[1:]))
+'''
+
+
+def test_warm_catalogue_runner_classifies_caught_survived_and_timeout(tmp_path):
+    """`bare-lm mutants` (the warm forking executor): a real mutant is caught by the test that
+    fails, an edit that changes nothing observable SURVIVED (exit 1), an endless loop is killed at the
+    per-mutant timeout (TIMEOUT), and every mutant gets its seconds."""
+    proc = subprocess.run([sys.executable, "-c", WARM_CATALOGUE, "-j", "2"], capture_output=True, text=True,
+                          cwd=ROOT)
+    out = proc.stdout
+    assert proc.returncode == 1, out[-3000:] + proc.stderr[-2000:]
+    lines = {line.split()[1]: line for line in out.splitlines() if line[:3] in ("ok ", "!! ")}
+    assert lines["linear-weight-in-out"].split()[2] == "caught", out
+    assert "test_linear.py::" in lines["linear-weight-in-out"], out
+    assert lines["linear-comment-only"].split()[2] == "SURVIVED", out
+    assert lines["linear-forward-never-returns"].split()[2] == "TIMEOUT", out
+    assert all(" s " in line for line in lines.values()), out
+    assert "1 of 3 mutants caught" in out
+    assert "NOT caught: linear-comment-only, linear-forward-never-returns" in out
+
+
+def test_warm_catalogue_runner_lists_without_running():
+    """`bare-lm mutants --list` lists the chosen mutants and runs nothing."""
+    proc = subprocess.run([sys.executable, "-c", WARM_CATALOGUE, "--list"], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == \
+        ["linear-weight-in-out", "linear-comment-only", "linear-forward-never-returns"]

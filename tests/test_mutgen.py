@@ -60,7 +60,10 @@ def test_count_to(calc):
 
 
 @pytest.fixture
-def fake(tmp_path):
+def fake(tmp_path, monkeypatch):
+    # The children's pytest loads no installed plugin: Bare-LM's own (an entry point) would add the
+    # --impl option the fake spec's conftest adds.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     impl = tmp_path / "impl"
     impl.mkdir()
     (impl / "calc.py").write_text(CALC)
