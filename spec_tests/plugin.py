@@ -39,6 +39,10 @@ from .components import COMPONENTS, component_of
 from .impl import ENV_VAR, ComponentBroken, Implementation, chosen
 
 # --- hypothesis profiles -----------------------------------------------------------------------
+# On a CI machine hypothesis loads its own "ci" profile at import; registering the spec's "ci" would
+# change that profile in force, also in a project that merely has this plugin installed. Keep the
+# settings in force under another name, so that only a spec run (or --hypothesis-profile) changes them.
+_outer_name, _outer = settings.get_current_profile_name(), settings.default
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 # No "explain" phase outside `thorough`: it costs ~0.7 s per failing test, a stub fails them all.
 _quick = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
@@ -53,6 +57,9 @@ settings.register_profile("grade", max_examples=40, derandomize=True, database=N
 # The mutant runner only needs to know *whether* a property fails: no shrinking.
 settings.register_profile("mutants", max_examples=40, derandomize=True, database=None, print_blob=False,
                           phases=[Phase.explicit, Phase.reuse, Phase.generate], **_common)
+if _outer_name in ("dev", "ci", "thorough", "grade", "mutants"):
+    settings.register_profile(f"{_outer_name}-before-bare-lm", _outer)
+    settings.load_profile(f"{_outer_name}-before-bare-lm")
 PROFILE_ENV = "BARE_LM_HYPOTHESIS_PROFILE"
 
 NOT_STARTED = "not started"
