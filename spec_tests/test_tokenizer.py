@@ -534,6 +534,7 @@ def spacey(tokenizer):
 @given(text=spacey_text, cuts=st.lists(st.integers(0, 40), max_size=6))
 @example(text="x\n\n\nb c", cuts=[])
 @example(text="a\n\t\taa\n  \n", cuts=[])
+@example(text="\n\t\ta\n \n\nab.\n  ab   ", cuts=[])
 def test_encode_iterable_equals_encode_inside_whitespace_runs(spacey, text, cuts):
     """encode_iterable(chunks) == encode("".join(chunks)) for any chunking, also with a chunk boundary
     inside a run of whitespace (a file read line by line) and merges that join whitespace."""
