@@ -88,9 +88,11 @@ def is_spec_item(item) -> bool:
 
 
 def is_fast_path_test(item) -> bool:
-    """Fast-path tests compare ``fast=True`` with the written-out path: named ``test_fast_*`` or ``*fast_path*``."""
+    """Fast-path tests run ``fast=True``: named ``test_fast_*`` or ``*fast_path*`` (they compare it with the
+    written-out path), or parametrized with ``fast=True``. Every other test runs written-out paths only."""
     name = getattr(getattr(item, "function", None), "__name__", item.name)
-    return name.startswith("test_fast_") or "fast_path" in name
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return name.startswith("test_fast_") or "fast_path" in name or params.get("fast") is True
 
 
 class _State:

@@ -679,9 +679,10 @@ def test_fast_equals_written_out_in_training(model, c, seed, padded):
     assert_close(loss_f, loss_s, what="train-mode loss of fast=True vs fast=False (same seed)")
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@settings(max_examples=6)
-@given(c=configs(), seed=seeds, fast=st.booleans())
+@settings(max_examples=3)
+@given(c=configs(), seed=seeds)
 def test_low_precision(model, dtype, c, seed, fast):
     """A model moved to float16 / bfloat16 gives logits and loss of that dtype, close to float64 on the same rounded weights.
 
