@@ -1,5 +1,6 @@
 """Self-tests of the spec's machinery: choosing implementations, the mutant catalogue, the CLI."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -240,7 +241,7 @@ def test_plugin_registered_once_however_it_is_named():
 
 
 WARM_CATALOGUE = '''
-import sys
+import os, sys
 from bare_lm import mutate
 from bare_lm.mutants import Mutant, all_mutants
 
@@ -250,47 +251,48 @@ comment = Mutant("linear-comment-only", "linear.py", "a comment changes nothing 
 endless = Mutant("linear-forward-never-returns", "linear.py", "forward loops for ever",
                  "        return y\\n", "        while True:\\n            pass\\n")
 mutate.all_mutants = lambda: [caught, comment, endless]
-mutate.TIMEOUT_S = 4
+mutate.TIMEOUT_S = float(os.environ.get("MUTANT_TIMEOUT_S", "600"))
 sys.exit(mutate.main(sys.argv[1:]))
 '''
 
 
-def test_warm_catalogue_runner_classifies_caught_survived_and_timeout(tmp_path):
+def _warm(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", WARM_CATALOGUE, *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "MUTANT_TIMEOUT_S": str(timeout_s)})
+
+
+def _lines(out: str) -> dict[str, str]:
+    return {line.split()[1]: line for line in out.splitlines() if line[:3] in ("ok ", "!! ")}
+
+
+def test_warm_catalogue_runner_classifies_caught_and_survived():
     """`bare-lm mutants` (the warm forking executor): a real mutant is caught by the test that
-    fails, an edit that changes nothing observable SURVIVED (exit 1), an endless loop is killed at the
-    per-mutant timeout (TIMEOUT), and every mutant gets its seconds."""
-    proc = subprocess.run([sys.executable, "-c", WARM_CATALOGUE, "-j", "2"], capture_output=True, text=True,
-                          cwd=ROOT)
+    fails, an edit that changes nothing observable SURVIVED (exit 1), and every mutant gets its seconds."""
+    proc = _warm("-j", "2", "--name", "linear-weight-in-out", "--name", "linear-comment-only")
     out = proc.stdout
     assert proc.returncode == 1, out[-3000:] + proc.stderr[-2000:]
-    lines = {line.split()[1]: line for line in out.splitlines() if line[:3] in ("ok ", "!! ")}
+    lines = _lines(out)
     assert lines["linear-weight-in-out"].split()[2] == "caught", out
     assert "test_linear.py::" in lines["linear-weight-in-out"], out
     assert lines["linear-comment-only"].split()[2] == "SURVIVED", out
-    assert lines["linear-forward-never-returns"].split()[2] == "TIMEOUT", out
     assert all(" s " in line for line in lines.values()), out
-    assert "1 of 3 mutants caught" in out
-    assert "NOT caught: linear-comment-only, linear-forward-never-returns" in out
+    assert "1 of 2 mutants caught" in out
+    assert "NOT caught: linear-comment-only" in out
+
+
+def test_warm_catalogue_runner_stops_an_endless_mutant_at_its_timeout():
+    """A mutant whose spec never ends (an endless loop) is killed at the per-mutant timeout: TIMEOUT, exit 1
+    (the loop never returns, so the verdict holds however loaded the machine is)."""
+    proc = _warm("--name", "linear-forward-never-returns", timeout_s=3)
+    out = proc.stdout
+    assert proc.returncode == 1, out[-3000:] + proc.stderr[-2000:]
+    assert _lines(out)["linear-forward-never-returns"].split()[2] == "TIMEOUT", out
+    assert "NOT caught: linear-forward-never-returns" in out
 
 
 def test_warm_catalogue_runner_lists_without_running():
     """`bare-lm mutants --list` lists the chosen mutants and runs nothing."""
-    proc = subprocess.run([sys.executable, "-c", WARM_CATALOGUE, "--list"], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = _warm("--list")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [line.split()[0] for line in proc.stdout.splitlines()] == \
         ["linear-weight-in-out", "linear-comment-only", "linear-forward-never-returns"]
-
-
-def test_fast_is_never_drawn_by_hypothesis():
-    """The grader's oracle watch knows a fast-path run by its name or its ``fast=True`` parameter
-    (spec_tests.plugin.is_fast_path_test): a spec that drew ``fast`` from hypothesis would run the
-    fast path under the watch, and the reference would lose marks for a fast path it may use."""
-    import re
-    drawn = set()
-    for path in sorted((ROOT / "spec_tests").glob("test_*.py")):
-        text = path.read_text()
-        for match in re.finditer(r"\bfast\s*=\s*st\.", text):
-            drawn.add(re.search(r"def (test_\w+)", text[match.end():]).group(1))
-    allowed = {"test_config_round_trip"}  # builds a ModelConfig, never runs a layer
-    assert drawn <= allowed, f"parametrize fast=[False, True] instead of drawing it in: {sorted(drawn - allowed)}"
