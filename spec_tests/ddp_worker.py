@@ -7,10 +7,10 @@ module). Each rank sets the variables ``torchrun`` would set (``RANK``, ``WORLD_
 ``LOCAL_RANK``), joins the group ONCE through the implementation's ``distributed.setup("cpu",
 init_method="file://...")`` (a rendezvous file in ``workdir``: no port to find, nothing shared
 between runs), then serves tasks: ``pool.run(task, payload)`` runs ``TASKS[task](impl, rank,
-world_size, payload)`` on every rank and returns the results in rank order. An error on a rank is
+world_size, payload)`` (or the function a ``"module:function"`` task names) on every rank and returns the results in rank order. An error on a rank is
 raised again in the parent: ``NotImplementedError`` as itself (a stub reads *not started*),
 anything else as an ``AssertionError`` naming the rank. ``close()`` stops the ranks (they call
-``distributed.teardown()``); a rank that is still busy ``HANG_GUARD_S`` seconds after another one
+``distributed.teardown()``), and a rank whose parent is gone ends itself; a rank that is still busy ``HANG_GUARD_S`` seconds after another one
 failed is stuck in a collective: the pool is killed and restarted by the next ``run``.
 """
 
@@ -20,6 +20,8 @@ import multiprocessing
 import os
 import queue
 import shutil
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -102,7 +104,16 @@ class RankPool:
         self.procs, self.inboxes, self.outbox = [], [], None
 
 
+def _watch_parent(parent: int) -> None:
+    """End this rank when the parent is gone (killed without closing the pool, e.g. by a per-test
+    time limit that ends the whole pytest): no rank is left waiting in a collective."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _child(spec: str, rank: int, world_size: int, rendezvous: str, inbox, outbox) -> None:
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)          # W ranks share the machine's cores
     distributed = None
@@ -116,7 +127,7 @@ def _child(spec: str, rank: int, world_size: int, rendezvous: str, inbox, outbox
         while (message := inbox.get()) is not None:
             task, payload = message
             try:
-                outbox.put((rank, "ok", TASKS[task](impl, rank, world_size, payload)))
+                outbox.put((rank, "ok", _task(task)(impl, rank, world_size, payload)))
             except Exception as err:  # noqa: BLE001 - every error goes back to the parent
                 outbox.put((rank, "error", _describe(err)))
     except Exception as err:  # noqa: BLE001
@@ -129,6 +140,16 @@ def _child(spec: str, rank: int, world_size: int, rendezvous: str, inbox, outbox
             pass
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _task(name: str):
+    """``TASKS[name]``, or the function ``module:function`` names (a benchmark's own task)."""
+    if ":" in name:
+        import importlib
+
+        module, function = name.split(":")
+        return getattr(importlib.import_module(module), function)
+    return TASKS[name]
 
 
 def _describe(err: BaseException) -> tuple[str, str, str]:
