@@ -83,6 +83,7 @@ ORACLES: dict[str, tuple[str, ...]] = {
     "optim": _OPTIM,
     "checkpoint": (*_MODEL, *_OPTIM),
     "train": (*_MODEL, *_OPTIM),
+    "distributed": (*_MODEL, *_OPTIM),
     "generate": (*_MODEL, *_SOFTMAX),
 }
 

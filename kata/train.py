@@ -50,6 +50,15 @@ step), ``lr``, ``grad_norm`` (before clipping), ``tokens_per_s`` (training throu
 records after its checkpoint's step (and a torn last line), then appends: every logged step once.
 With matplotlib installed, ``out_dir/loss_curve.png`` plots the log at the end.
 
+**Several processes.** Called in every process of a ``torchrun`` launch after
+``distributed.setup()`` (a process group is initialized), ``train`` trains data-parallel: each rank
+takes its shard of every global batch, the model is wrapped in ``DistributedDataParallel``, the
+steps are ``distributed.train_step`` and the evaluations ``distributed.evaluate``; rank 0 alone
+holds the lock and writes the log, the checkpoints and the token cache. ``batch_size`` stays the
+GLOBAL batch (``world_size * accum`` must divide it), the sampler state is global, so a checkpoint
+resumes under any world size (see ``distributed``). Without a process group nothing of it runs.
+(Come back to this after the ``distributed`` component.)
+
 Spec: ``pytest --impl kata spec_tests/test_train.py``.
 """
 

@@ -49,10 +49,19 @@ step), ``lr``, ``grad_norm`` (before clipping), ``tokens_per_s`` (training throu
 ``elapsed_s``; evaluation steps add ``val_loss`` and ``val_bpc``. A resumed run first drops the
 records after its checkpoint's step (and a torn last line), then appends: every logged step once.
 With matplotlib installed, ``out_dir/loss_curve.png`` plots the log at the end.
+
+**Several processes.** Called in every process of a ``torchrun`` launch after
+``distributed.setup()`` (a process group is initialized), ``train`` trains data-parallel: each rank
+takes its shard of every global batch, the model is wrapped in ``DistributedDataParallel``, the
+steps are ``distributed.train_step`` and the evaluations ``distributed.evaluate``; rank 0 alone
+holds the lock and writes the log, the checkpoints and the token cache. ``batch_size`` stays the
+GLOBAL batch (``world_size * accum`` must divide it), the sampler state is global, so a checkpoint
+resumes under any world size (see ``distributed``). Without a process group nothing of it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -352,12 +361,17 @@ def train(config: TrainConfig, model_config: ModelConfig | dict | None = None, *
     if special_in_text not in ("error", "text"):
         raise ValueError(f"special_in_text must be 'error' or 'text', got {special_in_text!r}")
     device = _device(config.device)
-    say = print_fn or (lambda *args: None)
+    rank, world_size = _world()
+    if world_size > 1:
+        from .distributed import check_world_size
+        check_world_size(config.batch_size, config.accum, world_size)
+    say = (print_fn if rank == 0 else None) or (lambda *args: None)
+    progress = progress and rank == 0
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    lock = _lock_run(out)
+    lock = _lock_run(out) if rank == 0 else None       # one lock per run: rank 0's
     try:
         return _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume, stop_after,
                              progress, say, overwrite, allow_new_data, special_in_text, device, out)
@@ -368,6 +382,14 @@ def train(config: TrainConfig, model_config: ModelConfig | dict | None = None, *
 def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume, stop_after, progress, say,
                   overwrite, allow_new_data, special_in_text, device, out) -> TrainResult:
     from .tokenizer import ENDOFTEXT, Tokenizer
+
+    rank, world_size = _world()
+    if world_size > 1:                       # data-parallel: the steps and evaluations of `distributed`
+        from . import distributed
+        step_fn, evaluate_fn, first = distributed.train_step, distributed.evaluate, distributed.rank_zero_first
+    else:
+        step_fn, evaluate_fn, first = train_step, evaluate, contextlib.nullcontext
+    main = rank == 0                         # rank 0 alone writes the log and the checkpoints
 
     ckpt_path, log_path = out / CHECKPOINT_DIR, out / LOG_FILE
     fingerprint = data_fingerprint(train_docs, val_docs)
@@ -382,14 +404,17 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
                              f"(sha256 {saved_data['sha256'][:12]}... vs {fingerprint[:12]}...); "
                              f"pass allow_new_data=True to continue on the new data")
         model, tokenizer, start = ckpt.model, ckpt.tokenizer, ckpt.step
-        _truncate_log(log_path, start)      # the records after the checkpoint are logged again
+        if main:
+            _truncate_log(log_path, start)      # the records after the checkpoint are logged again
     else:
         if _holds_run(out) and not overwrite:
             raise FileExistsError(f"{out} already holds a run ({CHECKPOINT_DIR}/ or {LOG_FILE}); resume it "
                                   f"(resume=True) or replace it (overwrite=True)")
-        if tokenizer is None:
+        if tokenizer is None and main:
             say(f"training a BPE tokenizer (vocab {config.vocab_size}) on {len(train_docs)} documents")
             tokenizer = Tokenizer.train(train_docs, config.vocab_size, special_tokens=[ENDOFTEXT])
+        if world_size > 1:
+            tokenizer = distributed.broadcast_object(tokenizer)    # rank 0's tokenizer on every rank
         if ENDOFTEXT not in tokenizer.special_tokens:
             raise ValueError(f"the tokenizer must have the special token {ENDOFTEXT!r}")
         if not isinstance(model_config, ModelConfig):
@@ -397,16 +422,19 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
         torch.manual_seed(config.seed)
         model = TransformerLM(model_config).to(device)
         start = 0
-        shutil.rmtree(ckpt_path, ignore_errors=True)   # overwrite: the old run goes
-        _write_log(log_path, "", "w")                  # a fresh run starts a fresh log
+        if main:
+            shutil.rmtree(ckpt_path, ignore_errors=True)   # overwrite: the old run goes
+            _write_log(log_path, "", "w")                  # a fresh run starts a fresh log
     eot = tokenizer.special_tokens[ENDOFTEXT]
     T = model.config.context_length
     encoder = _encoder(tokenizer, train_docs, val_docs, special_in_text)
     cache = out / "tokens"
-    train_stream = token_stream(_tokenize(train_docs, encoder, cache, say), eot)
-    val_stream = token_stream(_tokenize(val_docs, encoder, cache, say), eot)
+    with first():                            # rank 0 writes the token cache, the others then read it
+        train_stream = token_stream(_tokenize(train_docs, encoder, cache, say), eot)
+        val_stream = token_stream(_tokenize(val_docs, encoder, cache, say), eot)
     val_chars = stream_characters(list(val_docs))
-    batches = FixedLengthBatches(train_stream, config.batch_size, T, seed=config.seed)
+    batches = FixedLengthBatches(train_stream, config.batch_size, T, seed=config.seed)   # the GLOBAL batches
+    net = distributed.wrap(model, device) if world_size > 1 else model     # what the steps run
     optimizer = AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
     saved_step = None
     if resume:
@@ -419,7 +447,7 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
                  "special_in_text": special_in_text}
 
     def val_metrics(max_batches=None):
-        nats, n = evaluate(model, val_stream, config.batch_size, max_batches, device)
+        nats, n = evaluate_fn(model, val_stream, config.batch_size, max_batches, device)
         total_targets = val_stream.numel() - 1
         return nats / max(n, 1), nats / math.log(2) / (val_chars * n / total_targets)
 
@@ -428,6 +456,9 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise _with(DivergenceError(_diverged_message(step, "a weight is not finite", config, saved_step,
                                                           ckpt_path)), step=step, checkpoint_step=saved_step)
+        if not main:
+            saved_step, saved_at = step, time.monotonic()
+            return
         try:
             save_checkpoint(ckpt_path, model, step=step, optimizer=optimizer, tokenizer=tokenizer,
                             rng_state=get_rng_state(), data_state=batches.state_dict(),
@@ -449,17 +480,19 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
                 group["lr"] = lr
             tick = time.perf_counter()
             x, y = next(batches)                                         # (B, T) each
+            if world_size > 1:
+                x, y = distributed.shard((x, y), rank, world_size)       # (B / W, T): this rank's rows
             x, y = x.to(device), y.to(device)
             micro = list(zip(x.chunk(config.accum), y.chunk(config.accum)))
             done = step + 1
             try:
-                loss, grad_norm = train_step(model, optimizer, micro, config.grad_clip)
+                loss, grad_norm = step_fn(net, optimizer, micro, config.grad_clip)
             except DivergenceError as err:
                 what = f"loss {err.loss}, gradient norm {err.grad_norm}"
                 raise _with(DivergenceError(_diverged_message(done, what, config, saved_step, ckpt_path)), step=done,
                             loss=err.loss, grad_norm=err.grad_norm, checkpoint_step=saved_step) from None
             train_time += time.perf_counter() - tick
-            tokens += x.numel()
+            tokens += x.numel() * world_size                             # every rank's tokens
             last = done == end
             evaluating = last or (config.eval_interval and done % config.eval_interval == 0)
             if evaluating or last or done % config.log_interval == 0:
@@ -470,21 +503,24 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
                     record.update(val_loss=val_loss, val_bpc=val_bpc)
                     say(f"step {done}: train loss {loss:.4f}, val loss {val_loss:.4f}, val bits/char {val_bpc:.4f}")
                 history.append(record)
-                _write_log(log_path, json.dumps(record) + "\n", "a")
+                if main:
+                    _write_log(log_path, json.dumps(record) + "\n", "a")
                 if progress:
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
             timed = config.checkpoint_minutes and time.monotonic() - saved_at >= 60 * config.checkpoint_minutes
             if last or timed or (config.checkpoint_interval and done % config.checkpoint_interval == 0):
                 save(done)
-            if signals.received and not last:
+            stop = distributed.any_rank(bool(signals.received)) if world_size > 1 else signals.received
+            if stop and not last:
                 if saved_step != done:
                     save(done)
-                raise _with(TrainingInterrupted(f"{signals.received}: stopped after step {done}; the run is "
+                raise _with(TrainingInterrupted(f"{signals.received or 'SIGTERM'}: stopped after step {done}; the run is "
                                                 f"saved in {ckpt_path}"), step=done, checkpoint=ckpt_path,
-                            signal_name=signals.received)
+                            signal_name=signals.received or "SIGTERM")
     val_loss, val_bpc = (history[-1]["val_loss"], history[-1]["val_bpc"]) if history else val_metrics()
     try:
-        _plot(log_path, out / PLOT_FILE)
+        if main:
+            _plot(log_path, out / PLOT_FILE)
     except (OSError, ValueError) as err:
         say(f"warning: no loss curve ({err})")
     return TrainResult(model=model, tokenizer=tokenizer, step=max(start, end), val_loss=val_loss,
@@ -661,6 +697,13 @@ def _with(error: BaseException, **attributes) -> BaseException:
     for name, value in attributes.items():
         setattr(error, name, value)
     return error
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)``: ``(0, 1)`` unless a torch.distributed process group is initialized."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _device(name: str) -> torch.device:

@@ -19,6 +19,7 @@ COMPONENTS: tuple[str, ...] = (
     "optim",
     "checkpoint",
     "train",
+    "distributed",
     "generate",
     "interop",
 )

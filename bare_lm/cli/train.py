@@ -26,6 +26,16 @@ Resuming on other data (its sha256 is stored) is refused unless ``--allow-new-da
 A special token's text (``<|endoftext|>``) inside the data is an error naming the file and line;
 ``--special-in-text text`` trains on it as plain text instead.
 
+``--nproc N`` trains data-parallel in N processes on this machine: it runs
+``python -m torch.distributed.run --standalone --nproc_per_node N -m bare_lm.cli train ...`` (the
+same arguments), each process trains on its shard of every global batch (``--batch-size`` stays
+the global batch: N x accum must divide it), DistributedDataParallel averages the gradients, rank 0
+alone prints, logs and saves. The run directory is the same as a one-process run's: a run started
+with one ``--nproc`` may be resumed with another. Launched by ``torchrun`` directly (``torchrun
+--nproc_per_node N -m bare_lm.cli train ...``, several machines too), the command joins the process
+group from torchrun's variables; with ``--device cuda`` every rank uses its own GPU
+(``cuda:LOCAL_RANK``, backend NCCL), on CPU the backend is gloo.
+
 Exit status: 0 done, 1 the run failed (diverged, disk full, run in use), 2 bad arguments or data,
 130 / 143 stopped by SIGINT / SIGTERM (after saving).
 """
@@ -33,7 +43,9 @@ Exit status: 0 done, 1 the run failed (diverged, disk full, run in use), 2 bad a
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,6 +69,9 @@ def register(commands) -> None:
     p.add_argument("--stop-after", type=int, default=None, metavar="K",
                    help="stop after step K (saved; the schedule still spans --steps), as an interruption would")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train data-parallel in N processes on this machine (torchrun; N x accum must divide "
+                        "--batch-size)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps of the whole run")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--accum", type=int, default=None, help="gradient accumulation micro-batches per step")
@@ -171,6 +186,67 @@ def _run(args) -> int:
                          f"on it as plain text with --special-in-text text", 2)
     if args.stop_after is not None and args.stop_after < 1:
         return _fail(f"--stop-after must be >= 1, got {args.stop_after}", 2)
+    launched = os.environ.get("WORLD_SIZE") is not None      # a process of a torchrun launch
+    if args.nproc is not None and not launched:
+        if args.nproc < 1:
+            return _fail(f"--nproc must be >= 1, got {args.nproc}", 2)
+        if args.nproc > 1:
+            return _launch(args, config)
+    rank = 0
+    if launched:
+        from reference import distributed
+        try:
+            distributed.check_world_size(config.batch_size, config.accum, int(os.environ["WORLD_SIZE"]))
+            if config.device.startswith("cuda"):     # one GPU per rank
+                config.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+            rank, _ = distributed.setup(config.device)
+        except ValueError as err:
+            return _fail(str(err), 2)
+        if rank != 0:
+            _silence_stdout()                         # rank 0 alone prints
+        import torch.distributed as dist
+        print(f"bare-lm train: rank 0 of a process group of {dist.get_world_size()} ranks, backend "
+              f"{dist.get_backend()}, device {config.device}; the batch of {config.batch_size} is split "
+              f"{config.batch_size // dist.get_world_size()} per rank", flush=True)
+        try:
+            return _train(args, config, preset, train_docs, val_docs, started)
+        finally:
+            distributed.teardown()
+    return _train(args, config, preset, train_docs, val_docs, started)
+
+
+def _launch(args, config) -> int:
+    """Run this command in ``args.nproc`` processes under torchrun (``torch.distributed.run``)."""
+    from reference import distributed
+    try:
+        distributed.check_world_size(config.batch_size, config.accum, args.nproc)
+    except ValueError as err:
+        return _fail(f"--nproc {args.nproc}: {err}".replace("world_size", "--nproc"), 2)
+    # --nproc goes (torchrun's parser would take it for its --nproc-per-node); the ranks learn it from
+    # BARE_LM_NPROC, for the resume command they print
+    rest, skip = [], False
+    for word in getattr(args, "argv", sys.argv[1:]):
+        if skip:
+            skip = False
+        elif word == "--nproc":
+            skip = True
+        elif not word.startswith("--nproc="):
+            rest.append(word)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "bare_lm.cli", *rest]
+    print(f"bare-lm train: launching {args.nproc} processes: {shlex.join(command)}", flush=True)
+    try:
+        return subprocess.call(command, env=dict(os.environ, BARE_LM_NPROC=str(args.nproc)))
+    except KeyboardInterrupt:   # torchrun forwards the signal to the ranks, which save and stop
+        return 130
+
+
+def _train(args, config, preset, train_docs, val_docs, started) -> int:
+    from reference import corpus
+    from reference.train import (CHECKPOINT_DIR, DivergenceError, RunInUseError, RunWriteError,
+                                 TrainingInterrupted, train)
+
+    out = Path(args.out)
 
     from tqdm import tqdm
     source = args.data or "the built-in story corpus"
@@ -243,6 +319,9 @@ def _resume_command(args) -> str:
         words += ["--special-in-text", args.special_in_text]
     if args.device is not None:
         words += ["--device", args.device]
+    nproc = args.nproc or os.environ.get("BARE_LM_NPROC")
+    if nproc is not None:
+        words += ["--nproc", str(nproc)]
     return " ".join(shlex.quote(w) for w in words)
 
 
