@@ -21,6 +21,7 @@ COMPONENTS: tuple[str, ...] = (
     "train",
     "generate",
     "interop",
+    "lora",
 )
 
 
