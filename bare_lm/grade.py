@@ -84,6 +84,7 @@ ORACLES: dict[str, tuple[str, ...]] = {
     "checkpoint": (*_MODEL, *_OPTIM),
     "train": (*_MODEL, *_OPTIM),
     "generate": (*_MODEL, *_SOFTMAX),
+    "lora": (*_MODEL, *_OPTIM),
 }
 
 #: What a submission may not import while it is graded.
