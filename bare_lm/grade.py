@@ -85,6 +85,7 @@ ORACLES: dict[str, tuple[str, ...]] = {
     "train": (*_MODEL, *_OPTIM),
     "distributed": (*_MODEL, *_OPTIM),
     "generate": (*_MODEL, *_SOFTMAX),
+    "lora": (*_MODEL, *_OPTIM),
 }
 
 #: What a submission may not import while it is graded.

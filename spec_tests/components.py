@@ -22,6 +22,7 @@ COMPONENTS: tuple[str, ...] = (
     "distributed",
     "generate",
     "interop",
+    "lora",
 )
 
 

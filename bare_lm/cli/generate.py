@@ -1,10 +1,12 @@
 """``bare-lm generate``: sample text from a trained checkpoint, streamed to the terminal as it comes.
 
 ``bare-lm generate (--checkpoint PATH | --hf DIR) --prompt TEXT [--max-new-tokens N] [--temperature T]
-[--top-k K] [--top-p P] [--seed S] [--device cpu|cuda] [--no-cache] [--interactive]``
+[--top-k K] [--top-p P] [--seed S] [--device cpu|cuda] [--no-cache] [--interactive] [--adapter FILE]``
 
 The checkpoint (a directory written by ``checkpoint.save_checkpoint``), or the transformers directory
 (``--hf``, GPT-2 or Llama), must hold a tokenizer.
+``--adapter FILE``: LoRA adapters from ``bare-lm finetune`` (``lora.load_adapter``), merged into
+the weights for generation.
 Generation stops at the tokenizer's ``<|endoftext|>`` when it has that special token.
 ``--interactive``: read a prompt, print the answer, repeat until EOF or an empty line.
 A special token's text in a prompt (``<|endoftext|>``) is an error unless ``--allow-special`` is
@@ -37,6 +39,8 @@ def register(commands) -> None:
     parser.add_argument("--no-cache", action="store_true", help="recompute full forward passes (no KV cache)")
     parser.add_argument("--interactive", action="store_true",
                         help="ask for prompts until EOF or an empty line (--prompt, if given, goes first)")
+    parser.add_argument("--adapter", default=None, metavar="FILE",
+                        help="LoRA adapter file written by bare-lm finetune (applied on top of the model)")
     parser.add_argument("--allow-special", action="store_true",
                         help="a special token's text in a prompt (<|endoftext|>) is that token (default: an error)")
     parser.set_defaults(run=run)
@@ -97,7 +101,8 @@ def _run(args) -> int:
             from .convert import load_hf_model
             model, tokenizer = load_hf_model(args.hf, device=args.device)
         else:
-            ckpt = load_checkpoint(args.checkpoint, device=args.device)
+            from .finetune import checkpoint_path  # a run directory of bare-lm train works too
+            ckpt = load_checkpoint(checkpoint_path(args.checkpoint), device=args.device)
             model, tokenizer = ckpt.model, ckpt.tokenizer
     except (FileNotFoundError, ValueError) as err:
         print(f"bare-lm generate: {err}", file=sys.stderr)
@@ -105,6 +110,14 @@ def _run(args) -> int:
     if tokenizer is None:
         print(f"bare-lm generate: {args.checkpoint or args.hf} has no tokenizer", file=sys.stderr)
         return 2
+    if args.adapter is not None:
+        from reference import lora
+        try:
+            lora.load_adapter(model, args.adapter)
+        except (FileNotFoundError, ValueError, TypeError) as err:
+            print(f"bare-lm generate: --adapter: {err}", file=sys.stderr)
+            return 2
+        lora.merge_lora(model)  # one matmul per projection while sampling
     model.eval()
     stop_ids = [i for name, i in getattr(tokenizer, "special_tokens", {}).items() if name == "<|endoftext|>"]
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
