@@ -68,7 +68,9 @@ MUTANTS = [
     Mutant("batch-ends-when-one-row-stops", "generate.py", "a batch ends as soon as ANY row has stopped",
            "halt = (done.all() | ~finite) if stops else ~finite", "halt = (done.any() | ~finite) if stops else ~finite"),
     Mutant("batch-stop-not-sticky", "generate.py", "a stopped row starts emitting again after its stop id",
-           "done = done | torch.isin(next_ids, stop_tensor)", "done = torch.isin(next_ids, stop_tensor)"),
+           "                next_ids = torch.where(done, tokens[:, -1], next_ids)   # stopped rows repeat a valid id\n"
+           "                done = done | torch.isin(next_ids, stop_tensor)",
+           "                done = torch.isin(next_ids, stop_tensor)"),
     Mutant("default-temperature-not-one", "generate.py", "generate's default temperature is 0.7, not 1",
            "def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0,",
            "def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.7,"),
