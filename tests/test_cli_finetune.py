@@ -9,16 +9,14 @@ command runs in this process (``bare_lm.cli.main``) with one torch thread.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 from pathlib import Path
 
 import pytest
 import torch
 
 from bare_lm import soak
-from bare_lm.cli import main
+from tests.test_cli_train import cli
 
 RUN = ["--config", "tiny", "--batch-size", "4", "--vocab-size", "262", "--eval-interval", "0",
        "--log-interval", "1", "--samples", "0", "--no-progress", "--steps", "6"]
@@ -31,16 +29,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main([str(a) for a in argv])
-        except SystemExit as exit_:
-            status = exit_.code
-    return status, out.getvalue(), err.getvalue()
 
 
 def _digest(directory: Path) -> dict[str, str]:
