@@ -51,6 +51,9 @@ CHECKS_SPECS = ("linear", "embedding", "norm", "feedforward", "positional", "los
 CI_SAMPLE_SIZE = 300
 CI_SAMPLE_SEED = 20261202
 STATUSES = ("killed", "timeout", "survived", "equivalent", "incompetent")
+# A child that ended before pytest wrote its verdict (an exception in the executor itself, not a test
+# failure) is an "error": neither killed nor survived. It is never recorded, so a rerun runs it again.
+ERROR = "error"
 
 
 # --- mutants ---------------------------------------------------------------------------------------
@@ -466,8 +469,8 @@ class Executor:
             if os.WIFSIGNALED(status):
                 outcome = Outcome("killed", f"child crashed (signal {os.WTERMSIG(status)})", seconds, job.specs)
             elif not verdict_path.exists():
-                outcome = Outcome("killed", f"child exited {os.WEXITSTATUS(status)} before pytest ended",
-                                  seconds, job.specs)
+                outcome = Outcome(ERROR, f"child exited {os.WEXITSTATUS(status)} before pytest ended "
+                                  f"(see {self.dirs[job.slot] / 'pytest.log'})", seconds, job.specs)
             else:
                 verdict = json.loads(verdict_path.read_text())
                 outcome = _classify(verdict["exit"], verdict["failed"], seconds, job.specs)
@@ -630,11 +633,13 @@ class Catchers:
 
 def run_mutants(session: Session | None, mutants: list[Mutant], source: Path, target: Target, state: Path,
                 jobs: int, budget: float | None, baseline: dict | None = None,
-                on_outcome=None, timeout: float | None = None) -> list[tuple[Mutant, Outcome]]:
+                on_outcome=None, timeout: float | None = None,
+                known: list[dict] | None = None) -> list[tuple[Mutant, Outcome]]:
     """Run ``mutants`` (recording each outcome in ``session`` if given) until done or ``budget``
     seconds have passed; returns (mutant, outcome) in the order they finished. Each mutant's timeout
     is ``timeout`` if given, else derived from its spec's time on the unmutated implementation
-    (``baseline``, measured here if not given)."""
+    (``baseline``, measured here if not given). ``known``: earlier results (rows of results.json)
+    whose catchers run first, besides the session's."""
     start = time.perf_counter()  # the budget counts from here, the baselines included
     modules = sorted({m.module for m in mutants})
     executor = Executor(state, source, jobs)
@@ -644,7 +649,7 @@ def run_mutants(session: Session | None, mutants: list[Mutant], source: Path, ta
     queue = list(mutants)
     finished: list[tuple[Mutant, Outcome]] = []
 
-    catchers = Catchers(session.results(modules) if session else [])
+    catchers = Catchers((session.results(modules) if session else []) + list(known or []))
 
     def _stop(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -675,7 +680,7 @@ def run_mutants(session: Session | None, mutants: list[Mutant], source: Path, ta
                 mutant, code = job.key
                 finished.append((mutant, outcome))
                 catchers.add(mutant.module, mutant.line, outcome)
-                if session:
+                if session and outcome.status != ERROR:  # an executor error stays pending
                     session.record(mutant, outcome, _diff(texts[mutant.module], code, mutant.module))
                 if on_outcome:
                     on_outcome(mutant, outcome)
@@ -694,7 +699,7 @@ def _diff(before: str, after: str, module: str) -> str:
 
 
 def _print_outcome(mutant: Mutant, outcome: Outcome) -> None:
-    mark = "!! " if outcome.status == "survived" else "   "
+    mark = "!! " if outcome.status in ("survived", ERROR) else "   "
     print(f"{mark}{mutant.module}.py:{mutant.line:<4} {outcome.status:<9} {outcome.seconds:5.1f} s  "
           f"{mutant.operator.removeprefix('core/'):<36} {(mutant.mutated or '')[:60]:<60} {outcome.caught_by}",
           flush=True)
@@ -1018,14 +1023,18 @@ def ci_sample(args: argparse.Namespace, source: Path, state: Path) -> int:
     spec_seconds = data.get("spec_seconds", {})
     baseline = {target.specs(m): spec_seconds.get(m, 60.0) for m in modules}
     start = time.perf_counter()
+    # The tests that killed them in the full run go first: a killed mutant then costs about one test.
     finished = run_mutants(None, chosen, source, target, state / "ci-work", args.jobs, args.budget, baseline,
-                           on_outcome=_print_outcome if args.verbose else None)
+                           on_outcome=_print_outcome if args.verbose else None, known=data.get("mutants", []))
     survivors = [(m, o) for m, o in finished if o.status == "survived"]
+    errors = [(m, o) for m, o in finished if o.status == ERROR]
     print(f"{len(finished)} mutants in {time.perf_counter() - start:.0f} s with {args.jobs} jobs; "
-          f"{len(survivors)} survived")
+          f"{len(survivors)} survived" + (f", {len(errors)} could not be run" if errors else ""))
     for m, _ in survivors:
         print(f"REGRESSION: {m.module}.py:{m.line} {m.operator} `{m.mutated}` was killed, now survives")
-    return 1 if survivors or len(finished) < len(chosen) else 0
+    for m, o in errors:
+        print(f"ERROR: {m.module}.py:{m.line} {m.operator} `{m.mutated}`: {o.caught_by}")
+    return 1 if survivors or errors or len(finished) < len(chosen) else 0
 
 
 _MODULE_CACHE: dict[Path, tuple[str, list[Mutant]]] = {}

@@ -116,6 +116,29 @@ def test_executor_classifies_killed_survived_and_timeout(fake):
         assert (slot / "impl" / "calc.py").read_text() == CALC
 
 
+def test_an_executor_error_is_neither_killed_nor_recorded(fake, monkeypatch):
+    """A child that ends before pytest writes its verdict (the executor failed, not a test) is an
+    "error": not counted as killed, and a session keeps the mutant pending for a rerun."""
+    impl, target, tmp = fake
+
+    def broken_plugin(*args, **kwargs):  # raises in the forked child, before pytest runs
+        raise RuntimeError("the executor's own failure")
+
+    monkeypatch.setattr(mutgen, "_FirstFailure", broken_plugin)
+    session = mutgen.Session(tmp / "state" / "session.sqlite")
+    try:
+        session.sync_module("calc", impl / "calc.py")
+        (pending,) = [m for m in session.mutants(["calc"], pending_only=True)
+                      if m.operator == "core/ReplaceBinaryOperator_Add_Sub" and m.line == 2]
+        ((_, outcome),) = mutgen.run_mutants(session, [pending], impl, target, tmp / "work", jobs=1,
+                                             budget=None, baseline={}, timeout=30.0)
+        assert outcome.status == mutgen.ERROR, outcome
+        assert "before pytest ended" in outcome.caught_by
+        assert pending.job_id in {m.job_id for m in session.mutants(["calc"], pending_only=True)}
+    finally:
+        session.close()
+
+
 def test_the_unmutated_spec_must_pass(fake):
     """A spec that fails on the unmutated implementation stops the run (every mutant would look killed)."""
     impl, target, tmp = fake
