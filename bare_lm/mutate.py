@@ -9,11 +9,20 @@ process imports torch, pytest, hypothesis and the specs once (and transformers, 
 tiktoken when a mutant's spec uses them), then per mutant writes the mutated file into a job slot's
 copy of the implementation and forks; the child runs pytest on the mutant's specs and is killed
 after ``TIMEOUT_S`` seconds. A mutant costs the tests it runs plus ~0.4 s, not a fresh interpreter.
+
+Each child runs first the test that caught the mutant last time (``bare_lm/mutants/caught_by.json``,
+rewritten by every run over ``reference/``), then the tests that caught other mutants of the same
+file, then the rest in spec order. With ``-x`` a caught mutant then costs about one test. The order
+changes the time, never the verdict: a mutant is caught when any test of its specs fails, and a
+spec that no longer fails on the recorded test still runs every other one. A mutant that makes
+some test run for ever (TIMEOUT) is run again in the spec's own order, so that it gets the verdict
+it would get without the reordering.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -26,6 +35,8 @@ from spec_tests.impl import REPO_ROOT
 from .mutants import Mutant, all_mutants
 
 SPEC_DIR = REPO_ROOT / "spec_tests"
+# Which test caught each mutant last time (BARE_LM_CAUGHT_BY: another file, e.g. for self-tests).
+CAUGHT_BY = Path(os.environ.get("BARE_LM_CAUGHT_BY") or Path(__file__).resolve().parent / "mutants" / "caught_by.json")
 TIMEOUT_S = 300
 # Peers a spec imports lazily (on its first test), imported once in this process instead of per child.
 PEERS = {
@@ -64,12 +75,65 @@ def peers(mutants: list[Mutant]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for m in mutants for c in m.components for name in PEERS.get(c, ())))
 
 
+class Catchers:
+    """Which test to run first for a mutant: the one that caught it last time, then the tests that
+    caught other mutants of the same file (this run's first, then the recorded ones, by count)."""
+
+    def __init__(self, recorded: dict[str, str], mutants: list[Mutant]):
+        from collections import Counter
+        self.recorded = recorded
+        self.file_of = {m.name: m.file for m in mutants}
+        self.now: dict[str, Counter] = {}
+        self.before: dict[str, Counter] = {}
+        for m in mutants:
+            if m.name in recorded:
+                self.before.setdefault(m.file, Counter())[recorded[m.name]] += 1
+
+    def add(self, mutant: Mutant, test: str) -> None:
+        from collections import Counter
+        self.now.setdefault(mutant.file, Counter())[test] += 1
+
+    def first(self, mutant: Mutant) -> tuple[str, ...]:
+        own = [self.recorded[mutant.name]] if mutant.name in self.recorded else []
+        now = [t for t, _ in self.now.get(mutant.file, {}).most_common()] if mutant.file in self.now else []
+        before = [t for t, _ in self.before[mutant.file].most_common()] if mutant.file in self.before else []
+        return tuple(dict.fromkeys(own + now + before))
+
+
+def read_caught_by(path: Path = CAUGHT_BY) -> dict[str, str]:
+    """The recorded catcher of each mutant ({} if the file is missing or unreadable: only slower)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+def write_caught_by(outcomes: list["Outcome"], path: Path = CAUGHT_BY) -> None:
+    """Record which test caught each mutant (kept for mutants not run this time; only names that
+    are still in the catalogue)."""
+    from .mutants import all_mutants as catalogue
+    names = {m.name for m in catalogue()}
+    data = {k: v for k, v in read_caught_by(path).items() if k in names}
+    for o in outcomes:
+        if o.status == "caught":
+            data[o.mutant.name] = o.caught_by
+    text = json.dumps(dict(sorted(data.items())), indent=1) + "\n"
+    try:
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    except OSError:  # a read-only install: the record only saves time
+        pass
+
+
 def run_mutants(mutants: list[Mutant], source: Path, jobs: int, profile: str, timeout: float = TIMEOUT_S,
-                on_outcome=None) -> list[Outcome]:
+                on_outcome=None, caught_by: dict[str, str] | None = None) -> list[Outcome]:
     """Run each mutant against ``source`` in the warm forking executor; outcomes in catalogue order
-    (``on_outcome`` is called as each one ends)."""
+    (``on_outcome`` is called as each one ends). ``caught_by``: the test that caught each mutant
+    before, run first (default: the recorded ones)."""
     from . import mutgen
     is_reference = source == (REPO_ROOT / "reference").resolve()
+    catchers = Catchers(read_caught_by() if caught_by is None else caught_by, mutants)
     outcomes: dict[str, Outcome] = {}
     queue: list[tuple[Mutant, str]] = []
     for m in mutants:
@@ -92,15 +156,25 @@ def run_mutants(mutants: list[Mutant], source: Path, jobs: int, profile: str, ti
         with tempfile.TemporaryDirectory(prefix="bare-lm-mutants-") as tmp:
             executor = mutgen.Executor(Path(tmp), source, jobs)
             try:
+                in_spec_order: set[str] = set()  # mutants to rerun with the spec's own order
                 while queue or executor.running:
                     while queue and executor.free:
                         m, code = queue.pop(0)
                         slot = executor.free.pop(0)
+                        first = () if m.name in in_spec_order else catchers.first(m)
                         job = mutgen.Job(m, target.args_for(m.components, executor.impl_dir(slot)), timeout,
-                                         specs=m.components)
+                                         specs=m.components, first=first)
                         executor.start(job, slot, (m.file, code))
                     for job, result in executor.wait():
+                        if result.status == "timeout" and job.first:
+                            # A test that never ends on this mutant came first: rerun it in the spec's
+                            # order, so that the order never decides the verdict.
+                            in_spec_order.add(job.key.name)
+                            queue.insert(0, (job.key, mutated(job.key, (source / job.key.file).read_text())))
+                            continue
                         outcome = _verdict(job.key, result)
+                        if outcome.status == "caught":
+                            catchers.add(outcome.mutant, outcome.caught_by)
                         outcomes[outcome.mutant.name] = outcome
                         if on_outcome:
                             on_outcome(outcome)
@@ -114,6 +188,8 @@ def _verdict(mutant: Mutant, result) -> Outcome:
     cpu = result.cpu or 0.0
     if result.status == "survived":
         return Outcome(mutant, "SURVIVED", "", result.seconds, cpu)
+    if result.status == "error":  # the executor's own failure, not the spec's verdict
+        return Outcome(mutant, "BROKEN", result.caught_by, result.seconds, cpu)
     if result.status == "timeout":
         return Outcome(mutant, "TIMEOUT", f"spec {result.caught_by}", result.seconds, cpu)
     if "::" not in result.caught_by:  # pytest itself failed (collection or usage error, a crash): show why
@@ -159,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"Running {len(mutants)} mutants of {source} with {args.jobs} jobs...", flush=True)
     start = time.perf_counter()
     outcomes = run_mutants(mutants, source, max(1, args.jobs), args.profile, TIMEOUT_S, _print_outcome)
+    if source == (REPO_ROOT / "reference").resolve():
+        write_caught_by(outcomes)
     return report(outcomes, time.perf_counter() - start)
 
 

@@ -1,5 +1,6 @@
 """Self-tests of the spec's machinery: choosing implementations, the mutant catalogue, the CLI."""
 
+import json
 import os
 import re
 import shutil
@@ -256,9 +257,10 @@ sys.exit(mutate.main(sys.argv[1:]))
 '''
 
 
-def _warm(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
+def _warm(*args: str, timeout_s: float = 600, caught_by: Path | None = None) -> subprocess.CompletedProcess:
+    record = caught_by or Path(os.devnull)  # never the repository's own record
     return subprocess.run([sys.executable, "-c", WARM_CATALOGUE, *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "MUTANT_TIMEOUT_S": str(timeout_s)})
+                          env={**os.environ, "MUTANT_TIMEOUT_S": str(timeout_s), "BARE_LM_CAUGHT_BY": str(record)})
 
 
 def _lines(out: str) -> dict[str, str]:
@@ -278,6 +280,23 @@ def test_warm_catalogue_runner_classifies_caught_and_survived():
     assert all(" s " in line for line in lines.values()), out
     assert "1 of 2 mutants caught" in out
     assert "NOT caught: linear-comment-only" in out
+
+
+def test_warm_catalogue_runner_runs_the_recorded_catcher_first(tmp_path):
+    """The test that caught a mutant last time runs first (a caught mutant then costs one test),
+    and the run records which test caught it. The order changes the time, never the verdict."""
+    record = tmp_path / "caught_by.json"
+    later = "test_linear.py::test_gradients_reach_every_parameter"  # not the spec's first failing test
+    record.write_text(json.dumps({"linear-weight-in-out": later}))
+    proc = _warm("--name", "linear-weight-in-out", caught_by=record)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-2000:]
+    assert _lines(out)["linear-weight-in-out"].split()[-1] == later, out
+    record.write_text("not json")  # an unreadable record only costs time
+    proc = _warm("--name", "linear-weight-in-out", caught_by=record)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    caught_by = _lines(proc.stdout)["linear-weight-in-out"].split()[-1]
+    assert json.loads(record.read_text()) == {"linear-weight-in-out": caught_by}
 
 
 def test_warm_catalogue_runner_stops_an_endless_mutant_at_its_timeout():
