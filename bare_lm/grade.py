@@ -9,8 +9,12 @@ module per component, as the contract says) and writes ``DIR/results.json`` (Gra
   database), ``PYTHONHASHSEED=0``, one thread, torch's RNG seeded before each test, and no
   file left from an earlier run: grading the same submission twice gives the same grade and output.
 - **Isolated**: the submission is copied to a temporary directory; each component runs in its own
-  pytest subprocess with a per-test time limit (pytest-timeout) and a per-component one, so an
-  infinite loop costs its tests (and at worst its component), never the run. In that process
+  pytest subprocess with a per-test limit in CPU seconds and a per-component one, so an infinite
+  loop costs its tests (and at worst its component), never the run. The per-test limit counts the
+  CPU time the test's process spends, not the wall clock: a loaded machine slows a test but does
+  not change its CPU seconds, so the same submission gets the same grade however busy the machine
+  is. A test that waits without computing (a deadlock) is stopped by pytest-timeout at
+  ``WALL_BACKSTOP`` times the limit in wall-clock seconds. In that process
   ``reference``, ``kata`` and ``bare_lm.mutants`` cannot be imported: a submission that imports them
   is reported and its component gets no points.
 - **Honest**: while a written-out path runs (every test but the fast-path ones), a
@@ -92,8 +96,10 @@ ORACLES: dict[str, tuple[str, ...]] = {
 FORBIDDEN_IMPORTS = ("reference", "kata", "bare_lm.mutants", "bare_lm.mutate")
 
 DEFAULT_POINTS = 10.0
-DEFAULT_TEST_TIMEOUT_S = 60.0
-DEFAULT_COMPONENT_TIMEOUT_S = 600.0
+DEFAULT_TEST_TIMEOUT_S = 60.0          # CPU seconds per test
+DEFAULT_COMPONENT_TIMEOUT_S = 1800.0   # wall-clock seconds per component: the last resort
+WALL_BACKSTOP = 10                     # a test's wall-clock limit, in multiples of its CPU limit
+CPU_LIMIT_MARK = "bare-lm-grade: CPU time limit"
 PROFILE = "grade"
 
 
@@ -211,8 +217,8 @@ def _grade_component(component: str, work: Path, copy: Path, test_timeout: float
                str(spec), "--impl", str(copy), "-p", "_hypothesis_pytestplugin", "-p", "pytest_timeout",
                "-p", "spec_tests.plugin", "-p", "no:cacheprovider", "-c", str(work / "pytest.ini"),
                "--rootdir", str(work), "--confcutdir", str(SPEC_DIR), f"--hypothesis-profile={PROFILE}",
-               "-q", "--no-header", "-rN", f"--timeout={test_timeout:g}", "--timeout-method=thread",
-               "--timeout-disable-debugger-detection"]
+               "-q", "--no-header", "-rN", f"--timeout={WALL_BACKSTOP * test_timeout:g}", "--timeout-method=thread",
+               "--timeout-disable-debugger-detection", f"--bare-lm-cpu-limit={test_timeout:g}"]
         for nodeid in results:
             cmd += ["--deselect", nodeid]
         env = {k: v for k, v in os.environ.items()
@@ -247,8 +253,11 @@ def _grade_component(component: str, work: Path, copy: Path, test_timeout: float
         where = _stuck_at(output, work)
         if killed:
             detail = f"ran over the component's time limit of {component_timeout:g} s{where}"
+        elif CPU_LIMIT_MARK in output:
+            detail = f"ran over the time limit of {test_timeout:g} CPU seconds per test (an infinite loop?){where}"
         elif "Timeout" in output:
-            detail = f"ran over the time limit of {test_timeout:g} s per test (an infinite loop?){where}"
+            detail = (f"ran over the wall-clock limit of {WALL_BACKSTOP * test_timeout:g} s per test without "
+                      f"using its CPU time (waiting for something that never comes?){where}")
         else:
             detail = f"the test ended the Python process (exit code {proc.returncode}){where}"
         results[hung] = {"nodeid": hung, "status": "timeout", "detail": detail, "duration_s": 0.0}
@@ -685,4 +694,59 @@ def child_main(argv: list[str] | None = None) -> int:
     import spec_tests.plugin  # noqa: F401 - imported before the snapshot, so it is checked too
     guard = _Guard(events, submission, component)
     sys.meta_path.insert(0, _ImportBlocker(guard))
-    return int(pytest.main(pytest_args, plugins=[guard]))
+    return int(pytest.main(pytest_args, plugins=[guard, _CpuLimit()]))
+
+
+class _CpuLimit:
+    """The graded process's per-test limit in CPU seconds (``--bare-lm-cpu-limit``).
+
+    A watchdog thread reads the process's CPU time (every thread's, ``time.process_time``) while a
+    test runs; past the limit it prints every thread's stack (the parent finds the submission's
+    line in it) and ends the process, as pytest-timeout's thread method does with wall time. The
+    parent then records that test as timed out and runs the rest in a new process."""
+
+    def __init__(self):
+        self.limit = None
+        self.started: float | None = None
+        self.config = None
+        self.lock = __import__("threading").Lock()
+
+    def pytest_addoption(self, parser):
+        parser.addoption("--bare-lm-cpu-limit", type=float, default=None, help="CPU seconds per test")
+
+    def pytest_configure(self, config):
+        self.limit = config.getoption("--bare-lm-cpu-limit")
+        self.config = config
+        if self.limit:
+            import threading
+            threading.Thread(target=self._watch, name="bare-lm-cpu-limit", daemon=True).start()
+
+    import pytest as _pytest
+
+    @_pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        with self.lock:
+            self.started = time.process_time()
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.started = None
+
+    def _watch(self) -> None:
+        import threading
+        import traceback
+        me = threading.get_ident()
+        while True:
+            time.sleep(0.2)
+            with self.lock:
+                over = self.started is not None and time.process_time() - self.started > self.limit
+            if over:
+                stacks = ["".join(traceback.format_stack(frame)) for ident, frame in sys._current_frames().items()
+                          if ident != me]  # most recent call last, as the parent reads them
+                capture = self.config.pluginmanager.getplugin("capturemanager")
+                if capture is not None:  # back to the real stderr, as pytest-timeout does
+                    capture.suspend_global_capture(in_=True)
+                sys.stderr.write(f"\n{CPU_LIMIT_MARK} of {self.limit:g} s per test\n" + "\n".join(stacks))
+                sys.stderr.flush()
+                os._exit(1)

@@ -109,7 +109,32 @@ def test_infinite_loop_costs_its_tests_not_the_run(tmp_path):
     statuses = {t["test"]: t["status"] for t in linear["tests"]}
     assert statuses["test_equals_torch_linear"] == "timeout" and statuses["test_parameter_shapes"] == "passed"
     assert 0 < linear["score"] < linear["max_score"]
-    assert "time limit" in linear["reason"] and "submission/linear.py:" in linear["reason"], linear["reason"]
+    assert "limit of 2 CPU seconds" in linear["reason"] and "submission/linear.py:" in linear["reason"], \
+        linear["reason"]
+
+
+def test_waiting_is_not_counted_against_the_limit(tmp_path):
+    """The per-test limit counts CPU seconds, not the wall clock: a submission that is slow because
+    it waits (here a sleep in every Linear's constructor: several wall seconds per test, almost no
+    CPU) keeps full marks under a 2 s limit, as it would on a loaded machine."""
+    sub = _submission(tmp_path, edits=[("linear.py", "from . import checks", "import time\n\nfrom . import checks"),
+                                       ("linear.py", "        self.weight = nn.Parameter(",
+                                        "        time.sleep(0.15)\n        self.weight = nn.Parameter(")])
+    linear = _component(grade.grade(sub, components=["linear"], test_timeout=2, component_timeout=300), "linear")
+    assert linear["score"] == linear["max_score"], linear["reason"]
+
+
+def test_a_test_that_waits_for_ever_is_stopped_by_the_wall_clock_backstop(tmp_path):
+    """A forward pass that blocks without computing spends no CPU time: the wall-clock backstop
+    (``WALL_BACKSTOP`` times the limit) stops it, with a reason that says so."""
+    sub = _submission(tmp_path, edits=[("linear.py", "from . import checks", "import time\n\nfrom . import checks"),
+                                       ("linear.py", "        y = x @ self.weight.T",
+                                        "        time.sleep(10**6)\n        y = x @ self.weight.T")])
+    linear = _component(grade.grade(sub, components=["linear"], test_timeout=1, component_timeout=300), "linear")
+    statuses = {t["test"]: t["status"] for t in linear["tests"]}
+    assert statuses["test_equals_torch_linear"] == "timeout" and statuses["test_parameter_shapes"] == "passed"
+    assert "wall-clock limit of 10 s" in linear["reason"] and "submission/linear.py:" in linear["reason"], \
+        linear["reason"]
 
 
 def test_syntax_error_and_partial_submission(tmp_path):

@@ -22,7 +22,8 @@ def register(commands) -> None:
     parser.add_argument("--component", "-c", action="append", default=[],
                         help="grade only this component (repeatable; default: all)")
     parser.add_argument("--test-timeout", type=float, default=grade.DEFAULT_TEST_TIMEOUT_S, metavar="S",
-                        help=f"time limit per test in seconds (default {grade.DEFAULT_TEST_TIMEOUT_S:g})")
+                        help=f"limit per test in CPU seconds (default {grade.DEFAULT_TEST_TIMEOUT_S:g}; "
+                             f"wall-clock backstop {grade.WALL_BACKSTOP}x that)")
     parser.add_argument("--component-timeout", type=float, default=grade.DEFAULT_COMPONENT_TIMEOUT_S,
                         metavar="S", help=f"time limit per component (default {grade.DEFAULT_COMPONENT_TIMEOUT_S:g})")
     parser.add_argument("--quiet", "-q", action="store_true", help="print only the total")
