@@ -195,9 +195,21 @@ def pytest_collection_modifyitems(config, items):
             return (len(order), 0, position[id(item)])
         return (order[component_of(item.path.name)], is_fast_path_test(item), position[id(item)])
 
+    cheap = config.getoption("tbstyle") in ("auto", "short", "line", "no")
     for item in spec_items:
         item.add_marker(getattr(pytest.mark, component_of(item.path.name)))
+        if cheap:
+            item.repr_failure = _one_line_failure
     items.sort(key=key)
+
+
+def _one_line_failure(excinfo, style=None) -> str:
+    """A spec test's failure text before ``_describe_failure`` replaces it. pytest's own (which
+    re-parses the source of every traceback entry, twice per failing test with hypothesis) would be
+    thrown away, and costs ~0.05 s a failure: most of a run against an unstarted kata. Only used
+    when the traceback style is one that ``_describe_failure`` replaces (--tb=long/native keep
+    pytest's)."""
+    return excinfo.exconly()
 
 
 @pytest.hookimpl(hookwrapper=True)
