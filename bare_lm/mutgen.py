@@ -569,7 +569,13 @@ def warm_up(target: Target, modules: list[str], components: tuple[str, ...] = ()
                 _get_local_constants()
         except Exception:  # noqa: BLE001  (an internal of hypothesis: only a speed-up)
             pass
-        import spec_tests.plugin  # noqa: F401
+        import spec_tests.plugin  # noqa: F401  (registers the profiles)
+        # The spec's @settings decorators copy the profile in force when its module is imported:
+        # load the children's profile first (else they keep hypothesis's 200 ms deadline, and a
+        # slow example fails on correct code).
+        profile = next((a.split("=", 1)[1] for a in target.extra if a.startswith("--hypothesis-profile=")), None)
+        if profile:
+            hypothesis.settings.load_profile(profile)
         for c in sorted({c for m in modules for c in target.specs(m)} | set(components)):
             importlib.import_module(f"spec_tests.test_{c}")
     import gc

@@ -195,12 +195,27 @@ def pytest_collection_modifyitems(config, items):
             return (len(order), 0, position[id(item)])
         return (order[component_of(item.path.name)], is_fast_path_test(item), position[id(item)])
 
+    _check_settings_follow_the_profile(spec_items)
     cheap = config.getoption("tbstyle") in ("auto", "short", "line", "no")
     for item in spec_items:
         item.add_marker(getattr(pytest.mark, component_of(item.path.name)))
         if cheap:
             item.repr_failure = _one_line_failure
     items.sort(key=key)
+
+
+def _check_settings_follow_the_profile(items) -> None:
+    """A test's ``@settings(...)`` copies the profile in force when its module was imported. If a spec
+    module was imported before the profile was loaded (by a tool that imports the spec itself), its
+    tests keep hypothesis's own defaults (a 200 ms deadline among them) and a slow example fails on
+    correct code: refuse to run rather than give such verdicts."""
+    wrong = sorted({item.path.name for item in items
+                    if getattr(getattr(item, "obj", None), "_hypothesis_internal_use_settings", None) is not None
+                    and item.obj._hypothesis_internal_use_settings.deadline != settings.default.deadline})
+    if wrong:
+        raise pytest.UsageError(
+            f"{', '.join(wrong)} imported before the hypothesis profile was loaded: their @settings carry "
+            f"hypothesis's defaults (deadline {settings.default.deadline} expected); load the profile first")
 
 
 def _one_line_failure(excinfo, style=None) -> str:

@@ -267,6 +267,17 @@ def _lines(out: str) -> dict[str, str]:
     return {line.split()[1]: line for line in out.splitlines() if line[:3] in ("ok ", "!! ")}
 
 
+def test_spec_imported_before_its_profile_is_refused():
+    """A tool that imports a spec module before the hypothesis profile is loaded leaves its
+    ``@settings`` tests with hypothesis's 200 ms deadline (a slow example then fails correct code):
+    the plugin refuses such a run instead of giving its verdicts."""
+    code = ("import sys, pytest, spec_tests.test_generate\n"
+            "sys.exit(pytest.main(['spec_tests/test_generate.py', '-q', '-p', 'no:cacheprovider']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "test_generate.py imported before the hypothesis profile was loaded" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_warm_catalogue_runner_classifies_caught_and_survived():
     """`bare-lm mutants` (the warm forking executor): a real mutant is caught by the test that
     fails, an edit that changes nothing observable SURVIVED (exit 1), and every mutant gets its seconds."""
