@@ -222,14 +222,14 @@ class RollingKVCache(KVCache):
             if t.dtype != self.k.dtype:
                 raise TypeError(f"{name} must have the cache's dtype {self.k.dtype}, got {t.dtype}")
         t_new = k.shape[-2]
-        if self.max_len is not None and self.length + t_new > self.max_len:
+        if self.max_len is not None and t_new > self.max_len - self.length:
             raise ValueError(f"RollingKVCache overflow: {self.length} seen + {t_new} new positions > "
                              f"max_len={self.max_len}")
         if padding_mask is not None:
             if padding_mask.dtype != torch.bool or tuple(padding_mask.shape) != (self.batch_size, t_new):
                 raise ValueError(f"padding_mask must be a (B, T_new) = {(self.batch_size, t_new)} bool tensor, "
                                  f"got {tuple(padding_mask.shape)} {padding_mask.dtype}")
-            self.padded = self.padded or not bool(padding_mask.all())
+            self.padded = bool(self.padded or not padding_mask.all())
         start, end, n_old = self.length, self.length + t_new, self.stored
         positions = torch.arange(start, end, device=self.k.device)            # (T_new,)
         if t_new == 1 or n_old + t_new <= self.capacity:
@@ -267,8 +267,7 @@ class RollingKVCache(KVCache):
 
     def reset(self) -> None:
         """Forget everything stored (the buffers are reused)."""
-        self.length = 0
-        self.padded = False
+        self.length, self.padded = 0, False
         self.real.fill_(True)
         self.slot_positions.fill_(-1)
         self.key_positions = self.slot_positions[:0]       # (0,) positions of the keys last returned
