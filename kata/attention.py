@@ -28,6 +28,8 @@ The base class ``MultiHeadAttention`` is plain causal multi-head attention; a va
 and overrides ONE hook: ``GroupedQueryAttention`` overrides ``expand_kv`` (H_kv < H kv heads, each
 shared by H / H_kv query heads), ``SlidingWindowAttention`` overrides ``attention_mask`` (query ``i``
 sees keys ``i - w < j <= i``). ``attend`` is the hook for changing the attention itself.
+With a window, ``RollingKVCache`` keeps only the last ``w`` positions (a ring buffer); ``forward``
+then masks by the keys' ``key_positions`` (see the contract's ``RollingKVCache`` section).
 
 Write the maths with tensor operations: ``torch.nn.functional.scaled_dot_product_attention`` and
 ``torch.nn.MultiheadAttention`` are the spec's oracles; the reference uses the former only in the

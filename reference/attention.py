@@ -25,6 +25,9 @@ The base class ``MultiHeadAttention`` is plain causal multi-head attention; a va
 and overrides ONE hook: ``GroupedQueryAttention`` overrides ``expand_kv`` (H_kv < H kv heads, each
 shared by H / H_kv query heads), ``SlidingWindowAttention`` overrides ``attention_mask`` (query ``i``
 sees keys ``i - w < j <= i``). ``attend`` is the hook for changing the attention itself.
+
+With a window, ``RollingKVCache`` keeps only the last ``w`` positions (a ring buffer): the memory is
+proportional to the window, not the context, and the positions may go on past ``max_len``.
 """
 
 from __future__ import annotations
@@ -484,7 +487,8 @@ class GroupedQueryAttention(MultiHeadAttention):
 
 class SlidingWindowAttention(MultiHeadAttention):
     """Sliding-window attention (Beltagy et al., 2020; Mistral): query ``i`` sees keys ``j`` with
-    ``i - window < j <= i`` (itself and the ``window - 1`` before it). Overrides ``attention_mask``."""
+    ``i - window < j <= i`` (itself and the ``window - 1`` before it). Overrides ``attention_mask``;
+    its KV cache can be a ``RollingKVCache`` of ``window`` slots."""
 
     def attention_mask(self, t_q: int, t_k: int, device=None) -> torch.Tensor:
         allowed = causal_mask(t_q, t_k, device=device)                 # (t_q, t_k)
