@@ -236,7 +236,7 @@ class RollingKVCache(KVCache):
         start, end, n_old = self.length, self.length + t_new, self.stored
         positions = torch.arange(start, end, device=self.k.device)            # (T_new,)
         if t_new == 1 or n_old + t_new <= self.capacity:
-            self._write(k, v, padding_mask, positions)                          # nothing visible overwritten
+            self._write(k, v, padding_mask, positions, start)                   # nothing visible overwritten
             n = min(end, self.capacity)
             k_all, v_all = self.k[:, :, :n], self.v[:, :, :n]                  # (B, H_kv, n, D) views
             self.key_positions, self._key_real = self.slot_positions[:n], self.real[:, :n]
@@ -250,17 +250,26 @@ class RollingKVCache(KVCache):
             self._key_real = torch.cat([self.real[:, :n_old], real], dim=1)            # (B, n_old + T_new)
             self.first_position = start - n_old
             keep = slice(max(0, t_new - self.capacity), t_new)                 # the chunk's last `capacity`
-            self._write(k[:, :, keep], v[:, :, keep], real[:, keep], positions[keep])
+            self._write(k[:, :, keep], v[:, :, keep], real[:, keep], positions[keep], start + keep.start)
         self.length = end
         return k_all, v_all
 
-    def _write(self, k, v, padding_mask, positions) -> None:
-        """Write ``k, v (B, H_kv, n, D)`` in place, position ``p`` into slot ``p mod capacity``."""
-        slots = positions % self.capacity                                      # (n,) distinct: n <= capacity
-        self.k[:, :, slots] = k
-        self.v[:, :, slots] = v
-        self.real[:, slots] = True if padding_mask is None else padding_mask
-        self.slot_positions[slots] = positions
+    def _write(self, k, v, padding_mask, positions, start: int) -> None:
+        """Write ``k, v (B, H_kv, n, D)`` of the positions ``start .. start + n - 1`` (``n <= capacity``)
+        in place, position ``p`` into slot ``p mod capacity``: two slices at most (the ring wraps once)."""
+        n = k.shape[2]
+        first = start % self.capacity                                       # the slot of position `start`
+        head = min(n, self.capacity - first)                                # slots first .. then 0 ..
+        for slots, part in ((slice(first, first + head), slice(0, head)), (slice(0, n - head), slice(head, n))):
+            if part.start == part.stop:
+                continue
+            self.k[:, :, slots] = k[:, :, part]
+            self.v[:, :, slots] = v[:, :, part]
+            if padding_mask is not None:
+                self.real[:, slots] = padding_mask[:, part]
+            elif self.padded:                                               # clear stale padding flags
+                self.real[:, slots] = True
+            self.slot_positions[slots] = positions[part]
 
     @property
     def padding_mask(self) -> torch.Tensor | None:
