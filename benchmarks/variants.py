@@ -646,8 +646,8 @@ def experiment_attention(study: Study, out: Path | None, seeds: Sequence[int]) -
                   "KV bytes (rolling window cache)", "generate tokens/s"], rows)
     body += (f"\n\n{h} query heads of dimension {head_dim}, {b.n_layers} layers, trained at context {b.context}. "
              f"KV bytes (formula) = layers x 2 x B x H_kv x T x D x 4 (float32); (allocated) = the key and value "
-             f"buffers of `model.new_kv_cache(1)`, which keeps every position even with a window; a rolling "
-             f"cache of the last `window` positions would need the last column. Generation: "
+             f"buffers of `model.new_kv_cache(1)`: with a window, rolling caches of the last `window` positions "
+             f"(the last column). Generation: "
              f"`generate(model, prompt, max_new_tokens={b.gen_tokens}, use_cache=True)` from a "
              f"{b.gen_prompt}-token prompt, batch 1, best of two.")
     plots = []

@@ -28,6 +28,8 @@ The base class ``MultiHeadAttention`` is plain causal multi-head attention; a va
 and overrides ONE hook: ``GroupedQueryAttention`` overrides ``expand_kv`` (H_kv < H kv heads, each
 shared by H / H_kv query heads), ``SlidingWindowAttention`` overrides ``attention_mask`` (query ``i``
 sees keys ``i - w < j <= i``). ``attend`` is the hook for changing the attention itself.
+With a window, ``RollingKVCache`` keeps only the last ``w`` positions (a ring buffer); ``forward``
+then masks by the keys' ``key_positions`` (see the contract's ``RollingKVCache`` section).
 
 Write the maths with tensor operations: ``torch.nn.functional.scaled_dot_product_attention`` and
 ``torch.nn.MultiheadAttention`` are the spec's oracles; the reference uses the former only in the
@@ -128,6 +130,55 @@ class KVCache:
     def reset(self) -> None:
         """Forget everything stored (the buffers are reused)."""
         raise NotImplementedError("KVCache.reset: length = 0, padded = False, real = all True")
+
+
+class RollingKVCache(KVCache):
+    """The rolling buffer cache of sliding-window attention (Mistral): a ring of ``capacity =
+    window`` slots (``min(window, max_len)`` when ``max_len`` is given); position ``p`` goes IN PLACE
+    into slot ``p mod capacity``. Query ``p`` sees keys ``p - w < j <= p`` only, so the position
+    ``p - capacity`` it overwrites is never needed again.
+
+    Attributes: ``batch_size``, ``n_kv_heads``, ``window``, ``head_dim``, ``max_len`` (None:
+    unbounded), ``capacity``; buffers ``k``, ``v`` ``(B, H_kv, capacity, D)`` and ``real``
+    ``(B, capacity)`` allocated ONCE (never grow them); ``slot_positions (capacity,)`` long, the
+    absolute position in each slot (-1: empty); ``length`` (positions seen: the next position),
+    ``padded``; after each ``update``: ``key_positions (L,)`` and ``first_position`` (int) of the
+    keys it returned.
+
+    ``update(k, v, padding_mask)``: with ``T_new == 1``, or when the chunk fits in the free slots,
+    write first and return the first ``stored`` slots (views, slot order); otherwise (a chunk of
+    several tokens that wraps) return ``cat(stored slots, chunk)`` (its first queries still need
+    the oldest keys), then write the chunk's last ``capacity`` positions. The returned keys always
+    cover the positions ``first_position .. length - 1``, in slot order: the layer builds its mask
+    from ``key_positions``. Errors: as ``KVCache`` (shapes, dtype); past ``max_len`` a ValueError
+    naming ``max_len``; ``window < 1``.
+    """
+
+    def __init__(self, batch_size: int, n_kv_heads: int, window: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device=None, max_len: int | None = None):
+        raise NotImplementedError("RollingKVCache.__init__: check the sizes, capacity = min(window, max_len), "
+                                  "allocate k, v (B, H_kv, capacity, D), real, slot_positions (-1); reset()")
+
+    @property
+    def stored(self) -> int:
+        """How many positions the buffers hold: ``min(length, capacity)``."""
+        raise NotImplementedError("RollingKVCache.stored: min(length, capacity)")
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor | None = None):
+        """Store ``k, v (B, H_kv, T_new, D)`` at positions ``length ..`` (slot ``p mod capacity``);
+        return the keys and values the new queries attend to, ``(B, H_kv, L, D)`` each."""
+        raise NotImplementedError("RollingKVCache.update: check; in place for one token (or a chunk that fits), "
+                                  "else cat(stored, chunk) then keep the chunk's last capacity; set key_positions")
+
+    @property
+    def padding_mask(self) -> torch.Tensor | None:
+        """``(B, L)`` bool for the keys the last ``update`` returned; None while every token is real."""
+        raise NotImplementedError("RollingKVCache.padding_mask: the returned keys' real flags if padded else None")
+
+    def reset(self) -> None:
+        """Forget everything stored (the buffers are reused)."""
+        raise NotImplementedError("RollingKVCache.reset: length 0, padded False, real all True, slot_positions -1, "
+                                  "no keys returned yet (first_position 0)")
 
 
 class MultiHeadAttention(nn.Module):

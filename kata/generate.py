@@ -35,7 +35,11 @@ Context length ``L = model.config.context_length``:
 
 - a prompt longer than ``L`` is cropped to its last ``L`` tokens;
 - once the sequence grows past ``L``, each step recomputes (without cache) a forward pass over a
-  sliding window of the last ``L`` tokens (positions restart at 0 in the window).
+  sliding window of the last ``L`` tokens (positions restart at 0 in the window);
+- except with ``use_cache=True`` for a model whose ``rolls_past_context`` is True (``getattr(model,
+  "rolls_past_context", False)``: a sliding window and rope / alibi / none): make its caches with
+  ``new_kv_cache(B, T + max_new_tokens)`` (rolling: window slots each) and keep feeding only the
+  new token past ``L``, at its true position; never recompute.
 
 A stop id ends its sequence and IS included in the output. Batches: rows that have stopped emit
 ``PAD_ID`` (-1) until every row has stopped or ``max_new_tokens`` is reached (feed the model any

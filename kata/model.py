@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from . import checks
-from .attention import KVCache, build_attention
+from .attention import KVCache, RollingKVCache, build_attention
 from .embedding import TokenEmbedding
 from .feedforward import ACTIVATIONS, FeedForward
 from .linear import INIT_STD, Linear
@@ -51,6 +51,9 @@ from .norm import NORMS, build_norm
 from .positional import POSITIONAL, ROPE_PAIRINGS, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 NORM_PLACEMENTS = ("pre", "post")
+#: The positional schemes under which a sliding-window model may run past ``context_length`` with
+#: rolling KV caches (relative positions, or none); learned and sinusoidal tables are absolute.
+ROLLING_POSITIONAL = ("rope", "alibi", "none")
 
 
 @dataclass
@@ -220,8 +223,16 @@ class TransformerLM(nn.Module):
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> list[KVCache]:
         """One empty ``KVCache`` per layer, for ``max_len`` tokens (default ``context_length``), in the
         parameters' dtype and device: ``KVCache(batch_size, resolved_n_kv_heads, max_len, resolved_head_dim,
-        dtype=..., device=...)``."""
-        raise NotImplementedError("TransformerLM.new_kv_cache: one KVCache(B, n_kv_heads, max_len, head_dim) per block")
+        dtype=..., device=...)``. With a ``window``: ``RollingKVCache(batch_size, resolved_n_kv_heads,
+        window, resolved_head_dim, dtype=..., device=..., max_len=max_len)`` per layer instead."""
+        raise NotImplementedError("TransformerLM.new_kv_cache: one KVCache(B, n_kv_heads, max_len, head_dim) per block "
+                                  "(a RollingKVCache with a window)")
+
+    @property
+    def rolls_past_context(self) -> bool:
+        """Whether decoding with ``new_kv_cache`` may continue past ``context_length``: a sliding
+        window and a positional scheme in ``ROLLING_POSITIONAL``."""
+        raise NotImplementedError("TransformerLM.rolls_past_context: window is set and positional in ROLLING_POSITIONAL")
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Trainable parameters, each shared tensor counted once. ``exclude_embeddings``: without the
@@ -239,7 +250,8 @@ class TransformerLM(nn.Module):
         1. Check ``idx``: an integer tensor of rank 2 (``checks.tensor``), at least one token, every id in
            ``[0, vocab_size)`` (ValueError naming the id and vocab_size).
         2. ``start = kv_cache[0].length`` with a cache (a list of one cache per layer), else 0;
-           ``start + T > context_length`` is a ValueError naming context_length.
+           ``start + T > context_length`` is a ValueError naming context_length, unless the caches
+           are ``RollingKVCache`` and ``rolls_past_context`` (then the positions go on past it).
         3. ``positions = arange(start, start + T)``; ``x = token_embedding(idx)`` (+ ``position_embedding(positions)``
            when there is one); ``x = dropout(x)``.
         4. Each block with ``(x, positions, padding_mask=..., kv_cache=its own cache or None)``;

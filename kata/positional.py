@@ -125,6 +125,11 @@ class RotaryEmbedding(nn.Module):
         by ``angles(positions)[t, i]`` at each row ``t``."""
         raise NotImplementedError("RotaryEmbedding.forward: split even/odd elements, rotate, interleave back")
 
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``forward`` for any positions ``>= 0`` (``check_positions(positions)``, no ``max_len``
+        bound): a rolling KV cache decodes past the context length."""
+        raise NotImplementedError("RotaryEmbedding.rotate: forward's rotation without the max_len check")
+
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
     """``(n_heads,)`` float32 slopes ``m_h`` (see the module docstring: the paper's reference code).

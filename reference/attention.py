@@ -25,6 +25,9 @@ The base class ``MultiHeadAttention`` is plain causal multi-head attention; a va
 and overrides ONE hook: ``GroupedQueryAttention`` overrides ``expand_kv`` (H_kv < H kv heads, each
 shared by H / H_kv query heads), ``SlidingWindowAttention`` overrides ``attention_mask`` (query ``i``
 sees keys ``i - w < j <= i``). ``attend`` is the hook for changing the attention itself.
+
+With a window, ``RollingKVCache`` keeps only the last ``w`` positions (a ring buffer): the memory is
+proportional to the window, not the context, and the positions may go on past ``max_len``.
 """
 
 from __future__ import annotations
@@ -162,6 +165,132 @@ class KVCache:
                 f"head_dim={self.head_dim}, length={self.length})")
 
 
+class RollingKVCache(KVCache):
+    """The rolling buffer cache of sliding-window attention (Mistral; Jiang et al., 2023): a query at
+    position ``p`` sees only the keys ``p - w < j <= p``, so a ring of ``capacity = min(window, max_len)``
+    slots suffices; position ``p`` is written IN PLACE into slot ``p mod capacity`` (the buffers are
+    allocated once), overwriting position ``p - capacity``, which no later query can see.
+
+    ``length``: positions seen so far (the next position, as for ``KVCache``); ``stored``: how many
+    are held, ``min(length, capacity)``; ``slot_positions (capacity,)``: the absolute position in
+    each slot (-1: empty). Keys are stored as given (after RoPE, at their absolute positions).
+
+    ``update(k, v, padding_mask)`` returns the keys the new queries attend to, in SLOT order (not
+    chronological: softmax does not care about the order of the keys, only the mask and the ALiBi
+    bias must follow them, and they do: ``key_positions``), and ``key_positions``, ``padding_mask``
+    and ``first_position`` describe them:
+
+    - one new token, or a chunk that fits in the free slots: it is written first, and the buffers'
+      first ``stored`` slots are returned (views: no copy). Written at ``p``, slot ``p mod capacity``
+      held ``p - capacity <= p - w``, outside the window of ``p``;
+    - a chunk of ``T_new > 1`` tokens that would overwrite slots: its first queries still need the
+      oldest stored keys, so it returns ``stored + T_new`` keys, the stored ones then the chunk (a
+      temporary, like the chunk's activations), and then keeps the chunk's last ``capacity``.
+
+    So the cache holds ``capacity`` positions whatever the number of tokens (``k.numel() =
+    B * H_kv * capacity * D``), and one step attends to at most ``capacity`` keys. ``max_len``
+    (None: unbounded) bounds ``length``: positions may go past the layer's ``max_len`` (rope, alibi and
+    none depend on relative positions only).
+    """
+
+    def __init__(self, batch_size: int, n_kv_heads: int, window: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device=None, max_len: int | None = None):
+        self.batch_size = checks.positive_int("batch_size", batch_size)
+        self.n_kv_heads = checks.positive_int("n_kv_heads", n_kv_heads)
+        self.window = checks.positive_int("window", window)
+        self.head_dim = checks.positive_int("head_dim", head_dim)
+        self.max_len = None if max_len is None else checks.positive_int("max_len", max_len)
+        self.capacity = window if max_len is None else min(window, max_len)
+        shape = (batch_size, n_kv_heads, self.capacity, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)              # (B, H_kv, capacity, D)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)              # (B, H_kv, capacity, D)
+        self.real = torch.ones(batch_size, self.capacity, dtype=torch.bool, device=device)   # (B, capacity)
+        self.slot_positions = torch.full((self.capacity,), -1, dtype=torch.long, device=device)  # (capacity,)
+        self.reset()
+
+    @property
+    def stored(self) -> int:
+        """How many positions the buffers hold: ``min(length, capacity)``."""
+        return min(self.length, self.capacity)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor | None = None):
+        """Store ``k, v (B, H_kv, T_new, D)`` at positions ``length ..``; return the keys and values
+        the new queries attend to, ``(B, H_kv, L, D)`` each, in slot order (see the class doc).
+        Past ``max_len`` -> ValueError naming max_len (the cache is left unchanged)."""
+        expected = (self.batch_size, self.n_kv_heads, k.shape[-2] if k.dim() == 4 else 0, self.head_dim)
+        for name, t in (("k", k), ("v", v)):
+            checks.tensor(name, t, min_dim=4, max_dim=4, floating=True)
+            if tuple(t.shape) != expected:
+                raise ValueError(f"{name} must have shape (B, H_kv, T_new, D) = {expected}, got {tuple(t.shape)}")
+            if t.dtype != self.k.dtype:
+                raise TypeError(f"{name} must have the cache's dtype {self.k.dtype}, got {t.dtype}")
+        t_new = k.shape[-2]
+        if self.max_len is not None and t_new > self.max_len - self.length:
+            raise ValueError(f"RollingKVCache overflow: {self.length} seen + {t_new} new positions > "
+                             f"max_len={self.max_len}")
+        if padding_mask is not None:
+            if padding_mask.dtype != torch.bool or tuple(padding_mask.shape) != (self.batch_size, t_new):
+                raise ValueError(f"padding_mask must be a (B, T_new) = {(self.batch_size, t_new)} bool tensor, "
+                                 f"got {tuple(padding_mask.shape)} {padding_mask.dtype}")
+            self.padded = bool(self.padded or not padding_mask.all())
+        start, end, n_old = self.length, self.length + t_new, self.stored
+        positions = torch.arange(start, end, device=self.k.device)            # (T_new,)
+        if t_new == 1 or n_old + t_new <= self.capacity:
+            self._write(k, v, padding_mask, positions, start)                   # nothing visible overwritten
+            n = min(end, self.capacity)
+            k_all, v_all = self.k[:, :, :n], self.v[:, :, :n]                  # (B, H_kv, n, D) views
+            self.key_positions, self._key_real = self.slot_positions[:n], self.real[:, :n]
+            self.first_position = end - n
+        else:
+            real = (torch.ones(self.batch_size, t_new, dtype=torch.bool, device=self.k.device)
+                    if padding_mask is None else padding_mask)                 # (B, T_new)
+            k_all = torch.cat([self.k[:, :, :n_old], k], dim=2)               # (B, H_kv, n_old + T_new, D)
+            v_all = torch.cat([self.v[:, :, :n_old], v], dim=2)
+            self.key_positions = torch.cat([self.slot_positions[:n_old], positions])   # (n_old + T_new,)
+            self._key_real = torch.cat([self.real[:, :n_old], real], dim=1)            # (B, n_old + T_new)
+            self.first_position = start - n_old
+            keep = slice(max(0, t_new - self.capacity), t_new)                 # the chunk's last `capacity`
+            self._write(k[:, :, keep], v[:, :, keep], real[:, keep], positions[keep], start + keep.start)
+        self.length = end
+        return k_all, v_all
+
+    def _write(self, k, v, padding_mask, positions, start: int) -> None:
+        """Write ``k, v (B, H_kv, n, D)`` of the positions ``start .. start + n - 1`` (``n <= capacity``)
+        in place, position ``p`` into slot ``p mod capacity``: two slices at most (the ring wraps once)."""
+        n = k.shape[2]
+        first = start % self.capacity                                       # the slot of position `start`
+        head = min(n, self.capacity - first)                                # slots first .. then 0 ..
+        for slots, part in ((slice(first, first + head), slice(0, head)), (slice(0, n - head), slice(head, n))):
+            if part.start == part.stop:
+                continue
+            self.k[:, :, slots] = k[:, :, part]
+            self.v[:, :, slots] = v[:, :, part]
+            if padding_mask is not None:
+                self.real[:, slots] = padding_mask[:, part]
+            elif self.padded:                                               # clear stale padding flags
+                self.real[:, slots] = True
+            self.slot_positions[slots] = positions[part]
+
+    @property
+    def padding_mask(self) -> torch.Tensor | None:
+        """``(B, L)`` bool for the keys the last ``update`` returned, True = real; None when every
+        stored token is real."""
+        return self._key_real if self.padded else None
+
+    def reset(self) -> None:
+        """Forget everything stored (the buffers are reused)."""
+        self.length, self.padded = 0, False
+        self.real.fill_(True)
+        self.slot_positions.fill_(-1)
+        self.key_positions = self.slot_positions[:0]       # (0,) positions of the keys last returned
+        self._key_real = self.real[:, :0]
+        self.first_position = 0                            # the oldest of them
+
+    def __repr__(self) -> str:
+        return (f"RollingKVCache(batch_size={self.batch_size}, n_kv_heads={self.n_kv_heads}, window={self.window}, "
+                f"head_dim={self.head_dim}, capacity={self.capacity}, length={self.length})")
+
+
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention, the base class of every variant.
 
@@ -272,18 +401,22 @@ class MultiHeadAttention(nn.Module):
             if not isinstance(kv_cache, KVCache):
                 raise TypeError(f"kv_cache must be a KVCache or None, got {type(kv_cache).__name__}")
             start = kv_cache.length
+        rolling = isinstance(kv_cache, RollingKVCache)   # positions may then go past max_len
+        if rolling and kv_cache.window != self.window:
+            raise ValueError(f"kv_cache is a RollingKVCache of window={kv_cache.window}, but this layer's "
+                             f"window is {self.window}: they must be equal")
         if positions is None:
             if self.rope is not None or self.positional == "alibi":   # only they use the positions
                 positions = torch.arange(start, start + t, device=x.device)   # (T,)
         else:
-            check_positions(positions, self.max_len)
+            check_positions(positions, None if rolling else self.max_len)
             if positions.shape != (t,):
                 raise ValueError(f"positions must have shape (T,) = ({t},), got {tuple(positions.shape)}")
             expected_positions = torch.arange(start, start + t, device=x.device)   # (T,)
             if kv_cache is not None and not torch.equal(positions, expected_positions):
                 raise ValueError(f"positions must continue from kv_cache.length={start}: expected "
                                  f"arange({start}, {start + t})")
-        if start + t > self.max_len:
+        if start + t > self.max_len and not rolling:
             raise ValueError(f"{start + t} positions are more than max_len={self.max_len}")
         if padding_mask is not None:
             checks.tensor("padding_mask", padding_mask)
@@ -296,14 +429,17 @@ class MultiHeadAttention(nn.Module):
         k = self.split_heads(self.k_proj(x), self.n_kv_heads)  # (B, H_kv, T, D)
         v = self.split_heads(self.v_proj(x), self.n_kv_heads)  # (B, H_kv, T, D)
         if self.rope is not None:
-            q = self.rope(q, positions)                         # rotated at their absolute positions
-            k = self.rope(k, positions)
+            rope = self.rope.rotate if rolling else self.rope  # rotate: no max_len bound
+            q = rope(q, positions)                              # rotated at their absolute positions
+            k = rope(k, positions)
         key_padding = padding_mask                              # (B, L) | None
         k_positions = positions                                 # (L,)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v, padding_mask)          # (B, H_kv, L, D) old and new
             key_padding = kv_cache.padding_mask
-            if self.positional == "alibi":
+            if rolling:
+                k_positions = kv_cache.key_positions            # (L,) absolute, in slot order
+            elif self.positional == "alibi":
                 k_positions = torch.arange(kv_cache.length, device=x.device)
         k, v = self.expand_kv(k, v)                             # (B, H, L, D)
         if k.shape[1] != self.n_heads:
@@ -316,7 +452,13 @@ class MultiHeadAttention(nn.Module):
             # the mask is the square lower triangle (is_causal)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)   # (B, H, T, D)
             return self.out_proj(self.merge_heads(out))         # (B, T, C)
-        mask = self.attention_mask(t, length, device=x.device)  # (T, L)
+        if rolling:
+            # the keys cover the positions first .. start + T - 1, in slot order: the mask of that
+            # span, its columns taken in the keys' order
+            first = kv_cache.first_position
+            mask = self.attention_mask(t, start + t - first, device=x.device)[:, k_positions - first]  # (T, L)
+        else:
+            mask = self.attention_mask(t, length, device=x.device)  # (T, L)
         if key_padding is not None:
             mask = mask & key_padding[:, None, None, :]         # (B, 1, T, L)
         bias = None
@@ -354,7 +496,8 @@ class GroupedQueryAttention(MultiHeadAttention):
 
 class SlidingWindowAttention(MultiHeadAttention):
     """Sliding-window attention (Beltagy et al., 2020; Mistral): query ``i`` sees keys ``j`` with
-    ``i - window < j <= i`` (itself and the ``window - 1`` before it). Overrides ``attention_mask``."""
+    ``i - window < j <= i`` (itself and the ``window - 1`` before it). Overrides ``attention_mask``;
+    its KV cache can be a ``RollingKVCache`` of ``window`` slots."""
 
     def attention_mask(self, t_q: int, t_k: int, device=None) -> torch.Tensor:
         allowed = causal_mask(t_q, t_k, device=device)                 # (t_q, t_k)

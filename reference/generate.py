@@ -26,7 +26,12 @@ Context length ``L = model.config.context_length``:
 
 - a prompt longer than ``L`` is cropped to its last ``L`` tokens;
 - once the sequence grows past ``L``, each step recomputes (without cache) a forward pass over a
-  sliding window of the last ``L`` tokens (positions restart at 0 in the window).
+  sliding window of the last ``L`` tokens (positions restart at 0 in the window);
+- except with ``use_cache=True`` for a model that ``rolls_past_context`` (a sliding window w and
+  rope, alibi or none): its rolling KV caches (w slots per layer) keep decoding at the true
+  positions ``L, L + 1, ...`` without recomputing anything. Each token then depends on the last
+  ``n_layers * (w - 1) + 1`` tokens (the window's reach through the layers), so it equals the
+  uncached tokens as long as that reach fits in ``L``.
 
 A stop id ends its sequence and IS included in the output. Batches: rows that have stopped emit
 ``PAD_ID`` (-1) until every row has stopped or ``max_new_tokens`` is reached.
@@ -310,11 +315,14 @@ def _decode(model, tokens, single, max_new_tokens, temperature, top_k, top_p, st
         stop_tensor = torch.tensor(stops, dtype=torch.long, device=tokens.device)
         done = torch.zeros(b, dtype=torch.bool, device=tokens.device)   # (B,) rows that have stopped
         caches = None
+        # a sliding-window model with relative positions keeps decoding past the context with its
+        # rolling caches (window slots each): no recomputation
+        rolls = use_cache and bool(getattr(model, "rolls_past_context", False))
         if use_cache and max_new_tokens > 0:
-            caches = model.new_kv_cache(b, min(context, t + max_new_tokens))
+            caches = model.new_kv_cache(b, t + max_new_tokens if rolls else min(context, t + max_new_tokens))
         new = tokens                                      # (B, T_new) the tokens not in the cache yet
         for _ in range(max_new_tokens):
-            if caches is not None and tokens.shape[1] <= context:
+            if caches is not None and (rolls or tokens.shape[1] <= context):
                 logits = _forward(model, new, caches)                   # (B, V)
             else:
                 logits = _forward(model, tokens[:, -context:], None)    # (B, V) full pass, sliding window

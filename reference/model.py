@@ -23,7 +23,9 @@ the residual output projections (attention ``out_proj`` and FFN ``w2``) ~ N(0, (
 so the residual stream's variance does not grow with depth.
 
 KV cache: ``forward(idx, kv_cache=caches)`` takes only the NEW tokens; their positions continue
-from ``caches[0].length``; each layer's attention appends its keys and values to its cache.
+from ``caches[0].length``; each layer's attention appends its keys and values to its cache. With a
+sliding window the caches are ``RollingKVCache`` ring buffers of ``window`` slots; with rope, alibi
+or none (``ROLLING_POSITIONAL``) the positions may then go past ``context_length``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch
 from torch import nn
 
 from . import checks
-from .attention import KVCache, build_attention
+from .attention import KVCache, RollingKVCache, build_attention
 from .embedding import TokenEmbedding
 from .feedforward import ACTIVATIONS, FeedForward
 from .linear import INIT_STD, Linear
@@ -48,6 +50,10 @@ from .norm import build_norm as _build_norm
 from .positional import POSITIONAL, ROPE_PAIRINGS, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 NORM_PLACEMENTS = ("pre", "post")
+#: The positional schemes under which a sliding-window model may run past ``context_length`` with
+#: rolling KV caches: attention depends on relative positions only (or none). Learned and
+#: sinusoidal tables are absolute, with no row past the context.
+ROLLING_POSITIONAL = ("rope", "alibi", "none")
 
 
 @dataclass
@@ -278,12 +284,24 @@ class TransformerLM(nn.Module):
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> list[KVCache]:
         """One empty ``KVCache`` per layer, for ``max_len`` tokens (default ``context_length``), in the
-        parameters' dtype and device."""
+        parameters' dtype and device. With a ``window``: a ``RollingKVCache`` of ``min(window, max_len)``
+        slots per layer instead; ``max_len`` may then exceed ``context_length`` when
+        ``rolls_past_context``."""
         checks.positive_int("batch_size", batch_size)
         max_len = self.config.context_length if max_len is None else checks.positive_int("max_len", max_len)
         weight = self.token_embedding.weight
+        if self.config.window is not None:
+            return [RollingKVCache(batch_size, self.config.resolved_n_kv_heads, self.config.window,
+                                   self.config.resolved_head_dim, dtype=weight.dtype, device=weight.device,
+                                   max_len=max_len) for _ in self.blocks]
         return [KVCache(batch_size, self.config.resolved_n_kv_heads, max_len, self.config.resolved_head_dim,
                         dtype=weight.dtype, device=weight.device) for _ in self.blocks]
+
+    @property
+    def rolls_past_context(self) -> bool:
+        """Whether decoding with ``new_kv_cache`` may continue past ``context_length``: a sliding
+        window and a positional scheme in ``ROLLING_POSITIONAL``."""
+        return self.config.window is not None and self.config.positional in ROLLING_POSITIONAL
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Trainable parameters, each shared tensor counted once. ``exclude_embeddings``: without the
@@ -314,9 +332,11 @@ class TransformerLM(nn.Module):
                 raise ValueError(f"kv_cache must be a list of one KVCache per layer ({len(self.blocks)}), "
                                  f"e.g. from new_kv_cache(batch_size)")
             start = kv_cache[0].length
-        if start + t > config.context_length:
+        rolling = kv_cache is not None and isinstance(kv_cache[0], RollingKVCache) and self.rolls_past_context
+        if start + t > config.context_length and not rolling:
             raise ValueError(f"sequence of {start + t} tokens (cached {start} + new {t}) is longer than "
-                             f"context_length={config.context_length}")
+                             f"context_length={config.context_length} (only a sliding-window model with "
+                             f"positional in {ROLLING_POSITIONAL} and its rolling KV caches may go past it)")
         positions = torch.arange(start, start + t, device=idx.device)    # (T,) continuing the cache
 
         x = self.token_embedding(idx)                                     # (B, T, C)

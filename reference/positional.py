@@ -128,7 +128,8 @@ class RotaryEmbedding(nn.Module):
     """Rotary position embedding; ``forward(x (..., T, D), positions (T,))``.
 
     No parameters. The angles ``p * base^(-2i/D)`` are computed in float64 for the given positions
-    (exact for any dtype of ``x``), then cos/sin are cast to ``x.dtype``. Positions must be < max_len.
+    (exact for any dtype of ``x``), then cos/sin are cast to ``x.dtype``. Positions must be < max_len
+    (``rotate``: any position >= 0).
     ``pairing`` (``ROPE_PAIRINGS``): ``"interleaved"`` rotates ``(x[2i], x[2i+1])``, ``"half"``
     rotates ``(x[i], x[i + D/2])``.
     """
@@ -149,8 +150,13 @@ class RotaryEmbedding(nn.Module):
         return positions.to(torch.float64)[:, None] * theta                                   # (T, D/2)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.rotate(x, check_positions(positions, self.max_len))
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``forward`` for any positions ``>= 0``, ``max_len`` or beyond: the angles are computed, not
+        looked up, so a rolling KV cache can keep decoding past the context length."""
         checks.tensor("x", x, min_dim=2, last_dim=self.head_dim, floating=True)
-        check_positions(positions, self.max_len)
+        check_positions(positions)
         if positions.shape[0] != x.shape[-2]:
             raise ValueError(f"positions must have shape (T,) = ({x.shape[-2]},) for x of shape "
                              f"{tuple(x.shape)}, got {tuple(positions.shape)}")

@@ -199,3 +199,54 @@ def model_dims(draw, max_heads: int = 4, max_head_dim: int = 8):
     n_heads = draw(sizes(max_heads))
     head_dim = draw(sizes(max_head_dim))
     return n_heads * head_dim, n_heads
+
+
+# ---------------------------------------------------------------------------------------------
+# A sliding-window language model by definition
+# ---------------------------------------------------------------------------------------------
+
+
+def windowed_lm_logits(lm, idx: torch.Tensor) -> torch.Tensor:
+    """``idx (B, T) -> logits (B, T, V)`` of a Pre-LN ``TransformerLM`` with ``config.window = w``
+    and positional rope (interleaved, base 10000), alibi or none, at the TRUE positions 0 .. T-1,
+    however far past ``context_length``; the attention is written out from its definition
+    (query i sees keys i - w < j <= i), norms with torch.nn.functional, the FFN is the block's."""
+    import math
+
+    import torch.nn.functional as F
+
+    c = lm.config
+    b, t = idx.shape
+    h_n, kv_n, d, w = c.n_heads, c.resolved_n_kv_heads, c.resolved_head_dim, c.window
+    pos = torch.arange(t, dtype=torch.float64)
+
+    def norm(layer, x):
+        if c.norm == "layernorm":
+            return F.layer_norm(x, (x.shape[-1],), layer.weight, getattr(layer, "bias", None), eps=c.norm_eps)
+        return F.rms_norm(x, (x.shape[-1],), layer.weight, eps=c.norm_eps)
+
+    def rope(x):                                  # x (B, H, T, D): pairs (2i, 2i+1) rotated by p 10000^(-2i/D)
+        z = torch.view_as_complex(x.reshape(*x.shape[:-1], d // 2, 2).contiguous())
+        angle = pos[:, None] * 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        return torch.view_as_real(z * torch.polar(torch.ones_like(angle), angle).to(z.dtype)).reshape(x.shape)
+
+    slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / h_n) for h in range(h_n)], dtype=torch.float64)  # power of 2
+    i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+    allowed = (j <= i) & (i - j < w)                                      # (T, T) the sliding window
+    x = F.embedding(idx, lm.token_embedding.weight)                       # (B, T, C)
+    for block in lm.blocks:
+        a = block.attn
+        h = norm(block.ln_1, x)
+        q = F.linear(h, a.q_proj.weight, a.q_proj.bias).view(b, t, h_n, d).transpose(1, 2)
+        k = F.linear(h, a.k_proj.weight, a.k_proj.bias).view(b, t, kv_n, d).transpose(1, 2)
+        v = F.linear(h, a.v_proj.weight, a.v_proj.bias).view(b, t, kv_n, d).transpose(1, 2)
+        if c.positional == "rope":
+            q, k = rope(q), rope(k)
+        k, v = k.repeat_interleave(h_n // kv_n, dim=1), v.repeat_interleave(h_n // kv_n, dim=1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d)                   # (B, H, T, T)
+        if c.positional == "alibi":
+            scores = scores - (slopes[:, None, None] * (i - j)).to(scores.dtype)
+        out = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v
+        x = x + F.linear(out.transpose(1, 2).reshape(b, t, h_n * d), a.out_proj.weight, a.out_proj.bias)
+        x = x + block.ffn(norm(block.ln_2, x))
+    return F.linear(norm(lm.ln_f, x), lm.lm_head.weight)                  # (B, T, V)

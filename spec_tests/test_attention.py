@@ -665,3 +665,158 @@ def test_kv_cache_reset_equals_fresh(attention):
     used.reset()
     fresh = attention.KVCache(2, 1, 6, 4, dtype=torch.float64)
     assert_close(layer(x, kv_cache=used), layer(x, kv_cache=fresh), what="layer output with a reset vs a fresh cache")
+
+
+# --- the rolling KV cache (sliding window) ---------------------------------------------------------
+
+@st.composite
+def windowed_configs(draw, max_t=12):
+    """A random sliding-window layer (``configs``) whose window is often shorter than the sequence."""
+    cfg = draw(configs(max_t=max_t))
+    cfg["window"] = draw(sizes(max(1, cfg["t"] - 1)))
+    return cfg
+
+
+def _check_ring(cache, b, n_kv, capacity, d, data_ptr, length, what):
+    """The buffers are the ones allocated at construction, of exactly ``capacity`` positions."""
+    expected = (b, n_kv, capacity, d)
+    assert_equal(tuple(cache.k.shape), expected, what=f"{what}: cache.k shape (B, H_kv, capacity, D)")
+    assert_equal(tuple(cache.v.shape), expected, what=f"{what}: cache.v shape (B, H_kv, capacity, D)")
+    assert_equal(cache.k.data_ptr(), data_ptr, what=f"{what}: cache.k was reallocated (data_ptr)")
+    assert_equal(cache.length, length, what=f"{what}: cache.length (positions seen)")
+    assert_equal(cache.stored, min(length, capacity), what=f"{what}: cache.stored = min(length, capacity)")
+
+
+@given(cfg=windowed_configs(), seed=seeds, data=st.data())
+@pytest.mark.parametrize("padded", [False, True])
+def test_rolling_cache_equals_full_cache_and_brute_force(attention, cfg, seed, data, padded):
+    """Chunk by chunk (one token, or prefills longer than the window) a RollingKVCache of `window`
+    slots gives the full KVCache's outputs and the windowed attention's definition; its buffers
+    keep B * H_kv * window * D elements each and are never reallocated."""
+    attn = _build(attention, cfg, seed)
+    b, t, w, n_kv, hd = cfg["b"], cfg["t"], cfg["window"], cfg["n_kv_heads"], cfg["head_dim"]
+    x = randn((b, t, cfg["n_heads"] * hd), seed, torch.float64)
+    mask = _padding(b, t, seed) if padded else None
+    rolling = attention.RollingKVCache(b, n_kv, w, hd, dtype=torch.float64)
+    full = attention.KVCache(b, n_kv, t, hd, dtype=torch.float64)
+    data_ptr = rolling.k.data_ptr()
+    outs, start = [], 0
+    while start < t:
+        n = data.draw(st.integers(1, t - start), label="chunk")
+        chunk_mask = None if mask is None else mask[:, start:start + n]
+        got = attn(x[:, start:start + n], padding_mask=chunk_mask, kv_cache=rolling)
+        expected = attn(x[:, start:start + n], padding_mask=chunk_mask, kv_cache=full)
+        rows = slice(None) if mask is None else chunk_mask
+        assert_close(got[rows], expected[rows], what=f"chunk {start}..{start + n - 1}: rolling vs full KV cache {cfg}")
+        outs.append(got)
+        start += n
+        _check_ring(rolling, b, n_kv, w, hd, data_ptr, start, f"after positions 0..{start - 1} (window {w})")
+    got, oracle = torch.cat(outs, dim=1), _brute_force(attn, cfg, x, mask)
+    if mask is not None:
+        got, oracle = got[mask], oracle[mask]
+    assert_close(got, oracle, what=f"rolling cache vs the windowed attention's definition {cfg}")
+
+
+@settings(max_examples=10)
+@given(cfg=windowed_configs(max_t=6), max_len=sizes(6, 2), steps=st.integers(2, 4), seed=seeds, data=st.data())
+def test_rolling_cache_decodes_past_max_len(attention, cfg, max_len, steps, seed, data):
+    """With a RollingKVCache the positions go on past the layer's max_len (rope rotates each key at
+    its absolute position): over `steps` times max_len positions, fed in random chunks, the outputs
+    equal the definition at the true positions, each one-token step attends to min(p + 1, window)
+    keys, and the buffers never grow."""
+    w = min(cfg["window"], max_len)
+    cfg = dict(cfg, window=w, positional=data.draw(st.sampled_from(["rope", "alibi", "none"]), label="positional"))
+    attn = _build(attention, cfg, seed, max_len=max_len)
+    b, n_kv, hd, total = cfg["b"], cfg["n_kv_heads"], cfg["head_dim"], steps * max_len
+    x = randn((b, total, cfg["n_heads"] * hd), seed + 1, torch.float64)
+    cache = attention.RollingKVCache(b, n_kv, w, hd, dtype=torch.float64)
+    data_ptr = cache.k.data_ptr()
+    outs, start = [], 0
+    while start < total:
+        n = data.draw(st.sampled_from([1, 1, 1, 2, w + 1]), label="chunk")
+        n = min(n, total - start)
+        y, weights = attn(x[:, start:start + n], kv_cache=cache, return_weights=True)
+        if n == 1:
+            assert_equal(weights.shape[-1], min(start + 1, w),
+                         what=f"keys attended by the one-token step at position {start} (window {w})")
+        outs.append(y)
+        start += n
+        _check_ring(cache, b, n_kv, w, hd, data_ptr, start, f"after position {start - 1} (max_len {max_len})")
+    oracle = _brute_force(attn, cfg, x, positions=torch.arange(total))
+    assert_close(torch.cat(outs, dim=1), oracle, what=f"{total} positions past max_len={max_len} vs definition {cfg}")
+
+
+def test_rolling_cache_update(attention):
+    """RollingKVCache.update returns the keys the new queries may see (positions first_position ..
+    length - 1, each key with its position in key_positions, in any order) and keeps min(length,
+    capacity); a chunk longer than the free slots still returns the stored keys with it."""
+    b, n_kv, w, d = 2, 3, 4, 2
+    cache = attention.RollingKVCache(b, n_kv, w, d, dtype=torch.float64)
+    assert_equal((cache.length, cache.stored, cache.capacity), (0, 0, w), what="new cache (length, stored, capacity)")
+    keys = randn((b, n_kv, 20, d), 0, torch.float64)
+    values = randn((b, n_kv, 20, d), 1, torch.float64)
+    start = 0
+    for n in (3, 1, 1, 5, 1, 2, 7):                 # fills, wraps one at a time, and by chunks > window
+        k_all, v_all = cache.update(keys[:, :, start:start + n], values[:, :, start:start + n])
+        end = start + n
+        what = f"update of positions {start}..{end - 1} (window {w})"
+        pos = cache.key_positions
+        first = cache.first_position
+        assert_equal(sorted(pos.tolist()), list(range(first, end)),
+                     what=f"{what}: key_positions (sorted) = first_position .. length - 1")
+        needed, oldest = max(0, start - w + 1), max(0, start - w)  # the first query sees start - w + 1 on
+        assert oldest <= first <= needed, (f"{what}: first_position must be in [{oldest}, {needed}] (every key "
+                                           f"the queries see, nothing evicted before), got {first}")
+        if n == 1:
+            assert_equal(k_all.shape[2], min(end, w), what=f"{what}: keys returned for one token")
+        assert_close(k_all, keys[:, :, pos], what=f"{what}: each returned key is the key of its key_positions")
+        assert_close(v_all, values[:, :, pos], what=f"{what}: each returned value is the value of its key_positions")
+        assert_equal((cache.length, cache.stored), (end, min(end, w)), what=f"{what}: (length, stored)")
+        start = end
+
+
+def test_rolling_cache_bounds_and_errors(attention):
+    """max_len bounds the positions (capacity min(window, max_len), overflow names max_len, the cache
+    unchanged); bad sizes, shapes, dtypes and a layer whose window differs are clear errors."""
+    cache = attention.RollingKVCache(1, 2, 8, 4, max_len=5)
+    assert_equal(cache.capacity, 5, what="capacity of window 8, max_len 5")
+    cache.update(randn((1, 2, 5, 4), 0), randn((1, 2, 5, 4), 1))
+    with raises_clear(ValueError, "max_len", "5"):
+        cache.update(randn((1, 2, 1, 4), 0), randn((1, 2, 1, 4), 1))
+    assert_equal(cache.length, 5, what="length after a refused update")
+    for kwargs, name in ((dict(window=0), "window"), (dict(batch_size=0), "batch_size"),
+                         (dict(head_dim=0), "head_dim"), (dict(max_len=0), "max_len")):
+        args = {**dict(batch_size=1, n_kv_heads=2, window=3, head_dim=4), **kwargs}
+        with raises_clear(ValueError, name):
+            attention.RollingKVCache(**args)
+    cache = attention.RollingKVCache(1, 2, 3, 4)
+    with raises_clear(ValueError, "k"):
+        cache.update(randn((1, 1, 1, 4), 0), randn((1, 1, 1, 4), 0))
+    with raises_clear(TypeError, "k"):
+        cache.update(randn((1, 2, 1, 4), 0, torch.float64), randn((1, 2, 1, 4), 0, torch.float64))
+    plain = attention.MultiHeadAttention(8, 2, max_len=16).eval()
+    with raises_clear(ValueError, "window"):
+        plain(randn((1, 2, 8), 0), kv_cache=attention.RollingKVCache(1, 2, 3, 4))
+    windowed = attention.SlidingWindowAttention(8, 2, max_len=16, window=4).eval()
+    with raises_clear(ValueError, "window"):
+        windowed(randn((1, 2, 8), 0), kv_cache=attention.RollingKVCache(1, 2, 3, 4))
+    with raises_clear(ValueError, "max_len"):    # without a rolling cache max_len still holds
+        windowed(randn((1, 17, 8), 0))
+
+
+def test_rolling_cache_reset_equals_fresh(attention):
+    """After reset(), a used rolling cache (wrapped, padding stored) behaves exactly like a fresh one."""
+    cfg = dict(n_heads=2, n_kv_heads=1, head_dim=4, window=3, positional="alibi", bias=True)
+    layer = _build(attention, cfg, 0, max_len=8)
+    used = attention.RollingKVCache(2, 1, 3, 4, dtype=torch.float64)
+    stale = torch.tensor([[True, False, True, True, False, True, True], [False, True, True, False, True, True, False]])
+    layer(randn((2, 7, 8), 0, torch.float64), padding_mask=stale, kv_cache=used)
+    used.reset()
+    assert_equal((used.length, used.stored), (0, 0), what="(length, stored) after reset()")
+    assert used.padding_mask is None, "padding_mask after reset() must be None (no padding stored)"
+    fresh = attention.RollingKVCache(2, 1, 3, 4, dtype=torch.float64)
+    x = randn((2, 10, 8), 1, torch.float64)
+    for start, n in ((0, 2), (2, 1), (3, 4), (7, 1), (8, 2)):
+        chunk = x[:, start:start + n]
+        assert_close(layer(chunk, kv_cache=used), layer(chunk, kv_cache=fresh),
+                     what=f"positions {start}..{start + n - 1}: reset cache vs fresh cache")

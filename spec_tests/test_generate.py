@@ -12,7 +12,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from .support import assert_close, assert_equal, randint, randn, raises_clear, seed_all, seeds, sizes
+from .support import (assert_close, assert_equal, randint, randn, raises_clear, seed_all, seeds, sizes,
+                      windowed_lm_logits)
 
 temperatures = st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0])
 top_ks = st.one_of(st.none(), st.integers(1, 12))
@@ -66,14 +67,15 @@ def _oracle(logits, temperature, top_k=None, top_p=None):
     return probs / probs.sum(dim=-1, keepdim=True), kept, margin
 
 
-def _build(model_mod, seed, vocab_size=32, context_length=16, positional="learned", dropout=0.0):
+def _build(model_mod, seed, vocab_size=32, context_length=16, positional="learned", dropout=0.0, window=None,
+           n_layers=2):
     """A small TransformerLM with every parameter random (so logits are well spread), in float64: the
     cached, uncached, batched and single-row paths then agree to ~1e-15, so an argmax or a draw can
     flip between them only on a gap that small (false-failure rate far below 1e-9; in float32 the
     paths differ by ~1e-7, enough to flip a near-tied greedy step about once in 10^4 runs)."""
     seed_all(seed)
-    config = model_mod.ModelConfig(vocab_size=vocab_size, context_length=context_length, n_layers=2,
-                                   d_model=16, n_heads=2, positional=positional, dropout=dropout)
+    config = model_mod.ModelConfig(vocab_size=vocab_size, context_length=context_length, n_layers=n_layers,
+                                   d_model=16, n_heads=2, positional=positional, dropout=dropout, window=window)
     lm = model_mod.TransformerLM(config)
     with torch.no_grad():
         for i, p in enumerate(lm.parameters()):
@@ -585,6 +587,55 @@ def test_generation_past_the_context_slides(gen, model_mod, positional, t0, seed
     assert_equal(cached, expected, what="greedy tokens past the context (with cache)")
     uncached = gen.generate(lm, prompt, 12, temperature=0.0, use_cache=False)
     assert_equal(uncached, expected, what="greedy tokens past the context (without cache)")
+
+
+def _spy_caches(lm):
+    """Record the caches that generation asks the model for (``new_kv_cache``)."""
+    made, new_kv_cache = [], lm.new_kv_cache
+
+    def spy(*args, **kwargs):
+        made.append(new_kv_cache(*args, **kwargs))
+        return made[-1]
+    lm.new_kv_cache = spy
+    return made
+
+
+@settings(max_examples=6)
+@given(positional=st.sampled_from(["rope", "alibi", "none"]), window=st.integers(2, 6), n_layers=st.integers(1, 3),
+       t0=sizes(10), seed=seeds)
+def test_rolling_decoding_past_the_context(gen, model_mod, positional, window, n_layers, t0, seed):
+    """A sliding-window model with rope, alibi or none decodes past context_length with its rolling
+    caches (window positions per layer, however many tokens): greedy tokens equal the argmax of the
+    windowed model's definition at the TRUE positions, which sees n_layers * (window - 1) + 1 tokens
+    back, further than the context when n_layers > 1. In float64 two paths differ by ~1e-15, so a
+    near-tied argmax flips with probability far below 1e-9 per run."""
+    lm = _build(model_mod, seed, context_length=8, positional=positional, window=window, n_layers=n_layers)
+    made = _spy_caches(lm)
+    prompt, n = _prompt(seed, min(t0, 8)), 20
+    got = gen.generate(lm, prompt, n, temperature=0.0, use_cache=True)
+    assert_equal(len(got), n, what="number of tokens decoded past the context")
+    ids = torch.tensor([prompt + got[:-1]])
+    expected = windowed_lm_logits(lm, ids)[0, len(prompt) - 1:].argmax(dim=-1).tolist()
+    assert_equal(got, expected, what=f"greedy tokens past the context (window {window}, {n_layers} layers) "
+                                     f"vs the definition at the true positions")
+    assert made, "generate(use_cache=True) must build its caches with model.new_kv_cache"
+    sizes_ = sorted({cache.k.numel() for cache in made[0]})
+    assert_equal(sizes_, [1 * 2 * window * 8], what="cache.k elements (B * n_kv_heads * window * head_dim)")
+
+
+@settings(max_examples=6)
+@given(positional=st.sampled_from(["learned", "rope", "alibi", "none"]), window=st.integers(1, 8), t0=sizes(16),
+       n=sizes(24), t=st.sampled_from([0.7, 1.0, 1.5]), k=top_ks, p=top_ps, seed=seeds)
+def test_windowed_cached_equals_uncached(gen, model_mod, positional, window, t0, n, t, k, p, seed):
+    """A sliding-window model (2 layers, window <= 8: its reach 2 (w - 1) + 1 fits in the context 16)
+    gives the same sampled tokens for the same seed with its rolling caches as without a cache,
+    prompts shorter and longer than the window, before and past the context. In float64 the paths
+    differ by ~1e-15, so a draw flips between them with probability far below 1e-9 per run."""
+    lm = _build(model_mod, seed, positional=positional, window=window)
+    prompt = _prompt(seed, t0)
+    cached = gen.generate(lm, prompt, n, temperature=t, top_k=k, top_p=p, seed=seed, use_cache=True)
+    uncached = gen.generate(lm, prompt, n, temperature=t, top_k=k, top_p=p, seed=seed, use_cache=False)
+    assert_equal(cached, uncached, what=f"tokens with the rolling KV cache vs without (window {window})")
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .support import assert_close, assert_equal, randint, randn, raises_clear, seed_all, seeds
+from .support import assert_close, assert_equal, randint, randn, raises_clear, seed_all, seeds, windowed_lm_logits
 
 POSITIONAL = ["learned", "sinusoidal", "rope", "alibi", "none"]
 #: Attention variants as ModelConfig overrides (n_heads = 4 in the sweeps).
@@ -706,3 +706,54 @@ def test_low_precision(model, dtype, c, seed, fast):
     assert_close(got, expected.to(dtype), what=f"logits in {dtype} vs float64", atol=16 * eps * magnitude)
     assert_close(loss, expected_loss.to(dtype), what=f"loss in {dtype} vs float64",
                  atol=16 * eps * max(magnitude, float(expected_loss)))
+
+
+# --- rolling KV caches: a sliding window past the context -------------------------------------------
+
+@settings(max_examples=8)
+@given(positional=st.sampled_from(["rope", "alibi", "none"]), data=st.data(), seed=seeds)
+def test_rolling_caches_go_past_the_context(model, positional, data, seed):
+    """A sliding-window model with rope, alibi or none: its caches (new_kv_cache) hold min(window,
+    max_len) positions per layer, B * H_kv * that * D elements each, however many tokens are fed, and
+    chunk by chunk, up to 3 times past context_length, the logits equal the windowed model's
+    definition at the true positions (every key after RoPE at its absolute position)."""
+    n_heads, head_dim = data.draw(st.sampled_from([2, 4]), label="H"), data.draw(st.sampled_from([2, 4]), label="D")
+    c = data.draw(configs(positional, norm_placement="pre", n_heads=n_heads, d_model=n_heads * head_dim,
+                          n_kv_heads=data.draw(st.sampled_from([None, 1, 2]), label="n_kv_heads")), label="config")
+    c["window"] = data.draw(st.integers(1, c["context_length"] - 1), label="window")
+    lm = _build(model, c, seed)
+    assert lm.rolls_past_context, f"rolls_past_context must be True for window {c['window']} and {positional}"
+    total = 3 * c["context_length"]
+    idx = randint(0, c["vocab_size"], (2, total), seed)
+    caches = lm.new_kv_cache(2, max_len=total)
+    n_kv = c["n_kv_heads"] or n_heads
+    numel = 2 * n_kv * c["window"] * head_dim
+    pieces, pos = [], 0
+    while pos < total:
+        n = min(data.draw(st.sampled_from([1, 1, 2, c["window"] + 2]), label="chunk"), total - pos)
+        logits, _ = lm(idx[:, pos:pos + n], kv_cache=caches)
+        pieces.append(logits)
+        pos += n
+        assert_equal([(cache.k.numel(), cache.v.numel()) for cache in caches], [(numel, numel)] * len(caches),
+                     what=f"cache (k, v) elements after {pos} tokens: B=2 * n_kv_heads * window * head_dim each")
+    expected = windowed_lm_logits(lm, idx)
+    assert_close(torch.cat(pieces, dim=1), expected,
+                 what=f"rolling-cache logits over {total} tokens (context {c['context_length']}) vs definition")
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_absolute_positions_stop_at_the_context(model, positional):
+    """Learned and sinusoidal positions have no row past the context: even with rolling caches a
+    windowed model refuses to go past context_length (ValueError naming it); without a window the
+    caches are plain KVCaches of max_len positions."""
+    seed_all(0)
+    lm = model.TransformerLM(model.ModelConfig(**{**BASE, "positional": positional, "window": 3})).eval()
+    assert not lm.rolls_past_context, f"rolls_past_context must be False for {positional}"
+    caches = lm.new_kv_cache(1, max_len=BASE["context_length"])
+    assert_equal(caches[0].k.shape[2], 3, what="positions held by a windowed model's cache (window 3)")
+    lm(torch.zeros(1, BASE["context_length"], dtype=torch.long), kv_cache=caches)
+    with raises_clear(ValueError, "context_length"):
+        lm(torch.zeros(1, 1, dtype=torch.long), kv_cache=caches)
+    plain = model.TransformerLM(model.ModelConfig(**{**BASE, "positional": "rope"}))
+    assert not plain.rolls_past_context, "rolls_past_context must be False without a window"
+    assert_equal(plain.new_kv_cache(1, max_len=7)[0].k.shape[2], 7, what="positions held without a window")

@@ -182,6 +182,19 @@ def test_rope_bad_arguments(positional):
         rope(torch.zeros(3, 4, dtype=torch.long), torch.arange(3))
 
 
+@given(t=sizes(6), d=st.sampled_from([2, 4, 8]), offset=st.integers(0, 5000), seed=seeds)
+def test_rope_rotate_has_no_max_len(positional, t, d, offset, seed):
+    """rotate(x, positions) is RoPE's rotation at ANY positions >= 0, max_len and beyond (a rolling KV
+    cache decodes past the context with it); negative positions are still refused."""
+    rope = positional.RotaryEmbedding(d, 4)
+    x = randn((2, t, d), seed, torch.float64)
+    positions = torch.arange(offset, offset + t)
+    assert_close(rope.rotate(x, positions), _rope_complex(x, positions),
+                 what=f"rotate at positions {offset}..{offset + t - 1} (max_len 4) vs the complex rotation")
+    with raises_clear(ValueError, "positions"):
+        rope.rotate(x, positions - offset - 1)
+
+
 # --- ALiBi --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n_heads", list(range(1, 17)) + [24, 32, 48])
