@@ -286,7 +286,7 @@ def save_quantized(model: TransformerLM, path, tokenizer=None) -> Path:
     if not isinstance(model, TransformerLM):
         raise TypeError(f"model must be a TransformerLM, got {type(model).__name__}")
     settings = _settings(model)
-    tied = model.lm_head.weight is model.token_embedding.weight
+    tied = getattr(model.lm_head, "weight", None) is model.token_embedding.weight
     state = model.state_dict()
     if tied:
         del state["lm_head.weight"]                                  # the same tensor as the embedding
