@@ -271,10 +271,12 @@ def _settings(model: TransformerLM) -> dict:
     if not layers:
         raise ValueError("model has no quantized layers (quantize_model first)")
     bits = {layer.bits for layer in layers.values()}
-    sizes = {None if layer.group_size == layer.in_features else layer.group_size for layer in layers.values()}
+    sizes = {layer.group_size for layer in layers.values()}
+    if all(layer.group_size == layer.in_features for layer in layers.values()):
+        sizes = {None}                                               # one group per row everywhere
     if len(bits) != 1 or len(sizes) != 1:
         raise ValueError(f"save_quantized needs one setting for every layer, got bits {sorted(bits)}, "
-                         f"group sizes {sorted(sizes, key=str)}")
+                         f"group sizes {sorted(sizes)}")
     return {"bits": bits.pop(), "group_size": sizes.pop()}
 
 

@@ -321,12 +321,13 @@ def test_int8_model_close_to_float_and_int4_packs_to_half(quantize, impl):
 
 # --- the quantized checkpoint ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("bits, group_size, tie", [(8, None, True), (4, 4, False), (4, None, True)])
+@pytest.mark.parametrize("bits, group_size, tie", [(8, None, True), (4, 4, False), (4, None, True), (4, 8, True)])
 def test_checkpoint_round_trip_is_bit_exact(quantize, impl, tmp_path, bits, group_size, tie):
     """save_quantized writes one safetensors file holding the integers (int8, or uint8 packed) and
     the scales as such, not dequantized floats, a tied table once; its tensor data is the formula's
     bytes plus the float tensors'. load_quantized gives back every integer and scale bit for bit,
-    the same logits exactly, and the tokenizer."""
+    the same logits exactly, and the tokenizer. (group_size 8 equals d_model = 8: the q/k/v/w1
+    layers then have one group per row, w2 four; the file must still say group_size 8.)"""
     model = quantize.quantize_model(_model(impl, dtype=torch.float32, tie_weights=tie), bits=bits,
                                     group_size=group_size)
     tokenizer = impl.component("tokenizer").Tokenizer.train(["one two three, one two."], 260)
