@@ -86,7 +86,7 @@ def run(args) -> int:
     groups = "per output channel" if all(m.group_size == m.in_features for m in layers.values()) else \
         f"groups of {size} columns"
     print(f"quantized {len(layers)} Linear layers to INT{args.bits} ({groups}); "
-          f"tensors {float_bytes:,} -> {out.stat().st_size:,} bytes")
+          f"float tensors {float_bytes:,} bytes -> file {out.stat().st_size:,} bytes")
     print(f"wrote {out}; sample with bare-lm generate --checkpoint {out} --prompt TEXT")
     return 0
 
