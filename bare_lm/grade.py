@@ -90,6 +90,7 @@ ORACLES: dict[str, tuple[str, ...]] = {
     "distributed": (*_MODEL, *_OPTIM),
     "generate": (*_MODEL, *_SOFTMAX),
     "lora": (*_MODEL, *_OPTIM),
+    "quantize": _MODEL,
 }
 
 #: What a submission may not import while it is graded.

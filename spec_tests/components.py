@@ -23,6 +23,7 @@ COMPONENTS: tuple[str, ...] = (
     "generate",
     "interop",
     "lora",
+    "quantize",
 )
 
 

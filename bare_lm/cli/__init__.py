@@ -3,7 +3,7 @@
 Subcommands, one module each: ``train`` (train.py), ``finetune`` (finetune.py: LoRA adapters),
 ``generate`` (generate.py), ``tokenizer``
 (tokenizer.py), ``convert`` (convert.py: to and from Hugging Face directories), ``status``, ``kata``
-and ``mutants`` (spec.py), ``grade`` (grade.py), ``bench`` (bench.py).
+and ``mutants`` (spec.py), ``grade`` (grade.py), ``bench`` (bench.py), ``quantize`` (quantize.py: INT8 / INT4 weights).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, convert, finetune, generate, grade, spec, tokenizer, train
+from . import bench, convert, finetune, generate, grade, quantize, spec, tokenizer, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bare-lm",
         description="Bare-LM: an executable specification of a small decoder-only language model.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train, finetune, generate, tokenizer, convert, spec, grade, bench):
+    for module in (train, finetune, generate, tokenizer, convert, spec, grade, bench, quantize):
         module.register(commands)
     return parser
 

@@ -7,6 +7,8 @@ The checkpoint (a directory written by ``checkpoint.save_checkpoint``), or the t
 (``--hf``, GPT-2 or Llama), must hold a tokenizer.
 ``--adapter FILE``: LoRA adapters from ``bare-lm finetune`` (``lora.load_adapter``), merged into
 the weights for generation.
+``--checkpoint FILE.safetensors``: a quantized checkpoint of ``bare-lm quantize``
+(``quantize.load_quantized``, the cached-dequantization fast path).
 Generation stops at the tokenizer's ``<|endoftext|>`` when it has that special token.
 ``--interactive``: read a prompt, print the answer, repeat until EOF or an empty line.
 A special token's text in a prompt (``<|endoftext|>``) is an error unless ``--allow-special`` is
@@ -17,6 +19,7 @@ quietly (exit status 0).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def register(commands) -> None:
@@ -24,7 +27,8 @@ def register(commands) -> None:
         "generate", help="sample text from a checkpoint (streamed as it is produced)",
         description="Load a checkpoint (model + tokenizer) and stream generated text to the terminal.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="PATH", help="checkpoint directory")
+    source.add_argument("--checkpoint", metavar="PATH",
+                        help="checkpoint or run directory, or a quantized .safetensors file of bare-lm quantize")
     source.add_argument("--hf", metavar="DIR", help="a Hugging Face transformers directory (GPT-2 or Llama: "
                         "config.json, model.safetensors and tokenizer.json or vocab.json + merges.txt)")
     parser.add_argument("--prompt", default=None, metavar="TEXT",
@@ -100,6 +104,11 @@ def _run(args) -> int:
         if args.hf is not None:
             from .convert import load_hf_model
             model, tokenizer = load_hf_model(args.hf, device=args.device)
+        elif Path(args.checkpoint).is_file():  # a quantized checkpoint of bare-lm quantize
+            from reference.quantize import load_quantized
+            if args.adapter is not None:
+                raise ValueError(f"--adapter needs a float checkpoint; {args.checkpoint} is quantized")
+            model, tokenizer = load_quantized(args.checkpoint, device=args.device, fast=True)
         else:
             from .finetune import checkpoint_path  # a run directory of bare-lm train works too
             ckpt = load_checkpoint(checkpoint_path(args.checkpoint), device=args.device)
