@@ -17,7 +17,7 @@ MUTANTS = [
            "lse = torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))",
            "lse = torch.log(torch.exp(shifted).sum(dim=0, keepdim=True))"),
     Mutant("loss-no-range-check", "loss.py", "targets outside [0, V) are not rejected",
-           "    if bool(bad.any()):", "    if False:"),
+           "    elif bool(bad.any()):", "    elif False:"),
     Mutant("loss-sum-is-mean", "loss.py", "reduction='sum' returns the mean",
            "        return total.to(logits.dtype)", "        return (total / keep.sum().clamp(min=1)).to(logits.dtype)"),
     Mutant("loss-float16-not-upcast", "loss.py", "float16 logits are not upcast (only bfloat16 is)",
@@ -26,5 +26,6 @@ MUTANTS = [
     Mutant("loss-default-reduction-sum", "loss.py", "cross_entropy's reduction defaults to sum",
            'reduction: str = "mean", fast: bool = False', 'reduction: str = "sum", fast: bool = False'),
     Mutant("loss-default-ignore-index", "loss.py", "cross_entropy's ignore_index defaults to -1, not -100",
-           "ignore_index: int = IGNORE_INDEX,", "ignore_index: int = -1,"),
+           "def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX,",
+           "def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1,"),
 ]
