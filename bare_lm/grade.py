@@ -63,7 +63,8 @@ _SOFTMAX = ("torch.nn.functional.softmax", "torch.softmax", "torch.Tensor.softma
 _ATTENTION = ("torch.nn.functional.scaled_dot_product_attention",
               "torch.nn.functional.multi_head_attention_forward", *_SOFTMAX)
 _LOSS = ("torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss", "torch.nn.functional.log_softmax",
-         "torch.log_softmax", "torch.Tensor.log_softmax", "torch.nn.modules.loss")
+         "torch.log_softmax", "torch.Tensor.log_softmax", "torch.nn.modules.loss",
+         "torch.logsumexp", "torch.Tensor.logsumexp")   # the z-loss oracle
 _MODEL = (*_LINEAR, *_EMBEDDING, *_NORM, *_ACTIVATIONS, *_ATTENTION, *_LOSS, "torch.nn.modules.transformer")
 _OPTIM = ("torch.optim.adamw", "torch.optim.adam", "torch.optim._functional", "torch.optim.lr_scheduler",
           "torch.nn.utils.clip_grad")

@@ -80,4 +80,6 @@ MUTANTS = [
     Mutant("top-k-one-samples-tied-maxima", "generate.py",
            "top_k=1 keeps every tied maximum (the threshold rule) instead of acting as greedy",
            "if temperature == 0 or top_k == 1:", "if temperature == 0:"),
+    Mutant("generate-compile-ignored", "generate.py", "generate(compile=...) is checked but the model runs eager",
+           "    model = checks.compiled(model, backend)                             # the same parameters\n", ""),
 ]
