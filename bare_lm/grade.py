@@ -89,6 +89,11 @@ ORACLES: dict[str, tuple[str, ...]] = {
     "lora": (*_MODEL, *_OPTIM),
 }
 
+#: Components whose spec runs ``torch.compile``: dynamo patches ``torch.nn.Module.__init__`` (its
+#: generation tagging) on the first compile, so their graded process installs that patch before it
+#: snapshots torch; any other change still shows.
+COMPILED_SPECS = ("train", "generate")
+
 #: What a submission may not import while it is graded.
 FORBIDDEN_IMPORTS = ("reference", "kata", "bare_lm.mutants", "bare_lm.mutate")
 
@@ -457,6 +462,9 @@ class _Guard:
         self.forbidden = ORACLES.get(component, ())
         self.events = open(events_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the run
         self.reported: set[str] = set()
+        if component in COMPILED_SPECS:
+            import torch._dynamo.mutation_guard
+            torch._dynamo.mutation_guard.install_generation_tagging_init()
         self._snapshot = _snapshot(_watched_modules())
         self._watch = _make_watch(self) if self.forbidden else None
 
