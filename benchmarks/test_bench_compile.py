@@ -46,6 +46,11 @@ def _breaks() -> int:
     return sum(torch._dynamo.utils.counters["graph_break"].values())
 
 
+def _break_reasons() -> list[str]:
+    """The first line of each distinct graph-break reason dynamo recorded in this process."""
+    return sorted({reason.strip().splitlines()[0][:160] for reason in torch._dynamo.utils.counters["graph_break"]})
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -88,7 +93,7 @@ def test_compile_train_step(benchmark):
     benchmark.group = f"compiled train step ({preset} preset, {backend})"
     benchmark.extra_info.update(preset=preset, backend=backend, compile_s=round(compile_s, 2),
                                 eager_tokens_per_s=round(e), compiled_tokens_per_s=round(c), speedup=round(c / e, 3),
-                                graph_breaks=_breaks() - breaks)
+                                graph_breaks=_breaks() - breaks, graph_break_reasons=_break_reasons())
     benchmark.pedantic(compiled_step, rounds=rounds, warmup_rounds=0)
     print(f"\ntrain step, {preset} preset, {backend}: compile {compile_s:.1f} s; eager {e:,.0f} tokens/s, "
           f"compiled {c:,.0f} tokens/s (x{c / e:.2f}); graph breaks {_breaks() - breaks}")
@@ -122,7 +127,8 @@ def test_compile_decode(benchmark):
     benchmark.group = f"compiled decoding ({preset} preset, {name})"
     benchmark.extra_info.update(preset=preset, backend=name, new_tokens=n, compile_s=round(compile_s, 2),
                                 eager_tokens_per_s=round(e, 1), compiled_tokens_per_s=round(c, 1),
-                                speedup=round(c / e, 3), graph_breaks=_breaks() - breaks)
+                                speedup=round(c / e, 3), graph_breaks=_breaks() - breaks,
+                                graph_break_reasons=_break_reasons())
     benchmark.pedantic(lambda: generate(model, prompt, n, compile=backend, **run), rounds=1, warmup_rounds=0)
     print(f"\ndecoding, {preset} preset, {name}: compile {compile_s:.1f} s; eager {e:,.1f} new tokens/s, "
-          f"compiled {c:,.1f} new tokens/s (x{c / e:.2f}); graph breaks {_breaks() - breaks}")
+          f"compiled {c:,.1f} new tokens/s (x{c / e:.2f}); graph breaks {_breaks() - breaks} {_break_reasons()}")

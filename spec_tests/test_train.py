@@ -473,7 +473,7 @@ def test_train_step_default_objective_is_the_models_loss(train, impl):
     lb, _ = train.train_step(b, torch.optim.SGD(b.parameters(), lr=0.5), [(x, y)], loss_fn=objective())
     c.train()
     lc = c(x, y)[1]
-    assert_close(torch.tensor(la), torch.tensor(float(lc)), what="default train_step loss vs model(x, y).loss", rtol=1e-12)
+    assert_close(torch.tensor(la), torch.tensor(float(lc.detach())), what="default train_step loss vs model(x, y).loss", rtol=1e-12)
     assert_close(torch.tensor(lb), torch.tensor(la), what="loss_fn=objective() vs the default", rtol=1e-9)
     wa, wb = _weights(a), _weights(b)
     for name in wa:
