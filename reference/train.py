@@ -4,6 +4,7 @@ One optimizer step (``train_step``) with gradient accumulation over ``k`` micro-
 
     zero the gradients
     for each micro-batch (x, y):   loss_i = model(x, y).loss;   backward(loss_i / k)
+                                   (with a loss_fn: loss_i = loss_fn(model(x).logits, y))
     N = clip_grad_norm(parameters, grad_clip)     (or just the norm when grad_clip is None)
     optimizer.step()
 
