@@ -67,6 +67,9 @@ def test_compiled_train_and_generate(data, tmp_path):
     state = load_checkpoint(out / "checkpoint").model.state_dict()
     assert not [k for k in state if k.startswith("_orig_mod")], sorted(state)
     assert _config(out)["compile"] == "aot_eager"
+    status, _, err = cli("train", "--data", data, "--out", out, *RUN, "--steps", "4", "--resume", "--extend")
+    assert status == 0, err
+    assert _config(out)["compile"] is False, "a resume without --compile runs eager"
     args = ("generate", "--checkpoint", out / "checkpoint", "--prompt", "the cat", "--max-new-tokens", "5",
             "--seed", "0")
     status, eager, err = cli(*args)

@@ -98,7 +98,8 @@ def register(commands) -> None:
     p.add_argument("--z-loss", type=float, default=None, metavar="COEF",
                    help="add COEF * logsumexp(logits)^2 to the loss (PaLM's z-loss; default 0; fixed for the run)")
     p.add_argument("--compile", nargs="?", const=True, default=None, metavar="BACKEND",
-                   help="run the training steps through torch.compile (default backend inductor; e.g. aot_eager)")
+                   help="run the training steps through torch.compile (default backend inductor; e.g. aot_eager); "
+                        "not kept by --resume")
     p.add_argument("--samples", type=int, default=3, help="samples to print at the end (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -156,6 +157,7 @@ def _run(args) -> int:
         except ValueError as err:
             return _fail(f"--resume: {err}", 2)
         settings = dict(saved)
+        settings.pop("compile", None)       # not a run setting: a resume is compiled only with --compile
         total = saved.get("schedule_steps") or saved.get("steps")
         for k, v in given.items():
             if k not in RUN_FIELDS or v == saved.get(k):
