@@ -67,7 +67,8 @@ _SOFTMAX = ("torch.nn.functional.softmax", "torch.softmax", "torch.Tensor.softma
 _ATTENTION = ("torch.nn.functional.scaled_dot_product_attention",
               "torch.nn.functional.multi_head_attention_forward", *_SOFTMAX)
 _LOSS = ("torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss", "torch.nn.functional.log_softmax",
-         "torch.log_softmax", "torch.Tensor.log_softmax", "torch.nn.modules.loss")
+         "torch.log_softmax", "torch.Tensor.log_softmax", "torch.nn.modules.loss",
+         "torch.logsumexp", "torch.Tensor.logsumexp")   # the z-loss oracle
 _MODEL = (*_LINEAR, *_EMBEDDING, *_NORM, *_ACTIVATIONS, *_ATTENTION, *_LOSS, "torch.nn.modules.transformer")
 _OPTIM = ("torch.optim.adamw", "torch.optim.adam", "torch.optim._functional", "torch.optim.lr_scheduler",
           "torch.nn.utils.clip_grad")
@@ -92,6 +93,11 @@ ORACLES: dict[str, tuple[str, ...]] = {
     "lora": (*_MODEL, *_OPTIM),
     "quantize": _MODEL,
 }
+
+#: Components whose spec runs ``torch.compile``: dynamo patches ``torch.nn.Module.__init__`` (its
+#: generation tagging) on the first compile, so their graded process installs that patch before it
+#: snapshots torch; any other change still shows.
+COMPILED_SPECS = ("train", "generate")
 
 #: What a submission may not import while it is graded.
 FORBIDDEN_IMPORTS = ("reference", "kata", "bare_lm.mutants", "bare_lm.mutate")
@@ -466,6 +472,9 @@ class _Guard:
         self.forbidden = ORACLES.get(component, ())
         self.events = open(events_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the run
         self.reported: set[str] = set()
+        if component in COMPILED_SPECS:
+            import torch._dynamo.mutation_guard
+            torch._dynamo.mutation_guard.install_generation_tagging_init()
         self._snapshot = _snapshot(_watched_modules())
         self._watch = _make_watch(self) if self.forbidden else None
 

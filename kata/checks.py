@@ -76,3 +76,25 @@ def tensor(name: str, x, *, min_dim: int = 0, max_dim: int | None = None,
     if floating is False and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
         raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
     return x
+
+
+def compile_backend(name: str, value) -> str | None:
+    """``value`` of a ``compile`` switch: False (eager: None), True (``torch.compile``'s default
+    backend, ``"inductor"``) or a backend name such as ``"aot_eager"`` (returned as is)."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return "inductor"
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a bool or a torch.compile backend name (e.g. 'inductor', "
+                        f"'aot_eager'), got {type(value).__name__} {value!r}")
+    return value
+
+
+def compiled(model: torch.nn.Module, backend: str | None) -> torch.nn.Module:
+    """``torch.compile(model, backend=backend)``, or ``model`` itself when ``backend`` is None. The
+    compiled module shares the model's parameters: ``model.state_dict()`` keeps its keys (no
+    ``_orig_mod.`` prefix), so save ``model``, not the compiled wrapper."""
+    if backend is None:
+        return model
+    return torch.compile(model, backend=backend)

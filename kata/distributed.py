@@ -112,8 +112,9 @@ def wrap(model: torch.nn.Module, device: str | torch.device = "cpu") -> Distribu
 
 
 def train_step(model: DistributedDataParallel, optimizer: torch.optim.Optimizer, micro_batches: list,
-               grad_clip: float | None = None) -> tuple[float, float]:
-    """``train.train_step`` on a DDP model: this rank's ``micro_batches`` (its shard, split in k).
+               grad_clip: float | None = None, loss_fn=None) -> tuple[float, float]:
+    """``train.train_step`` on a DDP model: this rank's ``micro_batches`` (its shard, split in k);
+    ``loss_fn(logits, targets) -> scalar`` the objective (None: the model's own loss).
 
     The first k - 1 backwards run inside ``model.no_sync()`` (local accumulation, no communication);
     the k-th backward all-reduces the accumulated gradients, once. Returns ``(loss, grad_norm)``:

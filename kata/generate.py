@@ -96,7 +96,7 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
 
 def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop_ids: Iterable[int] = (), seed: int | None = None,
-             use_cache: bool = True):
+             use_cache: bool = True, compile: bool | str = False):
     """The new token ids after ``prompt_ids``.
 
     ``prompt_ids``: ``list[int]`` or a ``(T,)`` long tensor (one prompt) -> ``list[int]``;
@@ -108,13 +108,17 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, t
     Errors: ``checks.non_negative_int("max_new_tokens", ...)``; temperature / top_k / top_p as in
     ``sampling_distribution``; an empty prompt (or a row of length 0): ValueError naming ``prompt_ids``;
     ``checks.non_negative_int("seed", ...)`` when not None.
+
+    ``compile``: ``backend = checks.compile_backend("compile", compile)`` (False: eager; True:
+    inductor; or a backend name); decode with ``checks.compiled(model, backend)``, which is
+    ``torch.compile(model, backend=backend)`` sharing the model's parameters.
     """
     raise NotImplementedError("generate: check the arguments, then collect the tokens of the decoding loop")
 
 
 def stream(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, stop_ids: Iterable[int] = (), seed: int | None = None,
-           use_cache: bool = True) -> Iterator:
+           use_cache: bool = True, compile: bool | str = False) -> Iterator:
     """Like ``generate``, but yields each new token as it is produced: an ``int`` for one prompt,
     a ``(B,)`` long tensor per step for a batch. The arguments are checked at the call, not at the
     first ``next`` (so: a plain function that checks, then returns a generator)."""
@@ -123,7 +127,7 @@ def stream(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top
 
 def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, stop_ids: Iterable[int] = (),
-                seed: int | None = None, use_cache: bool = True) -> Iterator[str]:
+                seed: int | None = None, use_cache: bool = True, compile: bool | str = False) -> Iterator[str]:
     """Encode ``prompt``, generate, and yield the new text piece by piece, always valid UTF-8.
 
     A character whose bytes span several tokens is held back until it is complete, so the pieces

@@ -20,6 +20,15 @@ Write it with tensor operations (``amax``, ``exp``, ``log``, ``gather``, ``where
 returns NaN in the all-ignored case; yours returns 0). The opt-in ``fast=True`` path may take the
 per-position nll from ``F.cross_entropy(..., reduction="none")``; everything else stays yours.
 
+**Training objectives** (``loss_fn(logits (B, T, V), targets (B, T)) -> scalar``), same
+``ignore_index`` and reductions:
+
+    label smoothing (Szegedy et al. 2016):  (1 - eps) * nll + eps * (1 / V) * sum_j -log p_j
+    z-loss (PaLM, Chowdhery et al. 2022):    coef * logsumexp(z)^2
+
+Their oracles are ``F.cross_entropy(..., label_smoothing=eps)`` and ``torch.logsumexp``: write
+them out with your ``log_softmax`` and the same max-shift.
+
 Spec: ``pytest --impl kata spec_tests/test_loss.py``.
 """
 
@@ -63,3 +72,36 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     Hint: ``gather`` the target's log-probability; replace ignored targets by 0 before gathering.
     """
     raise NotImplementedError("cross_entropy: -log_softmax(logits)[target], masked, then reduced")
+
+
+def label_smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, epsilon: float,
+                                 ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy against the smoothed targets ``(1 - eps) * onehot(y) + eps / V`` (Szegedy et al. 2016).
+
+    Checks as ``cross_entropy`` (logits, targets, ignore_index, reduction), then
+    ``checks.number_in_range("epsilon", epsilon, 0.0, 1.0, high_inclusive=False)``.
+    Per kept position: ``(1 - eps) * nll + eps * mean over the V classes of -log p_j`` (every class,
+    the target included); 0 at ignored positions (both terms), which the mean does not count.
+    ``epsilon = 0`` must give ``cross_entropy`` bit for bit: compute the nll the same way.
+    """
+    raise NotImplementedError("label_smoothed_cross_entropy: (1 - eps) * nll + eps * (-log_softmax).mean(-1), masked, reduced")
+
+
+def z_loss(logits: torch.Tensor, targets: torch.Tensor, coef: float, ignore_index: int = IGNORE_INDEX,
+           reduction: str = "mean") -> torch.Tensor:
+    """``coef * logsumexp(logits)^2`` per kept position (PaLM's auxiliary loss, Chowdhery et al. 2022).
+
+    Checks as ``cross_entropy``, then ``checks.number_in_range("coef", coef, 0.0, None)``. The
+    targets only give the mask: 0 at ignored positions; the mean is over the kept ones (0 if none).
+    logsumexp with the max subtracted first (logits of 1e4 stay finite); ``coef = 0`` gives exactly 0.
+    """
+    raise NotImplementedError("z_loss: coef * (m + log(sum(exp(z - m))))^2 per kept position, reduced")
+
+
+def objective(label_smoothing: float = 0.0, z_loss_coef: float = 0.0, ignore_index: int = IGNORE_INDEX):
+    """The training objective: a function ``loss_fn(logits, targets) -> scalar`` returning
+    ``label_smoothed_cross_entropy(logits, targets, label_smoothing, ignore_index)`` plus, when
+    ``z_loss_coef`` is not 0, ``z_loss(logits, targets, z_loss_coef, ignore_index)`` (coef 0 adds
+    nothing). Check the arguments at once: ``checks.number_in_range("label_smoothing", ..., 0.0, 1.0,
+    high_inclusive=False)`` and ``checks.number_in_range("z_loss_coef", ..., 0.0, None)``."""
+    raise NotImplementedError("objective: check the arguments, then return a closure adding the two losses")

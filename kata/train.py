@@ -4,6 +4,7 @@ One optimizer step (``train_step``) with gradient accumulation over ``k`` micro-
 
     zero the gradients
     for each micro-batch (x, y):   loss_i = model(x, y).loss;   backward(loss_i / k)
+                                   (with a loss_fn: loss_i = loss_fn(model(x).logits, y))
     N = clip_grad_norm(parameters, grad_clip)     (or just the norm when grad_clip is None)
     optimizer.step()
 
@@ -113,7 +114,7 @@ LOCK_FILE = ".lock"
 
 #: TrainConfig fields that shape the weights of a run: fixed when it starts, checked on resume.
 RUN_FIELDS = ("steps", "schedule_steps", "batch_size", "accum", "lr", "min_lr", "warmup", "weight_decay",
-              "betas", "grad_clip", "vocab_size", "seed")
+              "betas", "grad_clip", "vocab_size", "seed", "label_smoothing", "z_loss")
 
 
 class DivergenceError(RuntimeError):
@@ -159,6 +160,11 @@ class TrainConfig:
         vocab_size: of the BPE tokenizer trained when none is given.
     seed: model init, dropout and batches. device: "cpu", "cuda" or "cuda:N". out_dir: where the
         checkpoint, the log and the plot go.
+    label_smoothing, z_loss: the training objective, ``loss.objective(label_smoothing, z_loss)``
+        (label smoothing eps in [0, 1), z-loss coefficient >= 0); both 0: the model's own
+        cross-entropy, exactly as without them. The validation loss stays the plain cross-entropy.
+    compile: run the training steps through ``torch.compile`` (True: inductor; or a backend name
+        such as "aot_eager"); False: eager. Not a run field: a run may resume either way.
     """
 
     steps: int = 1000
@@ -180,13 +186,18 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     out_dir: str = "runs/latest"
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    compile: bool | str = False
 
     def __post_init__(self):
         """Validate every field (ValueError/TypeError naming it): positive steps, batch_size, accum
         (dividing batch_size), log_interval, vocab_size; schedule_steps None or in [1, steps]; lr > 0;
         0 <= min_lr <= lr; 0 <= warmup <= total_schedule_steps; weight_decay >= 0; betas a pair in
         [0, 1); grad_clip None or > 0; eval_interval, checkpoint_interval, seed >= 0;
-        checkpoint_minutes >= 0; eval_batches None or positive; device "cpu" / "cuda" / "cuda:N"."""
+        checkpoint_minutes >= 0; eval_batches None or positive; device "cpu" / "cuda" / "cuda:N";
+        label_smoothing in [0, 1); z_loss >= 0 (``checks.number_in_range``); compile a bool or a
+        backend name (``checks.compile_backend("compile", ...)``)."""
         raise NotImplementedError("TrainConfig.__post_init__: check every field with checks.*")
 
     @property
@@ -222,8 +233,12 @@ class TrainResult:
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list,
-               grad_clip: float | None = None) -> tuple[float, float]:
+               grad_clip: float | None = None, loss_fn=None) -> tuple[float, float]:
     """One optimizer step accumulated over ``micro_batches`` (a list of ``(x, y)``, each (b, T) long).
+
+    ``loss_fn(logits (b, T, V), targets (b, T)) -> scalar tensor`` is the objective: each micro-batch
+    loss is ``loss_fn(model(x)[0], y)`` (None: the model's own ``model(x, y)[1]``). Not callable:
+    TypeError naming ``loss_fn``; a result that is not a 0-dim tensor: ValueError naming ``loss_fn``.
 
     Returns ``(loss, grad_norm)``: the mean of the micro-batch losses and the global gradient norm
     before clipping (``clip_grad_norm`` when ``grad_clip`` is set). The model is put in train mode.

@@ -154,8 +154,9 @@ def wrap(model: torch.nn.Module, device: str | torch.device = "cpu") -> Distribu
 
 
 def train_step(model: DistributedDataParallel, optimizer: torch.optim.Optimizer, micro_batches: list,
-               grad_clip: float | None = None) -> tuple[float, float]:
-    """``train.train_step`` on a DDP model: this rank's ``micro_batches`` (its shard, split in k).
+               grad_clip: float | None = None, loss_fn=None) -> tuple[float, float]:
+    """``train.train_step`` on a DDP model: this rank's ``micro_batches`` (its shard, split in k);
+    ``loss_fn(logits, targets) -> scalar`` the objective (None: the model's own loss).
 
     The first k - 1 backwards run inside ``model.no_sync()`` (local accumulation, no communication);
     the k-th backward all-reduces the accumulated gradients, once. Returns ``(loss, grad_norm)``:
@@ -163,7 +164,7 @@ def train_step(model: DistributedDataParallel, optimizer: torch.optim.Optimizer,
     and the global gradient norm before clipping (equal on every rank). A non-finite loss or norm
     raises ``train.DivergenceError`` on every rank before ``optimizer.step()``.
     """
-    from .train import DivergenceError, _with
+    from .train import DivergenceError, _objective, _with
     from .optim import clip_grad_norm
 
     if not micro_batches:
@@ -175,7 +176,7 @@ def train_step(model: DistributedDataParallel, optimizer: torch.optim.Optimizer,
     for i, (x, y) in enumerate(micro_batches):
         last = i == k - 1
         with contextlib.nullcontext() if last else model.no_sync():   # all-reduce on the last only
-            _, loss = model(x, y)
+            loss = model(x, y)[1] if loss_fn is None else _objective(loss_fn, model(x)[0], y)   # ()
             (loss / k).backward()
         total += loss.detach().double().cpu() / k
     total = _all_reduce(total) / dist.get_world_size()                # the mean over ranks, for the log

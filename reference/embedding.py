@@ -31,7 +31,9 @@ class TokenEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         checks.tensor("ids", ids, floating=False)
         outside = (ids < 0) | (ids >= self.vocab_size)          # (...) bool
-        if bool(outside.any()):
+        if torch.compiler.is_compiling():   # traced by torch.compile: an assert in the graph, no host sync
+            torch._assert_async(~outside.any(), f"ids: a token id is outside the vocabulary [0, vocab_size={self.vocab_size})")
+        elif bool(outside.any()):
             bad = int(ids[outside][0])
             raise ValueError(f"ids: token id {bad} is outside the vocabulary [0, vocab_size={self.vocab_size})")
         return self.weight[ids]                                 # (..., C)

@@ -162,17 +162,20 @@ def _top_p_mask(probs: torch.Tensor, p: float, candidates: torch.Tensor | None =
 
 def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop_ids: Iterable[int] = (), seed: int | None = None,
-             use_cache: bool = True):
+             use_cache: bool = True, compile: bool | str = False):
     """The new token ids after ``prompt_ids``.
 
     ``prompt_ids``: ``list[int]`` or a ``(T,)`` long tensor (one prompt) -> ``list[int]``;
     a ``(B, T)`` long tensor (a batch) -> ``(B, n)`` long tensor, ``n <= max_new_tokens``, stopped
     rows padded with ``PAD_ID``. A stop id is included and ends its sequence. ``seed``: the same
     seed gives the same tokens (None: torch's global RNG). The model runs in eval mode under
-    ``torch.no_grad``; its training mode is restored afterwards.
+    ``torch.no_grad``; its training mode is restored afterwards. ``compile``: run the model's
+    forward through ``torch.compile`` (True: inductor, or a backend name such as "aot_eager").
     """
+    backend = checks.compile_backend("compile", compile)
     tokens, single, generator = _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p,
                                          seed, use_cache)
+    model = checks.compiled(model, backend)                             # the same parameters
     steps = list(_decode(model, tokens, single, max_new_tokens, temperature, top_k, top_p,
                          _stop_set(stop_ids), generator, use_cache))
     if single:
@@ -184,19 +187,20 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, t
 
 def stream(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, stop_ids: Iterable[int] = (), seed: int | None = None,
-           use_cache: bool = True) -> Iterator:
+           use_cache: bool = True, compile: bool | str = False) -> Iterator:
     """Like ``generate``, but yields each new token as it is produced: an ``int`` for one prompt,
     a ``(B,)`` long tensor per step for a batch. The arguments are checked at the call, not at the
     first ``next``. The model stays in eval mode until the iterator is exhausted or closed."""
+    backend = checks.compile_backend("compile", compile)
     tokens, single, generator = _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p,
                                          seed, use_cache)
-    return _decode(model, tokens, single, max_new_tokens, temperature, top_k, top_p, _stop_set(stop_ids),
+    return _decode(checks.compiled(model, backend), tokens, single, max_new_tokens, temperature, top_k, top_p, _stop_set(stop_ids),
                    generator, use_cache)
 
 
 def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, stop_ids: Iterable[int] = (),
-                seed: int | None = None, use_cache: bool = True) -> Iterator[str]:
+                seed: int | None = None, use_cache: bool = True, compile: bool | str = False) -> Iterator[str]:
     """Encode ``prompt``, generate, and yield the new text piece by piece, always valid UTF-8.
 
     A character whose bytes span several tokens is held back until it is complete, so the pieces
@@ -208,7 +212,7 @@ def stream_text(model, tokenizer, prompt: str, max_new_tokens: int, temperature:
     ids = tokenizer.encode(prompt)
     if len(ids) == 0:
         raise ValueError("prompt must encode to at least one token, got an empty prompt")
-    new_ids = stream(model, ids, max_new_tokens, temperature, top_k, top_p, stop_ids, seed, use_cache)
+    new_ids = stream(model, ids, max_new_tokens, temperature, top_k, top_p, stop_ids, seed, use_cache, compile)
     return _text_pieces(tokenizer, new_ids)
 
 

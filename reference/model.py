@@ -323,8 +323,11 @@ class TransformerLM(nn.Module):
         b, t = idx.shape
         if t == 0:
             raise ValueError(f"idx must hold at least one token per row, got shape {tuple(idx.shape)}")
-        if bool(((idx < 0) | (idx >= config.vocab_size)).any()):
-            bad = int(idx[(idx < 0) | (idx >= config.vocab_size)][0])
+        outside = (idx < 0) | (idx >= config.vocab_size)                 # (B, T) bool
+        if torch.compiler.is_compiling():   # traced by torch.compile: an assert in the graph, no host sync
+            torch._assert_async(~outside.any(), f"idx holds a token id outside [0, vocab_size={config.vocab_size})")
+        elif bool(outside.any()):
+            bad = int(idx[outside][0])
             raise ValueError(f"idx holds token id {bad}, outside [0, vocab_size={config.vocab_size})")
         start = 0
         if kv_cache is not None:

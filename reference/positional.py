@@ -58,6 +58,11 @@ INIT_STD = 0.02  # learned position table ~ N(0, INIT_STD^2)
 def check_positions(positions: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """``positions`` must be a 1-D integer tensor of values in ``[0, max_len)`` (ValueError naming max_len)."""
     checks.tensor("positions", positions, min_dim=1, max_dim=1, floating=False)
+    if torch.compiler.is_compiling():   # traced by torch.compile: asserts in the graph, no host sync
+        torch._assert_async(~(positions < 0).any(), "positions must be >= 0")
+        if max_len is not None:
+            torch._assert_async(~(positions >= max_len).any(), f"positions must be < max_len={max_len}")
+        return positions
     if positions.numel() and bool((positions < 0).any()):
         raise ValueError(f"positions must be >= 0, got min {int(positions.min())}")
     if max_len is not None and positions.numel() and bool((positions >= max_len).any()):

@@ -4,6 +4,7 @@ One optimizer step (``train_step``) with gradient accumulation over ``k`` micro-
 
     zero the gradients
     for each micro-batch (x, y):   loss_i = model(x, y).loss;   backward(loss_i / k)
+                                   (with a loss_fn: loss_i = loss_fn(model(x).logits, y))
     N = clip_grad_norm(parameters, grad_clip)     (or just the norm when grad_clip is None)
     optimizer.step()
 
@@ -111,7 +112,7 @@ LOCK_FILE = ".lock"
 
 #: TrainConfig fields that shape the weights of a run: fixed when it starts, checked on resume.
 RUN_FIELDS = ("steps", "schedule_steps", "batch_size", "accum", "lr", "min_lr", "warmup", "weight_decay",
-              "betas", "grad_clip", "vocab_size", "seed")
+              "betas", "grad_clip", "vocab_size", "seed", "label_smoothing", "z_loss")
 
 
 class DivergenceError(RuntimeError):
@@ -157,6 +158,11 @@ class TrainConfig:
         vocab_size: of the BPE tokenizer trained when none is given.
     seed: model init, dropout and batches. device: "cpu", "cuda" or "cuda:N". out_dir: where the
         checkpoint, the log and the plot go.
+    label_smoothing, z_loss: the training objective, ``loss.objective(label_smoothing, z_loss)``
+        (label smoothing eps in [0, 1), z-loss coefficient >= 0); both 0: the model's own
+        cross-entropy, exactly as without them. The validation loss stays the plain cross-entropy.
+    compile: run the training steps through ``torch.compile`` (True: inductor; or a backend name
+        such as "aot_eager"); False: eager. Not a run field: a run may resume either way.
     """
 
     steps: int = 1000
@@ -178,6 +184,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     out_dir: str = "runs/latest"
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    compile: bool | str = False
 
     def __post_init__(self):
         checks.positive_int("steps", self.steps)
@@ -215,6 +224,9 @@ class TrainConfig:
         if not isinstance(self.out_dir, (str, Path)):
             raise TypeError(f"out_dir must be a path, got {type(self.out_dir).__name__}")
         self.out_dir = str(self.out_dir)
+        checks.number_in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False)
+        checks.number_in_range("z_loss", self.z_loss, 0.0, None)
+        checks.compile_backend("compile", self.compile)
 
     @property
     def total_schedule_steps(self) -> int:
@@ -255,21 +267,26 @@ class TrainResult:
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list,
-               grad_clip: float | None = None) -> tuple[float, float]:
+               grad_clip: float | None = None, loss_fn=None) -> tuple[float, float]:
     """One optimizer step accumulated over ``micro_batches`` (a list of ``(x, y)``, each (b, T) long).
 
-    Returns ``(loss, grad_norm)``: the mean of the micro-batch losses and the global gradient norm
+    ``loss_fn(logits (b, T, V), targets (b, T)) -> scalar`` is the objective (e.g.
+    ``loss.objective(label_smoothing=0.1)``); None: the model's own loss, ``model(x, y)[1]``
+    (cross-entropy, targets -100 ignored). Returns ``(loss, grad_norm)``: the mean of the micro-batch losses and the global gradient norm
     before clipping. The model is put in train mode. A non-finite loss or norm raises
     ``DivergenceError`` BEFORE ``optimizer.step()``: weights and optimizer state stay as they were.
     """
     if not micro_batches:
         raise ValueError("micro_batches must hold at least one (x, y) pair")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(logits, targets) -> scalar tensor, or None; "
+                        f"got {type(loss_fn).__name__}")
     model.train()
     optimizer.zero_grad(set_to_none=True)
     k = len(micro_batches)
     total = 0.0
     for x, y in micro_batches:
-        _, loss = model(x, y)
+        loss = model(x, y)[1] if loss_fn is None else _objective(loss_fn, model(x)[0], y)   # ()
         (loss / k).backward()              # the mean over micro-batches, not the sum
         total += loss.item() / k
     params = [p for p in model.parameters() if p.grad is not None]
@@ -283,6 +300,15 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_b
                                     f"applied"), loss=total, grad_norm=norm)
     optimizer.step()
     return total, norm
+
+
+def _objective(loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``loss_fn(logits (b, T, V), targets (b, T))``, which must be a scalar tensor."""
+    loss = loss_fn(logits, targets)
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar tensor (shape ()), got {shape}")
+    return loss
 
 
 @torch.no_grad()
@@ -435,6 +461,11 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
     val_chars = stream_characters(list(val_docs))
     batches = FixedLengthBatches(train_stream, config.batch_size, T, seed=config.seed)   # the GLOBAL batches
     net = distributed.wrap(model, device) if world_size > 1 else model     # what the steps run
+    net = checks.compiled(net, checks.compile_backend("compile", config.compile))   # saved: `model`, never `net`
+    step_kw = {}
+    if config.label_smoothing or config.z_loss:                        # both 0: the model's own loss
+        from .loss import objective
+        step_kw["loss_fn"] = objective(config.label_smoothing, config.z_loss)
     optimizer = AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
     saved_step = None
     if resume:
@@ -486,7 +517,7 @@ def _train_locked(config, model_config, train_docs, val_docs, tokenizer, resume,
             micro = list(zip(x.chunk(config.accum), y.chunk(config.accum)))
             done = step + 1
             try:
-                loss, grad_norm = step_fn(net, optimizer, micro, config.grad_clip)
+                loss, grad_norm = step_fn(net, optimizer, micro, config.grad_clip, **step_kw)
             except DivergenceError as err:
                 what = f"loss {err.loss}, gradient norm {err.grad_norm}"
                 raise _with(DivergenceError(_diverged_message(done, what, config, saved_step, ckpt_path)), step=done,

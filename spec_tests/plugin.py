@@ -89,10 +89,12 @@ def is_spec_item(item) -> bool:
 
 def is_fast_path_test(item) -> bool:
     """Fast-path tests run ``fast=True``: named ``test_fast_*`` or ``*fast_path*`` (they compare it with the
-    written-out path), or parametrized with ``fast=True``. Every other test runs written-out paths only."""
+    written-out path), or parametrized with ``fast=True``; compiled runs (``test_compiled_*``: torch.compile
+    itself calls torch's functions) count as fast paths too. Every other test runs written-out paths only."""
     name = getattr(getattr(item, "function", None), "__name__", item.name)
     params = getattr(getattr(item, "callspec", None), "params", {})
-    return name.startswith("test_fast_") or "fast_path" in name or params.get("fast") is True
+    return (name.startswith(("test_fast_", "test_compiled_")) or "fast_path" in name
+            or params.get("fast") is True)
 
 
 class _State:

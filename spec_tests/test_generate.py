@@ -735,3 +735,30 @@ def test_stream_text_with_a_trained_tokenizer(gen, model_mod, impl, t, seed):
     assert_equal("".join(pieces), tok.decode(ids), what="joined pieces vs decode(ids)")
     n_replacements = tok.decode(ids).count("\ufffd")
     assert_equal("".join(pieces).count("\ufffd"), n_replacements, what="number of U+FFFD")
+
+
+# --- compiled decoding ------------------------------------------------------------------------------
+# The spec compiles with the "eager" backend: dynamo traces the model's forward (graph capture, guards,
+# recompilation on new lengths) and runs the captured graph as is; inductor's code generation costs
+# tens of seconds per model on 2 CPU cores and is checked by benchmarks/test_bench_compile.py.
+
+def test_compiled_generate_equals_eager(gen, model_mod):
+    """generate(compile="eager") gives the eager tokens for the same seed, with the KV cache (a float64 model
+    with spread logits: a draw flips between the two only on a gap ~1e-15, false-failure rate far below 1e-9)."""
+    seed_all(11)
+    config = model_mod.ModelConfig(vocab_size=32, context_length=16, n_layers=1, d_model=16, n_heads=2)
+    lm = model_mod.TransformerLM(config)
+    with torch.no_grad():
+        for i, p in enumerate(lm.parameters()):
+            p.copy_(randn(p.shape, 11 + i, p.dtype, 0.5) + (1.0 if p.dim() == 1 else 0.0))
+    lm = lm.double().train()
+    prompt = _prompt(12, 5)
+    eager = gen.generate(lm, prompt, 4, temperature=1.0, seed=5)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled = gen.generate(lm, prompt, 4, temperature=1.0, seed=5, compile="eager")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs, \
+        "generate(compile='eager'): torch.compile traced no graph (the switch was ignored)"
+    assert_equal(compiled, eager, what="compiled vs eager tokens (seed 5, KV cache)")
+    assert lm.training, "generate(compile=...) must restore the model's training mode"
+    with raises_clear(TypeError, "compile"):
+        gen.generate(lm, prompt, 2, compile=1)

@@ -204,3 +204,133 @@ def test_defaults(loss, lead, v, seed):
     got = loss.cross_entropy(logits, targets)
     expected = F.cross_entropy(logits.reshape(-1, v), targets.reshape(-1), ignore_index=-100, reduction="mean")
     assert_close(got, expected, what="cross_entropy(logits, targets) with every default")
+
+
+# --- training objectives: label smoothing, z-loss ---------------------------------------------------
+
+epsilons = st.floats(min_value=0.0, max_value=0.999, allow_nan=False)
+coefs = st.sampled_from([1e-4, 0.1, 1.0, 2.5])
+
+
+def _smoothed_oracle(logits, targets, eps, ignore_index=-100, reduction="mean"):
+    """torch's cross_entropy with label_smoothing=eps (Szegedy et al.'s (1 - eps) * nll + eps * mean_j -log p_j)."""
+    v = logits.shape[-1]
+    out = F.cross_entropy(logits.reshape(-1, v), targets.reshape(-1), ignore_index=ignore_index,
+                          reduction=reduction, label_smoothing=eps)
+    return out.reshape(targets.shape) if reduction == "none" else out
+
+
+def _z_oracle(logits, targets, coef, ignore_index=-100, reduction="mean"):
+    """coef * logsumexp(logits)^2 per kept position (torch.logsumexp), 0 where ignored; mean over kept."""
+    keep = targets != ignore_index
+    per = torch.where(keep, coef * torch.logsumexp(logits, dim=-1) ** 2, torch.zeros((), dtype=logits.dtype))
+    if reduction == "none":
+        return per
+    return per.sum() if reduction == "sum" else per.sum() / keep.sum()
+
+
+@given(lead=batch_shapes(1, 3), v=sizes(12, 2), eps=epsilons, reduction=reductions, dtype=float_dtypes,
+       scale=scales, ignore_index=st.sampled_from([-100, -1, 2]), seed=seeds)
+def test_label_smoothing_equals_torch(loss, lead, v, eps, reduction, dtype, scale, ignore_index, seed):
+    """label_smoothed_cross_entropy equals F.cross_entropy(..., label_smoothing=eps): values and gradients."""
+    logits, targets = _problem(lead, v, seed, dtype, scale, ignore_index=ignore_index)
+    targets.view(-1)[0] = (ignore_index + 1) % v                       # at least one target is kept
+    ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    got = loss.label_smoothed_cross_entropy(ours, targets, eps, ignore_index=ignore_index, reduction=reduction)
+    expected = _smoothed_oracle(theirs, targets, eps, ignore_index, reduction)
+    what = f"label_smoothed_cross_entropy(eps={eps:g}, ignore_index={ignore_index}, reduction={reduction!r})"
+    assert_close(got, expected.detach(), what=f"{what} vs F.cross_entropy(label_smoothing=eps)")
+    upstream = randn(expected.shape, seed + 9, dtype)
+    (got * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert_close(ours.grad, theirs.grad, what=f"gradient of {what}")
+
+
+@given(lead=batch_shapes(1, 2), v=sizes(12, 1), reduction=reductions, dtype=float_dtypes, scale=scales, seed=seeds)
+def test_label_smoothing_zero_is_cross_entropy(loss, lead, v, reduction, dtype, scale, seed):
+    """epsilon = 0 gives cross_entropy exactly (bit for bit), ignored positions and reductions included."""
+    logits, targets = _problem(lead, v, seed, dtype, scale)
+    got = loss.label_smoothed_cross_entropy(logits, targets, 0.0, reduction=reduction)
+    expected = loss.cross_entropy(logits, targets, reduction=reduction)
+    assert torch.equal(got, expected), \
+        f"label smoothing 0 must be cross_entropy exactly (reduction={reduction!r}): expected {expected}, got {got}"
+
+
+@given(v=sizes(12, 2), eps=st.floats(min_value=0.01, max_value=0.999), seed=seeds)
+def test_label_smoothing_ignored_and_all_ignored(loss, v, eps, seed):
+    """Ignored positions give 0 per position (the eps term too) and are not counted; all ignored: mean 0, not NaN."""
+    logits = randn((5, v), seed, torch.float64, 3.0).requires_grad_()
+    targets = torch.full((5,), -100, dtype=torch.long)
+    mean = loss.label_smoothed_cross_entropy(logits, targets, eps)
+    assert_close(mean, torch.zeros((), dtype=torch.float64), what=f"smoothed loss (eps={eps:g}) with every target ignored")
+    assert_close(loss.label_smoothed_cross_entropy(logits, targets, eps, reduction="none"),
+                 torch.zeros(5, dtype=torch.float64), what="per-position smoothed loss at ignored targets")
+    mean.backward()
+    assert_close(logits.grad, torch.zeros_like(logits), what="gradient with every target ignored")
+
+
+@given(lead=batch_shapes(1, 3), v=sizes(12, 1), coef=coefs, reduction=reductions, dtype=float_dtypes,
+       ignore_index=st.sampled_from([-100, -1, 2]), seed=seeds)
+def test_z_loss_equals_formula(loss, lead, v, coef, reduction, dtype, ignore_index, seed):
+    """z_loss = coef * logsumexp(logits)^2 per kept position (torch.logsumexp), mean over kept: values and gradients."""
+    logits, targets = _problem(lead, v, seed, dtype, 3.0, ignore_index=ignore_index)
+    targets.view(-1)[0] = (ignore_index + 1) % v                       # at least one target is kept
+    ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    got = loss.z_loss(ours, targets, coef, ignore_index=ignore_index, reduction=reduction)
+    expected = _z_oracle(theirs, targets, coef, ignore_index, reduction)
+    what = f"z_loss(coef={coef:g}, ignore_index={ignore_index}, reduction={reduction!r})"
+    assert_close(got, expected.detach(), what=f"{what} vs coef * torch.logsumexp(logits, -1) ** 2")
+    upstream = randn(expected.shape, seed + 9, dtype)
+    (got * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert_close(ours.grad, theirs.grad, what=f"gradient of {what} (2 * coef * logsumexp * softmax)")
+
+
+@given(v=sizes(64, 2), dtype=float_dtypes, seed=seeds)
+def test_z_loss_of_huge_logits_stays_finite(loss, v, dtype, seed):
+    """Logits ~ 5e4 +- 1e4 give a finite z-loss equal to the formula (the max is subtracted inside logsumexp)."""
+    logits = randn((4, v), seed, dtype, 1e4) + 5e4
+    targets = randint(0, v, (4,), seed + 1)
+    got = loss.z_loss(logits, targets, 1e-4)
+    assert torch.isfinite(got), f"z_loss of huge logits is {got.item()}, expected finite"
+    assert_close(got, _z_oracle(logits, targets, 1e-4), what="z_loss of logits ~ 5e4 +- 1e4")
+
+
+@given(lead=batch_shapes(1, 2), v=sizes(12, 1), eps=epsilons, seed=seeds)
+def test_objective_is_the_sum_and_zero_z_loss_adds_nothing(loss, lead, v, eps, seed):
+    """objective(eps, coef)(logits, targets) = smoothed CE + z-loss; coef 0 adds exactly nothing; (0, 0) is cross_entropy."""
+    logits, targets = _problem(lead, v, seed, torch.float64, 3.0)
+    targets.view(-1)[0] = 1 % v
+    smoothed = _smoothed_oracle(logits, targets, eps)
+    got = loss.objective(eps, 0.5)(logits, targets)
+    assert_close(got, smoothed + _z_oracle(logits, targets, 0.5), what=f"objective({eps:g}, 0.5) vs smoothed CE + z-loss")
+    alone = loss.label_smoothed_cross_entropy(logits, targets, eps)
+    assert torch.equal(loss.objective(eps, 0.0)(logits, targets), alone), \
+        "objective with z_loss_coef=0 must equal the smoothed cross-entropy exactly (z-loss 0 adds nothing)"
+    zero = loss.z_loss(logits, targets, 0.0)
+    assert torch.equal(zero, torch.zeros((), dtype=torch.float64)), f"z_loss(coef=0) must be exactly 0, got {zero}"
+    assert torch.equal(loss.objective()(logits, targets), loss.cross_entropy(logits, targets)), \
+        "objective() (no smoothing, no z-loss) must equal cross_entropy exactly"
+
+
+def test_objective_bad_arguments(loss):
+    """epsilon outside [0, 1), a negative coef and bad targets raise errors naming the argument and range."""
+    logits, good = torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long)
+    for eps in (-0.1, 1.0, 1.5):
+        with raises_clear(ValueError, "epsilon", "[0.0, 1.0)"):
+            loss.label_smoothed_cross_entropy(logits, good, eps)
+        with raises_clear(ValueError, "label_smoothing", "[0.0, 1.0)"):
+            loss.objective(label_smoothing=eps)
+    with raises_clear(ValueError, "coef", "[0.0, inf]"):
+        loss.z_loss(logits, good, -1e-3)
+    with raises_clear(ValueError, "z_loss_coef", "[0.0, inf]"):
+        loss.objective(z_loss_coef=-1.0)
+    with raises_clear(TypeError, "epsilon"):
+        loss.label_smoothed_cross_entropy(logits, good, "0.1")
+    for fn in (lambda t: loss.label_smoothed_cross_entropy(logits, t, 0.1), lambda t: loss.z_loss(logits, t, 0.1)):
+        with raises_clear(ValueError, "targets", "5"):
+            fn(good.clone().fill_(5))
+        with raises_clear(ValueError, "targets", "(2, 3)"):
+            fn(torch.zeros(2, 4, dtype=torch.long))
+    with raises_clear(ValueError, "reduction", "mean"):
+        loss.z_loss(logits, good, 0.1, reduction="average")

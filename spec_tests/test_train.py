@@ -430,3 +430,137 @@ def test_special_token_text_in_documents(train, corpus_docs, tokenizer, tmp_path
     with raises_clear(ValueError, "train_docs[3]", "line 2"):
         train.train(_config(train, tmp_path, steps=2), dict(TINY), train_docs=docs, val_docs=corpus_docs[1],
                     tokenizer=tokenizer)
+
+
+# --- custom objectives: train_step(loss_fn=...), TrainConfig.label_smoothing / z_loss ------------------
+
+def test_train_step_uses_the_given_loss_fn(train, impl):
+    """train_step(loss_fn=f) minimises f(logits, targets): the SGD step equals one on the gradient of f, by hand."""
+    model, ref = _model(impl, 4).double(), _model(impl, 4).double()
+    xs, ys = randint(0, 64, (4, 16), 5), randint(0, 64, (4, 16), 6)
+    w = torch.randn(4, 16, 64, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    seen = []
+
+    def loss_fn(logits, targets):          # gradient wrt logits: w (times 1/k), known in closed form
+        seen.append(targets)
+        return (logits * w[: logits.shape[0]]).sum() / logits.shape[0]
+
+    micro = list(zip(xs.chunk(2), ys.chunk(2)))
+    loss, _ = train.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), micro, loss_fn=loss_fn)
+    assert len(seen) == 2 and all(torch.equal(s, y) for s, (_, y) in zip(seen, micro)), \
+        "loss_fn must be called once per micro-batch with that micro-batch's targets"
+    ref.train()
+    expected = 0.0
+    for x, _ in micro:
+        value = (ref(x)[0] * w[:2]).sum() / 2
+        (value / 2).backward()
+        expected += float(value.detach()) / 2
+    torch.optim.SGD(ref.parameters(), lr=0.1).step()
+    assert_close(torch.tensor(loss), torch.tensor(expected), what="returned loss: mean of loss_fn over micro-batches",
+                 rtol=1e-9)
+    got, want = _weights(model), _weights(ref)
+    for name in want:
+        assert_close(got[name], want[name], what=f"{name} after a train_step with a custom loss_fn vs by hand")
+
+
+def test_train_step_default_objective_is_the_models_loss(train, impl):
+    """loss_fn=None (the default) is the model's own loss; loss.objective() (no smoothing, no z-loss) is the same step."""
+    objective = impl.component("loss").objective
+    a, b, c = (_model(impl, 8).double() for _ in range(3))
+    x, y = randint(0, 64, (2, 16), 9), randint(0, 64, (2, 16), 10)
+    y[0, :3] = -100                                                    # ignored targets too
+    la, _ = train.train_step(a, torch.optim.SGD(a.parameters(), lr=0.5), [(x, y)])
+    lb, _ = train.train_step(b, torch.optim.SGD(b.parameters(), lr=0.5), [(x, y)], loss_fn=objective())
+    c.train()
+    lc = c(x, y)[1]
+    assert_close(torch.tensor(la), torch.tensor(float(lc.detach())), what="default train_step loss vs model(x, y).loss", rtol=1e-12)
+    assert_close(torch.tensor(lb), torch.tensor(la), what="loss_fn=objective() vs the default", rtol=1e-9)
+    wa, wb = _weights(a), _weights(b)
+    for name in wa:
+        assert_close(wb[name], wa[name], what=f"{name}: loss_fn=objective() vs the default objective")
+
+
+def test_train_step_bad_loss_fn(train, impl):
+    """A loss_fn that is not callable is a TypeError naming loss_fn; one returning a non-scalar a ValueError."""
+    model = _model(impl, 0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = [(randint(0, 64, (2, 16), 1), randint(0, 64, (2, 16), 2))]
+    with raises_clear(TypeError, "loss_fn"):
+        train.train_step(model, opt, batch, loss_fn="cross_entropy")
+    with raises_clear(ValueError, "loss_fn", "scalar"):
+        train.train_step(model, opt, batch, loss_fn=lambda logits, targets: logits.sum(-1))
+
+
+def _first_step_loss(impl, train, corpus_docs, tokenizer, config, eps, coef):
+    """The objective on step 1's batch and the freshly initialised model, written out from the contract."""
+    data, model_mod, loss = impl.component("data"), impl.component("model"), impl.component("loss")
+    tok = impl.component("tokenizer")
+    eot = tokenizer.special_tokens[tok.ENDOFTEXT]
+    stream = data.token_stream(data.tokenize_documents(corpus_docs[0], tokenizer), eot)
+    x, y = data.FixedLengthBatches(stream, config.batch_size, TINY["context_length"], seed=config.seed).batch(0)
+    torch.manual_seed(config.seed)
+    model = model_mod.TransformerLM(model_mod.ModelConfig(vocab_size=tokenizer.vocab_size, **TINY))
+    model.train()
+    return float(loss.objective(eps, coef)(model(x)[0], y))
+
+
+def test_run_objective_is_used_logged_and_kept_on_resume(train, impl, corpus_docs, tokenizer, tmp_path):
+    """label_smoothing / z_loss: step 1's logged loss is that objective; saved in the config; resuming with another is refused."""
+    kw = _kw(corpus_docs, tokenizer)
+    config = _config(train, tmp_path, steps=4, label_smoothing=0.2, z_loss=0.05)
+    result = train.train(config, dict(TINY), stop_after=1, **kw)
+    expected = _first_step_loss(impl, train, corpus_docs, tokenizer, config, 0.2, 0.05)
+    plain = _first_step_loss(impl, train, corpus_docs, tokenizer, config, 0.0, 0.0)
+    assert_close(torch.tensor(result.history[0]["loss"]), torch.tensor(expected),
+                 what=f"step 1's logged loss with label_smoothing=0.2, z_loss=0.05 (plain CE would be {plain:.4f})",
+                 rtol=1e-5)
+    saved = impl.component("checkpoint").load_checkpoint(tmp_path / "checkpoint").train_config
+    assert_equal((saved.get("label_smoothing"), saved.get("z_loss")), (0.2, 0.05),
+                 what="(label_smoothing, z_loss) in the checkpoint's train config")
+    for field_, value in [("label_smoothing", 0.0), ("z_loss", 0.1)]:
+        with raises_clear(ValueError, "resume", field_):
+            train.train(_config(train, tmp_path, steps=4, **{"label_smoothing": 0.2, "z_loss": 0.05, field_: value}),
+                        dict(TINY), resume=True, **kw)
+    resumed = train.train(config, dict(TINY), resume=True, **kw)
+    assert_equal(resumed.step, 4, what="step after resuming with the same objective")
+
+
+def test_objective_config_errors(train, tmp_path):
+    """TrainConfig: label_smoothing outside [0, 1), z_loss < 0 are ValueErrors naming them; compile not bool/str a TypeError."""
+    ok = dict(steps=10, warmup=1, out_dir=str(tmp_path))
+    assert_equal((train.TrainConfig(**ok).label_smoothing, train.TrainConfig(**ok).z_loss,
+                  train.TrainConfig(**ok).compile), (0.0, 0.0, False), what="defaults (label_smoothing, z_loss, compile)")
+    for value in (-0.1, 1.0):
+        with raises_clear(ValueError, "label_smoothing", "[0.0, 1.0)"):
+            train.TrainConfig(**ok, label_smoothing=value)
+    with raises_clear(ValueError, "z_loss", "[0.0, inf]"):
+        train.TrainConfig(**ok, z_loss=-0.5)
+    with raises_clear(TypeError, "compile"):
+        train.TrainConfig(**ok, compile=3)
+
+
+# --- compiled runs -------------------------------------------------------------------------------------
+# torch.compile's default backend (inductor) needs tens of seconds per model on 2 CPU cores, so the
+# spec compiles with "aot_eager": dynamo traces the model and AOTAutograd the backward, as inductor
+# would see them, without generating C++ (benchmarks/test_bench_compile.py checks inductor).
+
+def test_compiled_run_equals_eager_and_saves_eager_weights(train, impl, corpus_docs, tokenizer, tmp_path):
+    """compile="aot_eager": the losses and weights of 3 steps equal the eager run's (float tolerance), and the
+    checkpoint holds the plain model's keys (no "_orig_mod." prefix): it loads strictly into an eager model."""
+    kw = _kw(corpus_docs, tokenizer)
+    eager = train.train(_config(train, tmp_path / "eager", steps=3), dict(TINY), **kw)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled = train.train(_config(train, tmp_path / "compiled", steps=3, compile="aot_eager"), dict(TINY), **kw)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs, \
+        "compile='aot_eager': torch.compile traced no graph during the run (the switch was ignored)"
+    assert_close(torch.tensor([r["loss"] for r in compiled.history]), torch.tensor([r["loss"] for r in eager.history]),
+                 what="train losses of 3 steps, compiled vs eager", atol=1e-5, rtol=1e-4)
+    ckpt = impl.component("checkpoint").load_checkpoint(tmp_path / "compiled" / "checkpoint")
+    state = ckpt.model.state_dict()
+    assert_equal(sorted(state), sorted(eager.model.state_dict()), what="checkpoint keys of a compiled run")
+    model_mod = impl.component("model")
+    fresh = model_mod.TransformerLM(model_mod.ModelConfig(vocab_size=tokenizer.vocab_size, **TINY))
+    fresh.load_state_dict(state, strict=True)
+    want = _weights(eager.model)
+    for name, value in _weights(fresh).items():
+        assert_close(value, want[name], what=f"{name} after 3 compiled steps vs eager", atol=1e-5, rtol=1e-4)

@@ -41,6 +41,8 @@ def register(commands) -> None:
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (reproducible output)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
     parser.add_argument("--no-cache", action="store_true", help="recompute full forward passes (no KV cache)")
+    parser.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
+                        help="run the model through torch.compile (default backend inductor; e.g. eager, aot_eager)")
     parser.add_argument("--interactive", action="store_true",
                         help="ask for prompts until EOF or an empty line (--prompt, if given, goes first)")
     parser.add_argument("--adapter", default=None, metavar="FILE",
@@ -130,7 +132,8 @@ def _run(args) -> int:
     model.eval()
     stop_ids = [i for name, i in getattr(tokenizer, "special_tokens", {}).items() if name == "<|endoftext|>"]
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, stop_ids=stop_ids, seed=args.seed, use_cache=not args.no_cache)
+                   top_p=args.top_p, stop_ids=stop_ids, seed=args.seed, use_cache=not args.no_cache,
+                   compile=args.compile)
 
     def answer(prompt: str, echo: bool) -> int:
         try:

@@ -93,6 +93,13 @@ def register(commands) -> None:
     p.add_argument("--field", default="text", help="JSONL field holding the text (default: text)")
     p.add_argument("--special-in-text", choices=("error", "text"), default="error",
                    help="a special token's text in the data: error (default) or encode it as plain text")
+    p.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",
+                   help="train on label-smoothed cross-entropy, EPS in [0, 1) (default 0; fixed for the run)")
+    p.add_argument("--z-loss", type=float, default=None, metavar="COEF",
+                   help="add COEF * logsumexp(logits)^2 to the loss (PaLM's z-loss; default 0; fixed for the run)")
+    p.add_argument("--compile", nargs="?", const=True, default=None, metavar="BACKEND",
+                   help="run the training steps through torch.compile (default backend inductor; e.g. aot_eager); "
+                        "not kept by --resume")
     p.add_argument("--samples", type=int, default=3, help="samples to print at the end (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -100,7 +107,7 @@ def register(commands) -> None:
 
 OVERRIDES = ("steps", "batch_size", "accum", "lr", "min_lr", "warmup", "weight_decay", "grad_clip",
              "eval_interval", "log_interval", "checkpoint_interval", "checkpoint_minutes", "vocab_size",
-             "seed", "device")
+             "seed", "device", "label_smoothing", "z_loss", "compile")
 
 
 #: The library's words for its options, as the command's flags.
@@ -150,6 +157,7 @@ def _run(args) -> int:
         except ValueError as err:
             return _fail(f"--resume: {err}", 2)
         settings = dict(saved)
+        settings.pop("compile", None)       # not a run setting: a resume is compiled only with --compile
         total = saved.get("schedule_steps") or saved.get("steps")
         for k, v in given.items():
             if k not in RUN_FIELDS or v == saved.get(k):

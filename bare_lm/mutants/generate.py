@@ -85,9 +85,11 @@ MUTANTS = [
            "def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 1.0,",
            "def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.7,"),
     Mutant("default-cache-off", "generate.py", "generate recomputes full passes by default (use_cache defaults to False)",
-           "             use_cache: bool = True):\n    \"\"\"The new token ids",
-           "             use_cache: bool = False):\n    \"\"\"The new token ids"),
+           "             use_cache: bool = True, compile: bool | str = False):\n    \"\"\"The new token ids",
+           "             use_cache: bool = False, compile: bool | str = False):\n    \"\"\"The new token ids"),
     Mutant("top-k-one-samples-tied-maxima", "generate.py",
            "top_k=1 keeps every tied maximum (the threshold rule) instead of acting as greedy",
            "if temperature == 0 or top_k == 1:", "if temperature == 0:"),
+    Mutant("generate-compile-ignored", "generate.py", "generate(compile=...) is checked but the model runs eager",
+           "    model = checks.compiled(model, backend)                             # the same parameters\n", ""),
 ]

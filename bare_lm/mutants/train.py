@@ -58,4 +58,14 @@ MUTANTS = [
            "(config.checkpoint_interval and done % config.checkpoint_interval == 0)", "False"),
     Mutant("special-text-becomes-special-token", "train.py", "a special token's text in a document is not reported",
            "    if hit is None:\n        return tokenizer", "    if True:\n        return tokenizer"),
+    Mutant("loss-fn-ignored", "train.py", "train_step always trains on the model's own loss, whatever loss_fn is",
+           "loss = model(x, y)[1] if loss_fn is None else _objective(loss_fn, model(x)[0], y)",
+           "loss = model(x, y)[1]"),
+    Mutant("objective-config-ignored", "train.py", "label_smoothing and z_loss are stored but never trained on",
+           '        step_kw["loss_fn"] = objective(config.label_smoothing, config.z_loss)\n', "        pass\n"),
+    Mutant("objective-not-a-run-field", "train.py", "a resumed run may change its objective",
+           '"seed", "label_smoothing", "z_loss")', '"seed")'),
+    Mutant("compile-ignored", "train.py", "TrainConfig.compile is validated but the steps run eager",
+           '    net = checks.compiled(net, checks.compile_backend("compile", config.compile))', "    pass"),
 ]
+
