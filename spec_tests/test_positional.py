@@ -277,3 +277,27 @@ def test_tables_move_with_the_module(positional, dtype):
     assert got.dtype == dtype, f"sinusoidal positions in {dtype}: got {got.dtype}"
     assert_close(got, positional.sinusoidal_table(8, 6).to(dtype)[positions], what=f"sinusoidal rows in {dtype}",
                  atol=0, rtol=0)
+
+
+def test_alibi_bias_bad_positions(positional):
+    """alibi_bias takes 1-D integer position tensors: a scalar, a 2-D or a float tensor is a clear error."""
+    good = torch.arange(3)
+    for name, q, k in (("q_positions", torch.tensor(1), good), ("q_positions", good[None, :], good),
+                       ("k_positions", good, torch.tensor(1)), ("k_positions", good, good[None, :]),
+                       ("q_positions", good.float(), good)):
+        with raises_clear((ValueError, TypeError), name):
+            positional.alibi_bias(2, q, k)
+
+
+def test_compiled_check_positions_refuses_out_of_range(positional):
+    """Compiled, check_positions still refuses positions outside [0, max_len).
+
+    Traced by dynamo (the `eager` backend): a negative position and one >= max_len are refused (an
+    in-graph assert there is a RuntimeError; eager mode raises ValueError), [0, max_len) passes."""
+    positional.check_positions(torch.arange(5), 5)  # eager first: a stub reads as not started
+    torch._dynamo.reset()
+    check = torch.compile(lambda p: positional.check_positions(p, 5) * 1, backend="eager", fullgraph=True)
+    assert_equal(check(torch.arange(5)).tolist(), list(range(5)), what="compiled check_positions on [0, 5)")
+    for bad in ([0, 5], [-1, 0], [2, 7]):
+        with pytest.raises((RuntimeError, ValueError)):
+            check(torch.tensor(bad))
