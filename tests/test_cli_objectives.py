@@ -11,15 +11,7 @@ import pytest
 import torch
 
 from bare_lm import soak
-from tests.test_cli_train import RUN, cli
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.test_cli_train import RUN, cli, one_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -16,23 +16,11 @@ import pytest
 import torch
 
 from bare_lm import soak
+from tests.test_cli_finetune import _digest, one_thread  # noqa: F401 (one_thread: an autouse fixture)
 from tests.test_cli_train import cli
 
 RUN = ["--config", "tiny", "--batch-size", "4", "--vocab-size", "262", "--eval-interval", "0",
        "--log-interval", "1", "--samples", "0", "--no-progress", "--steps", "6"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _digest(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
