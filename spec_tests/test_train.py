@@ -501,7 +501,8 @@ def _first_step_loss(impl, train, corpus_docs, tokenizer, config, eps, coef):
     torch.manual_seed(config.seed)
     model = model_mod.TransformerLM(model_mod.ModelConfig(vocab_size=tokenizer.vocab_size, **TINY))
     model.train()
-    return float(loss.objective(eps, coef)(model(x)[0], y))
+    with torch.no_grad():
+        return float(loss.objective(eps, coef)(model(x)[0], y))
 
 
 def test_run_objective_is_used_logged_and_kept_on_resume(train, impl, corpus_docs, tokenizer, tmp_path):
