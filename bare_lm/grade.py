@@ -94,10 +94,14 @@ ORACLES: dict[str, tuple[str, ...]] = {
     "quantize": _MODEL,
 }
 
-#: Components whose spec runs ``torch.compile``: dynamo patches ``torch.nn.Module.__init__`` (its
-#: generation tagging) on the first compile, so their graded process installs that patch before it
-#: snapshots torch; any other change still shows.
-COMPILED_SPECS = ("train", "generate")
+def _spec_compiles(component: str) -> bool:
+    """Whether the component's spec runs ``torch.compile`` (it has ``test_compiled_*`` tests, the
+    ones the oracle watch exempts): dynamo patches ``torch.nn.Module.__init__`` (its generation
+    tagging) on the first compile, so such a graded process installs that patch before it
+    snapshots torch; any other change still shows."""
+    path = SPEC_DIR / f"test_{component}.py"
+    return path.exists() and "def test_compiled_" in path.read_text(encoding="utf-8")
+
 
 #: What a submission may not import while it is graded.
 FORBIDDEN_IMPORTS = ("reference", "kata", "bare_lm.mutants", "bare_lm.mutate")
@@ -472,7 +476,7 @@ class _Guard:
         self.forbidden = ORACLES.get(component, ())
         self.events = open(events_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the run
         self.reported: set[str] = set()
-        if component in COMPILED_SPECS:
+        if _spec_compiles(component):
             import torch._dynamo.mutation_guard
             torch._dynamo.mutation_guard.install_generation_tagging_init()
         self._snapshot = _snapshot(_watched_modules())

@@ -211,13 +211,15 @@ def _check_settings_follow_the_profile(items) -> None:
     module was imported before the profile was loaded (by a tool that imports the spec itself), its
     tests keep hypothesis's own defaults (a 200 ms deadline among them) and a slow example fails on
     correct code: refuse to run rather than give such verdicts."""
+    fields = ("deadline", "derandomize", "phases", "suppress_health_check")  # no spec test sets these itself
+    profile = tuple(getattr(settings.default, f) for f in fields)
     wrong = sorted({item.path.name for item in items
                     if getattr(getattr(item, "obj", None), "_hypothesis_internal_use_settings", None) is not None
-                    and item.obj._hypothesis_internal_use_settings.deadline != settings.default.deadline})
+                    and tuple(getattr(item.obj._hypothesis_internal_use_settings, f) for f in fields) != profile})
     if wrong:
         raise pytest.UsageError(
             f"{', '.join(wrong)} imported before the hypothesis profile was loaded: their @settings carry "
-            f"hypothesis's defaults (deadline {settings.default.deadline} expected); load the profile first")
+            f"another profile's {', '.join(fields)}; load the profile first")
 
 
 def _one_line_failure(excinfo, style=None) -> str:
