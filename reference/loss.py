@@ -61,26 +61,9 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
 
     logits (..., V) floating; targets (...) integer, each in [0, V) or equal to ``ignore_index``.
     """
-    checks.tensor("logits", logits, min_dim=1, floating=True)
-    checks.tensor("targets", targets, floating=False)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
-    checks.one_of("reduction", reduction, REDUCTIONS)
+    keep, safe = _kept_targets(logits, targets, ignore_index, reduction)  # (...) bool, (...) ignored -> 0
     checks.boolean("fast", fast)
-    if tuple(targets.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"targets must have the shape of logits without its last dim: logits "
-                         f"{tuple(logits.shape)} needs targets {tuple(logits.shape[:-1])}, got {tuple(targets.shape)}")
     vocab_size = logits.shape[-1]
-    keep = targets != ignore_index                                   # (...) bool
-    bad = keep & ((targets < 0) | (targets >= vocab_size))
-    if torch.compiler.is_compiling():   # traced by torch.compile: an assert in the graph, no host sync
-        torch._assert_async(~bad.any(), f"targets must be in [0, {vocab_size}) or equal ignore_index={ignore_index}")
-    elif bool(bad.any()):
-        value = int(targets[bad][0])
-        raise ValueError(f"targets must be in [0, {vocab_size}) (the logits' last dim) or equal "
-                         f"ignore_index={ignore_index}; got {value}")
-
-    safe = torch.where(keep, targets, torch.zeros_like(targets))     # (...) ignored -> class 0
     if fast:  # one fused kernel: log_softmax, then pick the target
         nll = F.cross_entropy(_upcast(logits).reshape(-1, vocab_size), safe.reshape(-1),
                               reduction="none").reshape(safe.shape)  # (...) -log p(target)
@@ -88,13 +71,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
         log_probs = log_softmax(_upcast(logits))                     # (..., V) float32 or float64
         nll = -log_probs.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (...) -log p(target)
     nll = torch.where(keep, nll, torch.zeros_like(nll))              # (...) 0 where ignored
-    if reduction == "none":
-        return nll.to(logits.dtype)
-    total = nll.sum()
-    if reduction == "sum":
-        return total.to(logits.dtype)
-    count = keep.sum().clamp(min=1)                                  # all ignored -> 0 / 1 = 0
-    return (total / count).to(logits.dtype)
+    return _reduce(nll, keep, reduction, logits.dtype)
 
 
 def label_smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, epsilon: float,
