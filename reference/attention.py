@@ -126,9 +126,8 @@ class KVCache:
         self.length = 0
         self.padded = False  # has any padding token been stored?
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor | None = None):
-        """Append ``k, v (B, H_kv, T_new, D)`` (and their ``padding_mask (B, T_new)``, True = real);
-        return ``(k_all, v_all)``, each ``(B, H_kv, length, D)``. Overflow -> ValueError naming max_len."""
+    def _check_new(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """``k, v`` must be ``(B, H_kv, T_new, D)`` tensors of the cache's shape and dtype."""
         expected = (self.batch_size, self.n_kv_heads, k.shape[-2] if k.dim() == 4 else 0, self.head_dim)
         for name, t in (("k", k), ("v", v)):
             checks.tensor(name, t, min_dim=4, max_dim=4, floating=True)
@@ -136,6 +135,11 @@ class KVCache:
                 raise ValueError(f"{name} must have shape (B, H_kv, T_new, D) = {expected}, got {tuple(t.shape)}")
             if t.dtype != self.k.dtype:
                 raise TypeError(f"{name} must have the cache's dtype {self.k.dtype}, got {t.dtype}")
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, padding_mask: torch.Tensor | None = None):
+        """Append ``k, v (B, H_kv, T_new, D)`` (and their ``padding_mask (B, T_new)``, True = real);
+        return ``(k_all, v_all)``, each ``(B, H_kv, length, D)``. Overflow -> ValueError naming max_len."""
+        self._check_new(k, v)
         t_new = k.shape[-2]
         if self.length + t_new > self.max_len:
             raise ValueError(f"KVCache overflow: {self.length} stored + {t_new} new positions > "
@@ -217,13 +221,7 @@ class RollingKVCache(KVCache):
         """Store ``k, v (B, H_kv, T_new, D)`` at positions ``length ..``; return the keys and values
         the new queries attend to, ``(B, H_kv, L, D)`` each, in slot order (see the class doc).
         Past ``max_len`` -> ValueError naming max_len (the cache is left unchanged)."""
-        expected = (self.batch_size, self.n_kv_heads, k.shape[-2] if k.dim() == 4 else 0, self.head_dim)
-        for name, t in (("k", k), ("v", v)):
-            checks.tensor(name, t, min_dim=4, max_dim=4, floating=True)
-            if tuple(t.shape) != expected:
-                raise ValueError(f"{name} must have shape (B, H_kv, T_new, D) = {expected}, got {tuple(t.shape)}")
-            if t.dtype != self.k.dtype:
-                raise TypeError(f"{name} must have the cache's dtype {self.k.dtype}, got {t.dtype}")
+        self._check_new(k, v)
         t_new = k.shape[-2]
         if self.max_len is not None and t_new > self.max_len - self.length:
             raise ValueError(f"RollingKVCache overflow: {self.length} seen + {t_new} new positions > "
