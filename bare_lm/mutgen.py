@@ -42,6 +42,7 @@ DEFAULT_SOURCE = REPO_ROOT / "reference"
 DEFAULT_STATE = REPO_ROOT / ".mutation"
 DOCS = REPO_ROOT / "docs" / "mutation"
 EQUIVALENT_FILE = DOCS / "equivalent.toml"
+RESULTS_FILE = DOCS / "results.json"
 
 # Smallest first: the order a partial run (``--budget``) covers the components in.
 ORDER = ("linear", "embedding", "norm", "feedforward", "loss", "positional", "optim", "checks", "corpus",
@@ -238,6 +239,64 @@ class Session:
             (mutant.original, mutant.mutated, outcome.status, outcome.caught_by, outcome.seconds,
              ",".join(outcome.specs), outcome.cpu, mutant.job_id))
         self.db.commit()
+
+    def seed(self, module: str, path: Path, recorded: dict) -> int:
+        """Take the verdicts of results.json (``recorded``) for a module whose source is the one they
+        were recorded for (same sha256) and that has no verdicts in this session yet, so that a fresh
+        checkout continues a committed run instead of starting over. Returns how many it took. A
+        killed mutant stays killed while tests are only added; survivors are taken as survivors:
+        ``--retry-survivors`` runs them again against the current spec."""
+        import hashlib
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        if recorded.get("sources", {}).get(module) != sha:
+            return 0
+        if self.db.execute("SELECT COUNT(*) FROM bare_lm_mutants WHERE module = ? AND status IS NOT NULL",
+                           (module,)).fetchone()[0]:
+            return 0
+        by_key = {(module, m.operator, m.occurrence): m for m in self.mutants([module])}
+        source, taken = path.read_text(), 0
+        for r in recorded.get("mutants", []):
+            m = by_key.get((r["module"], r["operator"], r["occurrence"]))
+            if m is None or r["status"] not in STATUSES or r["status"] == "equivalent":
+                continue
+            if r.get("original") is None and mutate_source(source, m) is None:
+                continue
+            m.original, m.mutated = r.get("original", m.original), r.get("mutated", m.mutated)
+            self.record(m, Outcome(r["status"], r.get("caught_by") or "", r.get("seconds") or 0.0,
+                                   tuple(recorded.get("specs", {}).get(module, (module,))), r.get("cpu")))
+            taken += 1
+        return taken
+
+    def seed_runs(self, recorded: dict, modules: list[str]) -> None:
+        """Take results.json's run records (wall seconds, jobs, CPU) whose modules were all seeded, so
+        that the report's measured wall time covers the seeded verdicts too."""
+        self._runs_table()
+        if self.db.execute("SELECT COUNT(*) FROM bare_lm_runs").fetchone()[0]:
+            return
+        for r in recorded.get("runs", []):
+            if set(r["modules"].split(",")) <= set(modules):
+                self.db.execute("INSERT INTO bare_lm_runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (r["at"], r["modules"], r["mutants"], r["seconds"], r["jobs"], r.get("parent_cpu"),
+                                 r.get("child_cpu")))
+        self.db.commit()
+
+    def _runs_table(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS bare_lm_runs (at TEXT, modules TEXT, mutants INTEGER, "
+                        "seconds REAL, jobs INTEGER)")
+        if "parent_cpu" not in {r[1] for r in self.db.execute("PRAGMA table_info(bare_lm_runs)")}:
+            self.db.execute("ALTER TABLE bare_lm_runs ADD COLUMN parent_cpu REAL")
+            self.db.execute("ALTER TABLE bare_lm_runs ADD COLUMN child_cpu REAL")
+
+    def retry(self, modules: list[str]) -> int:
+        """Make the survivors of these modules pending again (the spec has changed since they ran)."""
+        marks = ",".join("?" * len(modules))
+        jobs = [r[0] for r in self.db.execute(
+            f"SELECT job_id FROM bare_lm_mutants WHERE status = 'survived' AND module IN ({marks})", modules)]
+        self.db.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in jobs])
+        self.db.executemany("UPDATE bare_lm_mutants SET status = NULL, caught_by = NULL, seconds = NULL "
+                            "WHERE job_id = ?", [(j,) for j in jobs])
+        self.db.commit()
+        return len(jobs)
 
     def unskip(self, job_ids: list[str]) -> None:
         """Make skipped mutants pending again (their entry left the list)."""
@@ -734,8 +793,14 @@ def run(args: argparse.Namespace) -> int:
     session = Session(state / "session.sqlite")
     try:
         total = 0
+        recorded = json.loads(RESULTS_FILE.read_text()) if source == DEFAULT_SOURCE and RESULTS_FILE.exists() else {}
+        seeded = 0
         for module in modules:
             total += session.sync_module(module, source / f"{module}.py")
+            seeded += session.seed(module, source / f"{module}.py", recorded)
+        if seeded:
+            print(f"took {seeded} verdicts from {RESULTS_FILE.relative_to(REPO_ROOT)} (modules unchanged since)")
+            session.seed_runs(recorded, modules)
         if args.report:
             write_report(session, modules, source)
             return 0
@@ -744,6 +809,8 @@ def run(args: argparse.Namespace) -> int:
             f"SELECT job_id, module, definition, context FROM bare_lm_mutants WHERE status = 'skipped' "
             f"AND module IN ({','.join('?' * len(modules))})", modules).fetchall()
         session.unskip([j for j, mod, d, c in was_skipped if not any(e.skips(mod, d, c) for e in listed)])
+        if args.retry_survivors:
+            print(f"{session.retry(modules)} survivors to run again against the current spec")
         pending = session.mutants(modules, pending_only=True)
         skipped = [m for m in pending if any(e.skips(m.module, m.definition, m.context) for e in listed)]
         for m in skipped:
@@ -767,11 +834,7 @@ def run(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - start
         print(f"\n{len(finished)} mutants in {wall:.0f} s ({len(finished) / max(wall, 1e-9):.2f} mutants/s, "
               f"{args.jobs} jobs); {len(pending) - len(finished)} left for a rerun")
-        session.db.execute("CREATE TABLE IF NOT EXISTS bare_lm_runs (at TEXT, modules TEXT, mutants INTEGER, "
-                           "seconds REAL, jobs INTEGER)")
-        if "parent_cpu" not in {r[1] for r in session.db.execute("PRAGMA table_info(bare_lm_runs)")}:
-            session.db.execute("ALTER TABLE bare_lm_runs ADD COLUMN parent_cpu REAL")
-            session.db.execute("ALTER TABLE bare_lm_runs ADD COLUMN child_cpu REAL")
+        session._runs_table()
         session.db.execute("INSERT INTO bare_lm_runs VALUES (datetime('now'), ?, ?, ?, ?, ?, ?)",
                            (",".join(sorted({m.module for m, _ in finished})), len(finished), wall, args.jobs,
                             time.process_time() - cpu_start, sum(o.cpu or 0.0 for _, o in finished)))
@@ -852,8 +915,15 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
     killed = [r for r in rows if r["status"] in ("killed",)]
     sample = sorted(random.Random(CI_SAMPLE_SEED).sample(killed, min(CI_SAMPLE_SIZE, len(killed))),
                     key=lambda r: (r["module"], r["line"], r["operator"], r["occurrence"]))
+    import hashlib
+    session._runs_table()
+    run_records = [dict(zip(("at", "modules", "mutants", "seconds", "jobs", "parent_cpu", "child_cpu"), r))
+                   for r in session.db.execute("SELECT * FROM bare_lm_runs ORDER BY at")]
     data = {
         "tool": "cosmic-ray (default operators) + bare_lm.mutgen's forking executor",
+        # the sha256 of each module's source the verdicts are for: a fresh session takes them over
+        "sources": {m: hashlib.sha256((source / f"{m}.py").read_bytes()).hexdigest() for m in modules},
+        "runs": run_records,
         "profile": "mutants",
         "specs": {m: list(bare_lm_target().specs(m)) for m in modules},
         "components": per,
@@ -868,6 +938,7 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
         "mutants": [{**(_ident(r) if r["status"] != "killed" else
                         {k: r[k] for k in ("module", "operator", "occurrence", "line")}),
                      "status": r["status"], "caught_by": r["caught_by"], "seconds": round(r["seconds"], 2),
+                     **({"cpu": round(r["cpu"], 2)} if r.get("cpu") else {}),
                      **({"reason": r["reason"]} if r.get("reason") else {})}
                     for r in rows if r["status"] and r["seconds"]],  # (skipped ones never ran)
     }
@@ -1083,6 +1154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--state", default=str(DEFAULT_STATE), help="session directory (default: .mutation/)")
     group.add_argument("--report", action="store_true",
                        help="write docs/mutation/REPORT.md and results.json from the session")
+    group.add_argument("--retry-survivors", action="store_true",
+                       help="run the session's survivors again (after the spec gained tests)")
     group.add_argument("--ci-sample", action="store_true",
                        help="rerun the sample of killed mutants listed in results.json; fail if one survives")
     group.add_argument("--verbose", action="store_true", help="with --ci-sample: a line per mutant")

@@ -182,6 +182,51 @@ def test_session_resumes_and_regenerates_a_changed_module(fake):
         session.close()
 
 
+def test_a_fresh_session_takes_committed_verdicts_of_unchanged_modules(fake):
+    """results.json's verdicts seed a new session for a module whose source has the recorded sha256
+    (a fresh checkout continues the committed run); a changed module starts over; --retry-survivors
+    makes the survivors pending again."""
+    import hashlib
+    impl, target, tmp = fake
+    first = mutgen.Session(tmp / "one" / "session.sqlite")
+    try:
+        first.sync_module("calc", impl / "calc.py")
+        mutants = first.mutants(["calc"])
+        killed = _pick(mutants, "core/ReplaceBinaryOperator_Add_Sub", "return a - b")
+        survivor = _pick(mutants, "core/NumberReplacer", 'return "=" * 4')
+        mutgen.run_mutants(first, [killed, survivor], impl, target, tmp / "work", jobs=1, budget=None,
+                           baseline={}, timeout=5.0)
+        rows = [r for r in first.results(["calc"]) if r["status"]]
+    finally:
+        first.close()
+    assert sorted(r["status"] for r in rows) == ["killed", "survived"]
+    recorded = {"sources": {"calc": hashlib.sha256((impl / "calc.py").read_bytes()).hexdigest()},
+                "specs": {"calc": ["calc"]},
+                "mutants": [{k: r[k] for k in ("module", "operator", "occurrence", "line", "status", "caught_by",
+                                               "seconds")} for r in rows]}
+    second = mutgen.Session(tmp / "two" / "session.sqlite")
+    try:
+        second.sync_module("calc", impl / "calc.py")
+        assert second.seed("calc", impl / "calc.py", recorded) == 2
+        assert second.seed("calc", impl / "calc.py", recorded) == 0   # never over verdicts it has
+        seeded = {(r["operator"], r["occurrence"]): r for r in second.results(["calc"]) if r["status"]}
+        assert {k: (r["status"], r["caught_by"], r["mutated"]) for k, r in seeded.items()} == \
+            {(r["operator"], r["occurrence"]): (r["status"], r["caught_by"], r["mutated"]) for r in rows}
+        pending = {m.job_id for m in second.mutants(["calc"], pending_only=True)}
+        assert second.retry(["calc"]) == 1
+        again = {m.job_id for m in second.mutants(["calc"], pending_only=True)} - pending
+        assert [m.mutated for m in second.mutants(["calc"]) if m.job_id in again] == ['return "=" * 4']
+    finally:
+        second.close()
+    (impl / "calc.py").write_text(CALC + "\n\ndef double(x):\n    return 2 * x\n")
+    third = mutgen.Session(tmp / "three" / "session.sqlite")
+    try:
+        third.sync_module("calc", impl / "calc.py")
+        assert third.seed("calc", impl / "calc.py", recorded) == 0   # the source changed: start over
+    finally:
+        third.close()
+
+
 def test_equivalent_list_matches_by_line_text_and_reports_stale_entries(fake, tmp_path):
     """An entry names module, operator, occurrence and the original and mutated line: it follows its
     mutant when other lines move; an entry whose lines no longer exist is stale."""
