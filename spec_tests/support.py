@@ -151,6 +151,15 @@ def raises_clear(exc_types, *words: str):
         raise AssertionError(f"expected {names} naming {list(words)}, but nothing was raised")
 
 
+def fresh(name: str) -> str:
+    """An equal string that is another object than the literal: a name read from a config file or
+    the command line. An implementation that compares names with ``is`` instead of ``==`` (true
+    only for literals interned by the compiler) fails with it."""
+    copy = "".join([name[:1], name[1:]]) if len(name) > 1 else (name + "_")[:-1]
+    assert copy == name
+    return copy
+
+
 # ---------------------------------------------------------------------------------------------
 # Seeded tensors
 # ---------------------------------------------------------------------------------------------
