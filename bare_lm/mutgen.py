@@ -14,7 +14,8 @@
   implementation, so every child loads the mutated package afresh. A child that runs past its
   timeout is killed (outcome ``timeout``, reported apart from ``killed``).
 - **Which spec runs**: the mutated module's own component spec; for ``checks.py``, the specs of
-  cheap components that use it (``CHECKS_SPECS``).
+  cheap components that use it (``CHECKS_SPECS``), except its functions that only heavier components
+  call (``CHECKS_SPECS_BY_DEFINITION``: the compile switch runs generate's spec).
 - **Equivalent mutants** are listed with a reason in ``docs/mutation/equivalent.toml``; a mutant is
   identified by module, operator, occurrence and the original and mutated line, so an edit elsewhere
   in the file never re-points an entry silently: an entry that matches nothing is reported stale.
@@ -49,6 +50,8 @@ ORDER = ("linear", "embedding", "norm", "feedforward", "loss", "positional", "op
          "data", "checkpoint", "attention", "generate", "model", "train", "tokenizer")
 # checks.py has no spec of its own: the specs of cheap components that validate their arguments with it.
 CHECKS_SPECS = ("linear", "embedding", "norm", "feedforward", "positional", "loss", "corpus", "optim", "data")
+# Functions of checks.py that only the heavier components call run those components' specs instead.
+CHECKS_SPECS_BY_DEFINITION = {"compile_backend": ("generate",), "compiled": ("generate",)}
 CI_SAMPLE_SIZE = 300
 CI_SAMPLE_SEED = 20261202
 STATUSES = ("killed", "timeout", "survived", "equivalent", "incompetent")
@@ -575,9 +578,16 @@ class Target:
     spec_dir: Path
     extra: list[str] = field(default_factory=list)
     specs_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # (module, function) -> its spec files, where a function is used by other components than the rest
+    specs_of_definition: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
-    def specs(self, module: str) -> tuple[str, ...]:
-        return self.specs_of.get(module, (module,))
+    def specs(self, module: str, definition: str | None = None) -> tuple[str, ...]:
+        return self.specs_of_definition.get((module, definition or ""), self.specs_of.get(module, (module,)))
+
+    def spec_sets(self, modules: list[str]) -> list[tuple[str, ...]]:
+        """Every spec set a mutant of these modules can run."""
+        return sorted({self.specs(m) for m in modules} |
+                      {s for (m, _), s in self.specs_of_definition.items() if m in modules})
 
     def args(self, module: str, impl_dir: Path) -> list[str]:
         return self.args_for(self.specs(module), impl_dir)
@@ -592,7 +602,8 @@ def bare_lm_target(profile: str = "mutants") -> Target:
                   ["-x", "-q", "--tb=no", "--no-header", "-p", "no:cacheprovider", "-p", "_hypothesis_pytestplugin",
                    "--assert=plain", f"--hypothesis-profile={profile}",
                    "--rootdir", str(REPO_ROOT), "-c", str(REPO_ROOT / "pyproject.toml")],
-                  {"checks": CHECKS_SPECS})
+                  {"checks": CHECKS_SPECS},
+                  {("checks", d): s for d, s in CHECKS_SPECS_BY_DEFINITION.items()})
 
 
 def warm_up(target: Target, modules: list[str], components: tuple[str, ...] = (), also: tuple[str, ...] = ()) -> None:
@@ -635,7 +646,7 @@ def warm_up(target: Target, modules: list[str], components: tuple[str, ...] = ()
         profile = next((a.split("=", 1)[1] for a in target.extra if a.startswith("--hypothesis-profile=")), None)
         if profile:
             hypothesis.settings.load_profile(profile)
-        for c in sorted({c for m in modules for c in target.specs(m)} | set(components)):
+        for c in sorted({c for specs in target.spec_sets(modules) for c in specs} | set(components)):
             importlib.import_module(f"spec_tests.test_{c}")
     import gc
     gc.collect()
@@ -645,15 +656,14 @@ def warm_up(target: Target, modules: list[str], components: tuple[str, ...] = ()
 def baselines(executor: Executor, target: Target, modules: list[str]) -> dict[tuple[str, ...], float]:
     """Run each spec set once against the unmutated copy: it must pass (else every mutant would look
     killed); its time sets the mutants' timeout."""
-    sets = sorted({target.specs(m) for m in modules})
+    sets = target.spec_sets(modules)
     seconds: dict[tuple[str, ...], float] = {}
     queue = list(sets)
     while queue or executor.running:
         while queue and executor.free:
             specs = queue.pop(0)
             slot = executor.free.pop(0)
-            module = next(m for m in modules if target.specs(m) == specs)
-            executor.start(Job(specs, target.args(module, executor.impl_dir(slot)), 1800, specs=specs), slot)
+            executor.start(Job(specs, target.args_for(specs, executor.impl_dir(slot)), 1800, specs=specs), slot)
         for job, outcome in executor.wait():
             if outcome.status != "survived":
                 raise RuntimeError(f"the spec {', '.join(job.key)} fails on the unmutated implementation "
@@ -725,7 +735,7 @@ def run_mutants(session: Session | None, mutants: list[Mutant], source: Path, ta
             while queue and executor.free and (budget is None or time.perf_counter() - start < budget):
                 mutant = queue.pop(0)
                 code = mutate_source(texts[mutant.module], mutant)
-                specs = target.specs(mutant.module)
+                specs = target.specs(mutant.module, mutant.definition)
                 if code is None:
                     outcome = Outcome("incompetent", "the mutation no longer applies", 0.0, specs)
                     finished.append((mutant, outcome))
@@ -735,7 +745,7 @@ def run_mutants(session: Session | None, mutants: list[Mutant], source: Path, ta
                         on_outcome(mutant, outcome)
                     continue
                 slot = executor.free.pop(0)
-                job = Job((mutant, code), target.args(mutant.module, executor.impl_dir(slot)),
+                job = Job((mutant, code), target.args_for(specs, executor.impl_dir(slot)),
                           timeout or timeout_for(baseline.get(specs, 60.0)), specs=specs,
                           first=catchers.first(mutant))
                 executor.start(job, slot, (f"{mutant.module}.py", code))
@@ -957,7 +967,9 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
              "equivalent.toml by function or as annotations, are counted as equivalent without running). *timeout*: the mutant made the spec "
              "run past 3x its normal time + 20 s and was killed (an infinite loop, a huge allocation); "
              "*incompetent*: the mutation no longer applies. Mutants of `checks.py` run the specs of "
-             f"{', '.join(CHECKS_SPECS)}; every other module runs its own component's spec.", "",
+             f"{', '.join(CHECKS_SPECS)} (those of its functions "
+             + ", ".join(f"{d} run {', '.join(c)}'s" for d, c in CHECKS_SPECS_BY_DEFINITION.items())
+             + "); every other module runs its own component's spec.", "",
              "For a module not fully run, the counts and the score are over the mutants run so far "
              "(for the larger modules a seeded random sample, `--sample`), so the score is an estimate.", "",
              "*equivalent (skipped)*: listed as equivalent, of which skipped without running. *wall s*, *CPU s*: "
@@ -1098,7 +1110,9 @@ def ci_sample(args: argparse.Namespace, source: Path, state: Path) -> int:
     modules = sorted({m.module for m in chosen})
     warm_up(target, modules)
     spec_seconds = data.get("spec_seconds", {})
-    baseline = {target.specs(m): spec_seconds.get(m, 60.0) for m in modules}
+    # spec_seconds is per module (the time of the module's own spec set); a function's set, per component
+    baseline = {specs: sum(spec_seconds.get(c, 60.0) for c in specs) for specs in target.spec_sets(modules)}
+    baseline.update({target.specs(m): spec_seconds.get(m, 60.0) for m in modules})
     start = time.perf_counter()
     # The tests that killed them in the full run go first: a killed mutant then costs about one test.
     finished = run_mutants(None, chosen, source, target, state / "ci-work", args.jobs, args.budget, baseline,
