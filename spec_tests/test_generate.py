@@ -760,5 +760,17 @@ def test_compiled_generate_equals_eager(gen, model_mod):
         "generate(compile='eager'): torch.compile traced no graph (the switch was ignored)"
     assert_equal(compiled, eager, what="compiled vs eager tokens (seed 5, KV cache)")
     assert lm.training, "generate(compile=...) must restore the model's training mode"
-    with raises_clear(TypeError, "compile"):
-        gen.generate(lm, prompt, 2, compile=1)
+
+
+def test_compiled_switch_values(gen, model_mod):
+    """compile takes False, True (inductor) or a backend name: True is accepted (checked with 0 new tokens,
+    so the compiled model never runs and inductor generates no code); 0, 1, 1.0 and "" are TypeErrors
+    naming compile (0 and 1 are not the booleans)."""
+    seed_all(3)
+    lm = model_mod.TransformerLM(model_mod.ModelConfig(vocab_size=32, context_length=16, n_layers=1, d_model=16,
+                                                       n_heads=2))
+    prompt = _prompt(12, 5)
+    assert_equal(gen.generate(lm, prompt, 0, compile=True), [], what="generate(prompt, 0, compile=True): no new tokens")
+    for bad in (0, 1, 1.0, ""):
+        with raises_clear(TypeError, "compile"):
+            gen.generate(lm, prompt, 2, compile=bad)
