@@ -128,7 +128,11 @@ def mutate_source(source: str, mutant: Mutant) -> str | None:
     fills ``mutant.original`` / ``mutant.mutated`` with the changed line(s)."""
     import cosmic_ray.plugins
     from cosmic_ray.mutating import mutate_code
-    code = mutate_code(source, cosmic_ray.plugins.get_operator(mutant.operator)(), mutant.occurrence)
+    try:
+        code = mutate_code(source, cosmic_ray.plugins.get_operator(mutant.operator)(), mutant.occurrence)
+    except Exception as err:  # an operator that cannot rewrite this node (ExceptionReplacer on `except a.B`)
+        mutant.original, mutant.mutated = None, f"cosmic-ray cannot apply it: {type(err).__name__}: {err}"
+        return None
     if code is None:
         return None
     mutant.original, mutant.mutated = changed_lines(source, code)
@@ -737,7 +741,8 @@ def run_mutants(session: Session | None, mutants: list[Mutant], source: Path, ta
                 code = mutate_source(texts[mutant.module], mutant)
                 specs = target.specs(mutant.module, mutant.definition)
                 if code is None:
-                    outcome = Outcome("incompetent", "the mutation no longer applies", 0.0, specs)
+                    outcome = Outcome("incompetent", mutant.mutated if mutant.original is None and mutant.mutated
+                                      else "the mutation no longer applies", 0.0, specs)
                     finished.append((mutant, outcome))
                     if session:
                         session.record(mutant, outcome)

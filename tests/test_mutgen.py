@@ -331,3 +331,16 @@ def test_mutants_in_annotations_are_marked(tmp_path):
     assert contexts == {"def f(a: int + None = None) -> int | None:": "annotation",
                         "def f(a: int | None = None) -> int + None:": "annotation",
                         "return y + 2": ""}
+
+
+def test_a_mutation_cosmic_ray_cannot_apply_is_incompetent_not_a_crash(tmp_path):
+    """cosmic-ray's ExceptionReplacer fails on a dotted exception name (``except os.error``): that
+    mutant is incompetent, with the reason, and the run goes on."""
+    path = tmp_path / "dotted.py"
+    path.write_text("import os\n\n\ndef f():\n    try:\n        return 1\n    except os.error:\n        return 2\n")
+    mutants = [m for m in mutgen.enumerate_mutants(path, "dotted") if "Exception" in m.operator]
+    assert mutants
+    codes = [mutgen.mutate_source(path.read_text(), m) for m in mutants]
+    assert None in codes
+    for m, code in zip(mutants, codes):
+        assert code is not None or m.mutated.startswith("cosmic-ray cannot apply it")
