@@ -334,10 +334,10 @@ def test_mutants_in_annotations_are_marked(tmp_path):
 
 
 def test_a_mutation_cosmic_ray_cannot_apply_is_incompetent_not_a_crash(tmp_path):
-    """cosmic-ray's ExceptionReplacer fails on a dotted exception name (``except os.error``): that
+    """cosmic-ray's ExceptionReplacer fails on a dotted name in a tuple of exceptions (``except (ValueError, os.error)``): that
     mutant is incompetent, with the reason, and the run goes on."""
     path = tmp_path / "dotted.py"
-    path.write_text("import os\n\n\ndef f():\n    try:\n        return 1\n    except os.error:\n        return 2\n")
+    path.write_text("import os\n\n\ndef f():\n    try:\n        return 1\n    except (ValueError, os.error):\n        return 2\n")
     mutants = [m for m in mutgen.enumerate_mutants(path, "dotted") if "Exception" in m.operator]
     assert mutants
     codes = [mutgen.mutate_source(path.read_text(), m) for m in mutants]
