@@ -7,7 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .support import assert_close, assert_equal, batch_shapes, randint, randn, raises_clear, seed_all, seeds, sizes
+from .support import (assert_close, assert_equal, batch_shapes, fresh, randint, randn, raises_clear, seed_all, seeds,
+                      sizes)
 
 even = sizes(8).map(lambda n: 2 * n)   # 2 .. 16
 
@@ -301,3 +302,105 @@ def test_compiled_check_positions_refuses_out_of_range(positional):
     for bad in ([0, 5], [-1, 0], [2, 7]):
         with pytest.raises((RuntimeError, ValueError)):
             check(torch.tensor(bad))
+
+
+# --- argument boundaries, the "half" pairing, large sizes ---------------------------------------
+
+def _rope_half(x, positions, base=10000.0):
+    """RoPE on the pairs (x[i], x[i + D/2]): z_i = x[i] + j x[i + D/2] times exp(j p base^(-2i/D))."""
+    d = x.shape[-1]
+    z = torch.complex(x.double()[..., : d // 2], x.double()[..., d // 2:])            # (..., T, D/2)
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)                 # (D/2,)
+    angle = positions.double()[:, None] * theta                                       # (T, D/2)
+    r = z * torch.polar(torch.ones_like(angle), angle)
+    return torch.cat((r.real, r.imag), dim=-1)                                        # (..., T, D)
+
+
+@given(lead=batch_shapes(1, 2, 3), t=sizes(5), d=even, seed=seeds)
+def test_rope_half_pairing_formula(positional, lead, t, d, seed):
+    """pairing="half" (the name as read from a config: equal, not the same object) rotates the pairs
+    (x[i], x[i + D/2]): y[i] = x[i] cos - x[i+D/2] sin, y[i+D/2] = x[i] sin + x[i+D/2] cos, for
+    forward and rotate, with leading dims."""
+    rope = positional.RotaryEmbedding(d, 64, pairing=fresh("half"))
+    x = randn((*lead, t, d), seed, torch.float64)
+    positions = randint(0, 64, (t,), seed + 1)
+    assert_close(rope(x, positions), _rope_half(x, positions), what=f"half-pairing RoPE, x of shape {tuple(x.shape)}")
+    assert_close(rope.rotate(x, positions + 100), _rope_half(x, positions + 100),
+                 what="half-pairing rotate past max_len")
+
+
+@given(t=sizes(5), d=even, seed=seeds)
+def test_rope_half_is_a_permutation_of_interleaved(positional, t, d, seed):
+    """The two pairings differ by a fixed permutation: with perm = (0, D/2, 1, D/2 + 1, ...),
+    half(x)[..., perm] == interleaved(x[..., perm])."""
+    half = positional.RotaryEmbedding(d, 32, pairing="half")
+    interleaved = positional.RotaryEmbedding(d, 32, pairing="interleaved")
+    perm = torch.tensor([c for i in range(d // 2) for c in (i, i + d // 2)])
+    x = randn((2, t, d), seed, torch.float64)
+    positions = randint(0, 32, (t,), seed + 1)
+    assert_close(half(x, positions)[..., perm], interleaved(x[..., perm], positions),
+                 what="half(x) permuted vs interleaved(x permuted)")
+
+
+def test_rope_long_sequence_and_wide_heads(positional):
+    """RoPE at T = 300 positions with head_dim = 512 (sizes past small-int caches) is the complex rotation."""
+    rope = positional.RotaryEmbedding(512, 300)
+    x = randn((300, 512), 0, torch.float64)
+    positions = torch.arange(300)
+    assert_close(rope(x, positions), _rope_complex(x, positions), what="RoPE with T=300, head_dim=512")
+    assert_close(rope.rotate(x, positions), _rope_complex(x, positions), what="rotate with T=300, head_dim=512")
+
+
+def test_rope_base_boundary(positional):
+    """base must be a finite number > 1: 1.0, 0.5, nan and inf are a ValueError naming base; the
+    smallest float above 1 and 1.5 are accepted."""
+    for bad in (1.0, 0.5, 0.0, float("nan"), float("inf")):
+        with raises_clear(ValueError, "base"):
+            positional.RotaryEmbedding(4, 8, base=bad)
+    x = randn((3, 4), 0, torch.float64)
+    for good in (math.nextafter(1.0, 2.0), 1.5):
+        rope = positional.RotaryEmbedding(4, 8, base=good)
+        assert_close(rope(x, torch.arange(3)), _rope_complex(x, torch.arange(3), base=good), what=f"RoPE with base {good}")
+
+
+def test_rope_shape_errors(positional):
+    """RoPE's x must have rank >= 2 (a 1-D x is a ValueError naming x, a 2-D one works), and positions
+    must have length x.shape[-2] exactly: longer or shorter is a ValueError naming positions."""
+    rope = positional.RotaryEmbedding(4, 8)
+    for call in (rope, rope.rotate):
+        with raises_clear(ValueError, "x"):
+            call(torch.zeros(4), torch.arange(1))
+        assert_equal(tuple(call(torch.zeros(1, 4), torch.arange(1)).shape), (1, 4), what="RoPE of a (1, 4) x")
+        for n in (2, 4):
+            with raises_clear(ValueError, "positions"):
+                call(torch.zeros(3, 4), torch.arange(n))
+        with raises_clear(ValueError, "positions"):
+            call(torch.zeros(1, 4), torch.arange(3))
+
+
+def test_check_positions_rank(positional):
+    """check_positions takes exactly 1-D tensors: a 0-dim or a 2-D tensor is a ValueError naming
+    positions, with or without max_len and through LearnedPositionalEmbedding; a 1-D one passes."""
+    for bad in (torch.tensor(1), torch.tensor([[0, 1]]), torch.zeros(2, 1, dtype=torch.long)):
+        with raises_clear(ValueError, "positions"):
+            positional.check_positions(bad, 8)
+        with raises_clear(ValueError, "positions"):
+            positional.check_positions(bad)
+        with raises_clear(ValueError, "positions"):
+            positional.LearnedPositionalEmbedding(8, 4)(bad)
+    assert_equal(positional.check_positions(torch.tensor([1]), 8).tolist(), [1], what="check_positions([1], 8)")
+
+
+@given(max_len=sizes(20), beyond=sizes(30), at=sizes(4, 0))
+def test_every_position_beyond_max_len_is_refused(positional, max_len, beyond, at):
+    """Any position >= max_len is refused (ValueError naming max_len), not only max_len itself:
+    max_len + k for k >= 1 among valid positions, in check_positions, both tables and RoPE's forward."""
+    positions = torch.zeros(5, dtype=torch.long)
+    positions[at] = max_len + beyond
+    with raises_clear(ValueError, "max_len"):
+        positional.check_positions(positions, max_len)
+    for module in (positional.LearnedPositionalEmbedding(max_len, 2), positional.SinusoidalPositionalEncoding(2, max_len)):
+        with raises_clear(ValueError, "max_len"):
+            module(positions)
+    with raises_clear(ValueError, "max_len"):
+        positional.RotaryEmbedding(2, max_len)(torch.zeros(5, 2), positions)
