@@ -352,3 +352,150 @@ def test_schedule_bad_arguments(optim):
         optim.lr_schedule(-1, 1.0, 0.1, 1, 10)
     with raises_clear(ValueError, "total_steps"):
         optim.lr_schedule(0, 1.0, 0.1, 0, 0)
+
+
+# --- argument boundaries and edge cases ----------------------------------------------------------
+
+def test_adamw_betas_must_be_a_pair(optim):
+    """betas must be a pair (tuple or list of two): one or three values are a ValueError naming betas."""
+    p = [torch.nn.Parameter(torch.ones(2))]
+    for bad in ((0.9,), (0.9, 0.99, 0.5), [0.9, 0.99, 0.999]):
+        with raises_clear(ValueError, "betas"):
+            optim.AdamW(p, lr=1e-3, betas=bad)
+    opt = optim.AdamW(p, lr=1e-3, betas=[0.8, 0.9])
+    assert_equal(tuple(opt.param_groups[0]["betas"]), (0.8, 0.9), what="betas given as a list")
+
+
+@pytest.mark.parametrize("name", ["lr", "eps", "weight_decay"])
+def test_adamw_hyperparameters_must_be_finite(optim, name):
+    """lr, eps and weight_decay must be finite: nan and inf are a ValueError naming the argument."""
+    p = [torch.nn.Parameter(torch.ones(2))]
+    for bad in (float("nan"), float("inf")):
+        with raises_clear(ValueError, name):
+            optim.AdamW(p, **{"lr": 1e-3, name: bad})
+
+
+def test_adamw_parameter_without_gradient_does_not_stop_the_others(optim):
+    """Parameters after one whose .grad is None are still updated, as in torch.optim.AdamW."""
+    shapes = [(3,), (2, 2), (4,), (3,)]
+    ours = _params(shapes, 7)
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt, ref = optim.AdamW(ours, lr=0.1, weight_decay=0.1), torch.optim.AdamW(theirs, lr=0.1, weight_decay=0.1)
+    for s in range(2):
+        for params in (ours, theirs):
+            for k in (1, 3):                                   # parameters 0 and 2 have no gradient
+                params[k].grad = randn(shapes[k], 100 * s + k, torch.float64)
+        opt.step()
+        ref.step()
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert_close(a.detach(), b.detach(), what=f"parameter {i} (0 and 2 without gradient)", atol=1e-12, rtol=1e-9)
+
+
+def test_adamw_loads_torch_adamw_state(optim):
+    """AdamW loads torch.optim.AdamW's state dict (its step is a 0-dim tensor): the step comes back
+    an int, and the following steps equal torch's."""
+    shapes = [(3, 2), (4,)]
+    theirs = _params(shapes, 3)
+    ref = torch.optim.AdamW(theirs, lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
+    _run(ref, theirs, shapes, 3, 3)
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
+    opt = optim.AdamW(ours, lr=0.5)
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+    steps = [opt.state_dict()["state"][i]["step"] for i in range(len(shapes))]
+    assert all(type(s) is int for s in steps), f"step after loading torch's state: expected ints, got {steps!r}"
+    assert_equal(steps, [3, 3], what="steps after loading torch's state")
+    _run(opt, ours, shapes, 3, 2, first=3)
+    _run(ref, theirs, shapes, 3, 2, first=3)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert_close(a.detach(), b.detach(), what=f"parameter {i} resumed from torch's state", atol=1e-12, rtol=1e-9)
+
+
+def test_param_groups_weight_decay_boundary(optim, impl):
+    """param_groups' weight_decay must be >= 0: -1e-9 is a ValueError naming weight_decay, 0 is accepted."""
+    model = _model(impl)
+    with raises_clear(ValueError, "weight_decay"):
+        optim.param_groups(model, -1e-9)
+    assert_equal([g["weight_decay"] for g in optim.param_groups(model, 0.0)], [0.0, 0.0], what="weight_decay of the groups for 0")
+
+
+def test_param_groups_decays_layers_nested_in_an_embedding(optim, impl):
+    """Only an embedding's own table is exempt: a Linear attached inside the token embedding module
+    (a factorised embedding's projection) is a weight matrix and decays."""
+    model = _model(impl)
+    model.token_embedding.proj = torch.nn.Linear(C, 5, bias=False)
+    decay, rest = optim.param_groups(model, 0.1)
+    assert id(model.token_embedding.proj.weight) in _ids(decay["params"]), "a Linear inside the embedding was not decayed"
+    assert id(model.token_embedding.weight) in _ids(rest["params"]), "the token embedding table was decayed"
+
+
+def test_param_groups_decays_parameters_of_three_or_more_dims(optim, impl):
+    """Every parameter of >= 2 dims that is not an embedding table decays: a Conv1d's 3-D weight too (its bias does not)."""
+    model = _model(impl)
+    model.conv = torch.nn.Conv1d(C, 3, kernel_size=2)
+    decay, rest = optim.param_groups(model, 0.1)
+    assert id(model.conv.weight) in _ids(decay["params"]), "a 3-D weight was not decayed"
+    assert id(model.conv.bias) in _ids(rest["params"]), "a bias was decayed"
+
+
+def test_clip_without_gradients_returns_zero(optim):
+    """clip_grad_norm of parameters that have no gradient (or of none) returns 0.0, as torch's does."""
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))]
+    got = optim.clip_grad_norm(params, 1.0)
+    assert_equal(float(got), float(torch.nn.utils.clip_grad_norm_(params, 1.0)), what="norm without gradients")
+    assert_equal(float(got), 0.0, what="norm without gradients")
+    assert_equal(float(optim.clip_grad_norm([], 1.0)), 0.0, what="norm of no parameters")
+
+
+def test_clip_at_exactly_max_norm_is_noop(optim):
+    """Clipping is for N > max_norm only: gradients (3, 4) (N = 5 exactly) are unchanged for max_norm 5,
+    and scaled by max_norm / (N + 1e-6) for the next float below 5."""
+    for dtype in (torch.float32, torch.float64):
+        p = torch.nn.Parameter(torch.zeros(2, dtype=dtype))
+        p.grad = torch.tensor([3.0, 4.0], dtype=dtype)
+        assert_equal(float(optim.clip_grad_norm([p], 5.0)), 5.0, what=f"norm of (3, 4) in {dtype}")
+        assert torch.equal(p.grad, torch.tensor([3.0, 4.0], dtype=dtype)), f"gradient changed at N == max_norm: {p.grad}"
+        below = math.nextafter(5.0, 0.0)
+        optim.clip_grad_norm([p], below)
+        assert_close(p.grad, torch.tensor([3.0, 4.0], dtype=dtype) * (below / (5.0 + 1e-6)),
+                     what=f"gradient clipped just below N in {dtype}", atol=0, rtol=1e-12 if dtype == torch.float64 else 1e-7)
+
+
+@given(shapes=shape_lists, ratio=st.sampled_from([0.1, 0.5, 0.9]), seed=seeds)
+def test_clip_coefficient_is_exact(optim, shapes, ratio, seed):
+    """In float64 the clipped gradient is exactly g * max_norm / (N + 1e-6); with N ~ 1e-3 the 1e-6 shows."""
+    params = [torch.nn.Parameter(torch.zeros(s, dtype=torch.float64)) for s in shapes]
+    for i, p in enumerate(params):
+        p.grad = randn(p.shape, seed + i, torch.float64, 1e-3)
+    before = [p.grad.clone() for p in params]
+    norm = _norm(before)
+    max_norm = ratio * norm
+    got = optim.clip_grad_norm(params, max_norm)
+    assert_close(torch.tensor(float(got), dtype=torch.float64), torch.tensor(norm, dtype=torch.float64), what="returned norm")
+    for i, (p, g) in enumerate(zip(params, before)):
+        assert_close(p.grad, g * (max_norm / (norm + 1e-6)), what=f"gradient {i} after clipping", atol=0, rtol=1e-12)
+
+
+def test_clip_max_norm_must_be_finite(optim):
+    """max_norm nan or inf is a ValueError naming max_norm."""
+    params = _with_grads([(2,)], 0)
+    for bad in (float("nan"), float("inf")):
+        with raises_clear(ValueError, "max_norm"):
+            optim.clip_grad_norm(params, bad)
+
+
+def test_schedule_min_lr_boundary(optim):
+    """min_lr must be >= 0: -1e-9 is a ValueError naming min_lr; 0 is accepted (and reached at total_steps)."""
+    with raises_clear(ValueError, "min_lr"):
+        optim.lr_schedule(0, 1.0, -1e-9, 1, 10)
+    assert_equal(optim.lr_schedule(10, 1.0, 0.0, 1, 10), 0.0, what="lr at total_steps with min_lr 0")
+
+
+@pytest.mark.parametrize("name", ["step", "warmup_steps", "total_steps"])
+def test_schedule_steps_must_be_ints(optim, name):
+    """step, warmup_steps and total_steps must be ints: a float (even 2.0) or a bool is a TypeError naming it."""
+    args = dict(step=2, warmup_steps=2, total_steps=10)
+    lr = lambda a: optim.lr_schedule(a["step"], 1.0, 0.1, a["warmup_steps"], a["total_steps"])
+    assert_equal(lr(args), 1.0, what="lr(2) with warmup_steps=2, max_lr=1 (ints accepted)")
+    for bad in (2.0, True):
+        with raises_clear(TypeError, name):
+            lr({**args, name: bad})
