@@ -63,7 +63,7 @@ def test_gradients_reach_every_parameter(linear):
 
 
 def test_bad_arguments(linear):
-    """Non-positive sizes and inputs of the wrong last dimension raise clear errors."""
+    """Non-positive sizes and inputs of rank 0 or of the wrong last dimension raise clear errors (rank 1 is fine)."""
     with raises_clear(ValueError, "in_features"):
         linear.Linear(0, 3)
     with raises_clear(ValueError, "out_features"):
@@ -73,6 +73,9 @@ def test_bad_arguments(linear):
     layer = linear.Linear(3, 2)
     with raises_clear(ValueError, "x", "3"):
         layer(torch.zeros(2, 4))
+    with raises_clear(ValueError, "x"):
+        layer(torch.tensor(1.0))  # rank 0: x needs at least 1 dim (its last is in_features)
+    assert tuple(layer(torch.zeros(3)).shape) == (2,), "a 1-dim x of in_features values is accepted: (in,) -> (out,)"
 
 
 def _assert_low_precision(got, expected, dtype, factor, what, magnitude):
@@ -95,6 +98,39 @@ def test_bias_by_default(linear, n_in, n_out, seed):
         layer.bias.copy_(randn((n_out,), seed + 1, torch.float64))
     x = randn((3, n_in), seed, torch.float64)
     assert_close(layer(x), x @ layer.weight.T + layer.bias, what="Linear(x) with the default bias")
+
+
+@given(lead=batch_shapes(0, 2), n_in=sizes(), n_out=sizes(), bias=st.booleans(), dtype=float_dtypes, seed=seeds)
+def test_fast_path_equals_written_out(linear, lead, n_in, n_out, bias, dtype, seed):
+    """fast=True (one F.linear call) gives the written-out x W^T + b: outputs and input gradients.
+
+    Tolerance: 2 (n + 1) eps(dtype) max M, M the sum over |terms| (|x| |W|^T + |b|, and
+    |upstream| |W| for the gradient): the bound on two summation orders of n + 1 terms, so it never fails
+    on rounding alone."""
+    seed_all(seed)
+    slow = linear.Linear(n_in, n_out, bias=bias).to(dtype)
+    fast = linear.Linear(n_in, n_out, bias=bias, fast=True).to(dtype)
+    with torch.no_grad():
+        for i, p in enumerate(slow.parameters()):
+            p.copy_(randn(p.shape, seed + 1 + i, dtype))
+    fast.load_state_dict(slow.state_dict())
+    xs, xf = randn((*lead, n_in), seed, dtype).requires_grad_(), randn((*lead, n_in), seed, dtype).requires_grad_()
+    ys, yf = slow(xs), fast(xf)
+    w = slow.weight.detach().double().abs()
+    magnitude = xs.detach().double().abs() @ w.T + (slow.bias.detach().double().abs() if bias else 0.0)
+    bound = lambda n, m: 2 * (n + 1) * torch.finfo(dtype).eps * float(m.max())  # noqa: E731
+    assert_close(yf, ys, what="Linear(fast=True)(x) vs fast=False", atol=bound(n_in, magnitude), rtol=0)
+    upstream = randn(ys.shape, seed + 9, dtype)
+    (ys * upstream).sum().backward()
+    (yf * upstream).sum().backward()
+    assert_close(xf.grad, xs.grad, what="Linear(fast=True): gradient of the input",
+                 atol=bound(n_out, upstream.double().abs() @ w), rtol=0)
+
+
+def test_fast_defaults_to_false(linear):
+    """Linear(in, out) without fast= is written out: its .fast is False; fast=True is stored as .fast."""
+    assert linear.Linear(3, 2).fast is False, f"Linear: fast defaults to False, got {linear.Linear(3, 2).fast!r}"
+    assert linear.Linear(3, 2, fast=True).fast is True, "Linear(fast=True) must store fast as .fast"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
