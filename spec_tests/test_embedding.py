@@ -101,3 +101,21 @@ def test_loaded_table_equals_the_original(embedding):
     assert_equal(sorted(original.state_dict()), ["weight"], what="state_dict keys")
     ids = randint(0, 9, (4, 3), 2)
     assert_close(loaded(ids), original(ids), what="lookup of the loaded table vs the original", atol=0, rtol=0)
+
+
+def test_compiled_ids_outside_the_vocabulary(embedding):
+    """Compiled, TokenEmbedding still refuses ids outside [0, vocab_size) and looks up the ones inside.
+
+    Traced by dynamo (the `eager` backend, one graph): an id of -1 or >= vocab_size is refused (an
+    in-graph assert there is a RuntimeError; eager mode raises ValueError), ids in [0, vocab_size) give
+    the table's rows."""
+    seed_all(0)
+    emb = embedding.TokenEmbedding(5, 3)
+    emb(torch.arange(5))  # eager first: a stub reads as not started
+    torch._dynamo.reset()
+    lookup = torch.compile(lambda ids: emb(ids) * 1, backend="eager", fullgraph=True)
+    ids = torch.tensor([[0, 4, 2], [1, 3, 0]])
+    assert_close(lookup(ids), emb.weight.detach()[ids], what="compiled lookup of ids in [0, 5)", atol=0, rtol=0)
+    for bad in ([0, 5], [-1, 0], [2, 9]):
+        with pytest.raises((RuntimeError, ValueError)):
+            lookup(torch.tensor(bad))
