@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .support import (assert_close, batch_shapes, float_dtypes, randn, raises_clear, seed_all, seeds,
+from .support import (assert_close, batch_shapes, float_dtypes, fresh, randn, raises_clear, seed_all, seeds,
                       sizes)
 
 #: Input scales: tiny ones make eps matter (eps inside vs outside the square root), large ones
@@ -169,10 +169,36 @@ def test_fast_path_equals_written_out(norm, kind, lead, d, scale, eps, dtype, se
         assert_close(pf.grad, ps.grad, what=f"{kind}(fast=True): gradient of {name}")
 
 
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_fast_path_other_input_dtype_is_written_out(norm, kind, dtype):
+    """fast=True with an input whose dtype is not the parameters' (float32 here) gives what fast=False
+    gives: the same output dtype and values (the written-out path), and the same input gradient."""
+    slow = norm.build_norm(kind, 8)
+    _randomise(slow, 3)
+    fast = norm.build_norm(kind, 8, fast=True)
+    fast.load_state_dict(slow.state_dict())
+    x = _conditioned((3, 8), 5, dtype, 1.0)
+    xs, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ys, yf = slow(xs), fast(xf)
+    assert yf.dtype == ys.dtype, \
+        f"{kind}(fast=True) on {dtype} input, float32 parameters: output dtype {yf.dtype}, fast=False gives {ys.dtype}"
+    assert_close(yf, ys, what=f"{kind}(fast=True) vs fast=False on {dtype} input, float32 parameters")
+    upstream = randn(ys.shape, 6, ys.dtype)
+    (ys * upstream).sum().backward()
+    (yf * upstream).sum().backward()
+    assert_close(xf.grad, xs.grad, what=f"{kind}(fast=True) on {dtype} input: gradient of the input")
+
+
 def test_build_norm(norm):
-    """build_norm("layernorm" | "rmsnorm", d_model) builds the named layer; other names are errors."""
+    """build_norm("layernorm" | "rmsnorm", d_model) builds the named layer (names compare by value: one read
+    from a config counts); other names are errors."""
     assert isinstance(norm.build_norm("layernorm", 4), norm.LayerNorm)
     assert isinstance(norm.build_norm("rmsnorm", 4), norm.RMSNorm)
+    for kind, cls in (("layernorm", norm.LayerNorm), ("rmsnorm", norm.RMSNorm)):
+        built = norm.build_norm(fresh(kind), 4)
+        assert isinstance(built, cls), f"build_norm({kind!r} read from a config): expected {cls.__name__}, " \
+                                       f"got {type(built).__name__}"
     with raises_clear(ValueError, "norm", "layernorm", "rmsnorm"):
         norm.build_norm("batchnorm", 4)
 
