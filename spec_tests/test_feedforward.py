@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .support import assert_close, batch_shapes, float_dtypes, randn, raises_clear, seed_all, seeds, sizes
+from .support import assert_close, batch_shapes, float_dtypes, fresh, randn, raises_clear, seed_all, seeds, sizes
 
 activations = st.sampled_from(["relu", "gelu", "gelu_tanh", "swiglu"])
 
@@ -99,6 +99,30 @@ def test_activation_functions(feedforward, seed):
     assert_close(feedforward.gelu(x), F.gelu(x, approximate="none"), what="gelu(x), exact erf form")
     assert_close(feedforward.gelu_tanh(x), F.gelu(x, approximate="tanh"), what="gelu_tanh(x), tanh approximation")
     assert_close(feedforward.silu(x), F.silu(x), what="silu(x)")
+
+
+def test_relu_gradient_at_zero(feedforward):
+    """relu(x) = max(x, 0), and its derivative at x = 0 exactly is 0, as torch.nn.functional.relu's
+    (so the fast and written-out FFN agree there too)."""
+    x = torch.tensor([-2.0, -0.0, 0.0, 0.0, 1e-30, 3.0], dtype=torch.float64)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = feedforward.relu(ours)
+    assert_close(y, F.relu(x), what="relu(x) at -2, -0, 0, 0, 1e-30, 3")
+    y.sum().backward()
+    F.relu(theirs).sum().backward()
+    assert_close(ours.grad, theirs.grad, what="relu'(x) at -2, -0, 0, 0, 1e-30, 3 (0 at x = 0, as F.relu)", atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swiglu"])
+def test_activation_name_compares_by_value(feedforward, activation):
+    """An activation name read from a config (an equal string, not the literal) builds the same FFN:
+    the same parameters (w3 for swiglu only) and the same formula."""
+    name = fresh(activation)
+    ffn = _build(feedforward, 4, 6, name, True, 0)
+    assert (ffn.w3 is not None) == (activation == "swiglu"), \
+        f"FeedForward(activation={activation!r} read from a config): w3 is {'missing' if ffn.w3 is None else 'present'}"
+    x = randn((3, 4), 1, torch.float64, 2.0)
+    assert_close(ffn(x), _oracle(ffn, x, activation), what=f"FeedForward[{activation!r} read from a config](x)")
 
 
 def test_bad_arguments(feedforward):
