@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .support import assert_close, batch_shapes, float_dtypes, randint, randn, raises_clear, seeds, sizes
+from .support import assert_close, batch_shapes, float_dtypes, fresh, randint, randn, raises_clear, seeds, sizes
 
 reductions = st.sampled_from(["mean", "sum", "none"])
 #: Logit scales: 1e4 overflows exp() in float32 and float64 unless the max is subtracted first.
@@ -192,6 +192,89 @@ def test_bad_arguments(loss):
         loss.cross_entropy(logits, good, reduction="average")
     with raises_clear(TypeError, "fast"):
         loss.cross_entropy(logits, good, fast=None)
+
+
+def test_bad_targets_shape_any_order(loss):
+    """targets of any shape other than logits.shape[:-1], smaller or larger, are a ValueError naming targets and that shape."""
+    logits = torch.zeros(2, 3, 5)
+    for shape in ((2, 2), (1, 3), (2,), (), (2, 4), (3, 3), (2, 3, 1), (6,)):
+        with raises_clear(ValueError, "targets", "(2, 3)"):
+            loss.cross_entropy(logits, torch.zeros(shape, dtype=torch.long))
+
+
+@pytest.mark.parametrize("value", [5, 6, 9, -1, -7])
+def test_one_target_outside_the_range(loss, value):
+    """A single target outside [0, V) (V = 5 here: 5, 6, 9, -1, -7) among valid ones is a ValueError naming
+    targets and the value; V - 1 = 4 and 0 are fine."""
+    logits = randn((2, 3, 5), 0)
+    targets = torch.tensor([[0, 4, 1], [2, 3, 4]])
+    loss.cross_entropy(logits, targets)  # 0 and V - 1 are inside
+    targets[1, 1] = value
+    with raises_clear(ValueError, "targets", str(value)):
+        loss.cross_entropy(logits, targets)
+
+
+def test_bad_ignore_index(loss):
+    """ignore_index must be an int: a bool, a float or a string is a TypeError naming ignore_index; any int is fine."""
+    logits, targets = randn((2, 3, 5), 0), torch.tensor([[0, 4, 1], [2, 3, 4]])
+    for bad in (True, False, 1.0, -100.0, "-100"):
+        with raises_clear(TypeError, "ignore_index"):
+            loss.cross_entropy(logits, targets, ignore_index=bad)
+    for fn in (lambda i: loss.label_smoothed_cross_entropy(logits, targets, 0.1, ignore_index=i),
+               lambda i: loss.z_loss(logits, targets, 0.1, ignore_index=i)):
+        with raises_clear(TypeError, "ignore_index"):
+            fn(True)
+        fn(1)
+    assert_close(loss.cross_entropy(logits, targets, ignore_index=1), _oracle(logits, targets, ignore_index=1),
+                 what="cross_entropy(ignore_index=1)")
+
+
+@given(v=sizes(12, 1), reduction=reductions, dtype=float_dtypes, seed=seeds)
+def test_one_dim_logits(loss, v, reduction, dtype, seed):
+    """Logits of rank 1 (one position: (V,), a 0-dim target) are fine: log_softmax and cross_entropy equal
+    torch's unbatched results; rank-0 logits are a ValueError naming logits."""
+    logits = randn((v,), seed, dtype, 3.0)
+    target = randint(0, v, (), seed + 1)
+    assert_close(loss.log_softmax(logits), torch.log_softmax(logits, dim=-1), what="log_softmax of (V,) logits")
+    got = loss.cross_entropy(logits, target, reduction=reduction)
+    assert_close(got, F.cross_entropy(logits, target, reduction=reduction),
+                 what=f"cross_entropy((V,) logits, 0-dim target, reduction={reduction!r})")
+    with raises_clear(ValueError, "logits"):
+        loss.log_softmax(torch.tensor(1.0, dtype=dtype))
+    with raises_clear(ValueError, "logits"):
+        loss.cross_entropy(torch.tensor(1.0, dtype=dtype), torch.tensor(0), reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_reduction_name_compares_by_value(loss, reduction):
+    """A reduction name read from a config (an equal string, not the literal) reduces as the literal does."""
+    logits, targets = randn((2, 3, 5), 0, torch.float64), torch.tensor([[0, 4, 1], [2, -100, 4]])
+    got = loss.cross_entropy(logits, targets, reduction=fresh(reduction))
+    assert_close(got, _oracle(logits, targets, reduction=reduction),
+                 what=f"cross_entropy(reduction={reduction!r} read from a config)")
+    smoothed = loss.label_smoothed_cross_entropy(logits, targets, 0.2, reduction=fresh(reduction))
+    assert_close(smoothed, _smoothed_oracle(logits, targets, 0.2, reduction=reduction),
+                 what=f"label_smoothed_cross_entropy(reduction={reduction!r} read from a config)")
+
+
+def test_compiled_targets_outside_the_range(loss):
+    """Compiled, cross_entropy still refuses targets outside [0, V) that are not ignore_index, and equals
+    the eager loss on valid ones.
+
+    Traced by dynamo (the `eager` backend, one graph): a target of -1, V or beyond is refused (an
+    in-graph assert there is a RuntimeError; eager mode raises ValueError); targets in [0, V) and
+    ignore_index pass."""
+    logits = randn((2, 3, 5), 0)
+    targets = torch.tensor([[0, 4, -100], [2, 3, 1]])
+    expected = loss.cross_entropy(logits, targets)  # eager first: a stub reads as not started
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda z, t: loss.cross_entropy(z, t) * 1, backend="eager", fullgraph=True)
+    assert_close(compiled(logits, targets), expected, what="compiled cross_entropy on valid targets")
+    for value in (-1, 5, 8):
+        bad = targets.clone()
+        bad[1, 0] = value
+        with pytest.raises((RuntimeError, ValueError)):
+            compiled(logits, bad)
 
 
 @given(lead=batch_shapes(1, 2), v=sizes(12, 2), seed=seeds)
