@@ -15,7 +15,7 @@
   timeout is killed (outcome ``timeout``, reported apart from ``killed``).
 - **Which spec runs**: the mutated module's own component spec; for ``checks.py``, the specs of
   cheap components that use it (``CHECKS_SPECS``), except its functions that only heavier components
-  call (``CHECKS_SPECS_BY_DEFINITION``: the compile switch runs generate's spec).
+  call, or that only they reach at a boundary (``CHECKS_SPECS_BY_DEFINITION``).
 - **Equivalent mutants** are listed with a reason in ``docs/mutation/equivalent.toml``; a mutant is
   identified by module, operator, occurrence and the original and mutated line, so an edit elsewhere
   in the file never re-points an entry silently: an entry that matches nothing is reported stale.
@@ -51,7 +51,11 @@ ORDER = ("linear", "embedding", "norm", "feedforward", "loss", "positional", "op
 # checks.py has no spec of its own: the specs of cheap components that validate their arguments with it.
 CHECKS_SPECS = ("linear", "embedding", "norm", "feedforward", "positional", "loss", "corpus", "optim", "data")
 # Functions of checks.py that only the heavier components call run those components' specs instead.
-CHECKS_SPECS_BY_DEFINITION = {"compile_backend": ("generate",), "compiled": ("generate",)}
+# tensor() also runs attention's and generate's (the only callers of its floating=None and min..max ranks),
+# number_in_range() train's (the only inclusive upper bound: min_lr <= lr).
+CHECKS_SPECS_BY_DEFINITION = {"compile_backend": ("generate",), "compiled": ("generate",),
+                              "tensor": (*CHECKS_SPECS, "attention", "generate"),
+                              "number_in_range": (*CHECKS_SPECS, "train")}
 CI_SAMPLE_SIZE = 300
 CI_SAMPLE_SEED = 20261202
 STATUSES = ("killed", "timeout", "survived", "equivalent", "incompetent")
@@ -972,8 +976,8 @@ def write_report(session: Session, modules: list[str], source: Path) -> None:
              "equivalent.toml by function or as annotations, are counted as equivalent without running). *timeout*: the mutant made the spec "
              "run past 3x its normal time + 20 s and was killed (an infinite loop, a huge allocation); "
              "*incompetent*: the mutation no longer applies. Mutants of `checks.py` run the specs of "
-             f"{', '.join(CHECKS_SPECS)} (those of its functions "
-             + ", ".join(f"{d} run {', '.join(c)}'s" for d, c in CHECKS_SPECS_BY_DEFINITION.items())
+             f"{', '.join(CHECKS_SPECS)}, except the functions that heavier components reach too ("
+             + "; ".join(f"{d}: {', '.join(c)}" for d, c in CHECKS_SPECS_BY_DEFINITION.items())
              + "); every other module runs its own component's spec.", "",
              "For a module not fully run, the counts and the score are over the mutants run so far "
              "(for the larger modules a seeded random sample, `--sample`), so the score is an estimate.", "",

@@ -175,6 +175,7 @@ def test_train_config_errors(train, tmp_path):
             train.TrainConfig(**{**ok, field: value})
     with raises_clear(ValueError, "min_lr"):
         train.TrainConfig(**ok, lr=1e-3, min_lr=1e-2)
+    train.TrainConfig(**ok, lr=1e-3, min_lr=1e-3)   # min_lr <= lr: equal is a constant rate, allowed
     with raises_clear(ValueError, "accum"):
         train.TrainConfig(**ok, batch_size=6, accum=4)
 
