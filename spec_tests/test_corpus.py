@@ -308,3 +308,170 @@ def test_bad_grammars(corpus):
         corpus.StoryGrammar(ok, "u")
     with raises_clear(ValueError, "n"):
         corpus.StoryGrammar(ok, "s").documents(-1)
+
+
+# --- the stored table ---------------------------------------------------------------------------
+
+def test_stored_transitions_are_frozen(corpus):
+    """A grammar stores frozen, hashable Transitions (tuples in the table become Transition(*t)):
+    a checked transition cannot be changed afterwards, and equal transitions hash alike."""
+    import dataclasses
+
+    grammar = corpus.StoryGrammar({"s": [("a", 0.5, "t"), ("b", 0.5, "t")], "t": [("", 1.0, None)]}, "s")
+    first = grammar.transitions["s"][0]
+    assert isinstance(first, corpus.Transition), f"stored transition is a {type(first).__name__}, not a Transition"
+    for field, value in (("prob", 2.0), ("text", ""), ("next_state", None)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(first, field, value)
+    assert_equal((first.text, first.prob, first.next_state), ("a", 0.5, "t"), what="the transition after the attempts")
+    assert_equal(hash(first), hash(corpus.Transition("a", 0.5, "t")), what="hash of equal Transitions")
+    assert_equal(len({first, corpus.Transition("a", 0.5, "t")}), 1, what="size of a set of two equal Transitions")
+
+
+@pytest.mark.parametrize("transitions", [{}, [], [("s", [("", 1.0, None)])], ("s",)],
+                         ids=["empty dict", "empty list", "list of pairs", "tuple holding the start"])
+def test_transitions_must_be_a_non_empty_dict(corpus, transitions):
+    """transitions that is not a dict, or an empty dict, is a ValueError naming transitions."""
+    with raises_clear(ValueError, "transitions"):
+        corpus.StoryGrammar(transitions, "s")
+    corpus.StoryGrammar({"s": [("", 1.0, None)]}, "s")   # one state with only END: accepted
+
+
+def test_a_state_may_have_many_transitions(corpus):
+    """A state with 300 prefix-free transitions is valid: only distinct texts are compared for prefixes."""
+    texts = [f"w{k:03d}" for k in range(300)]
+    grammar = corpus.StoryGrammar({"s": [(t, 1 / 300, "t") for t in texts], "t": [("", 1.0, None)]}, "s")
+    for t in (texts[0], texts[256], texts[299]):
+        assert abs(grammar.log_prob(t) - math.log(1 / 300)) < 1e-12, f"log_prob({t!r}) != log(1/300)"
+
+
+# --- sampling at the boundaries -----------------------------------------------------------------
+
+class _ScriptedRandom(random.Random):
+    """A random.Random whose random() returns the given values in turn (then 0.0)."""
+
+    def __init__(self, values):
+        super().__init__(0)
+        self.values = list(values)
+
+    def random(self):
+        return self.values.pop(0) if self.values else 0.0
+
+
+@st.composite
+def _dyadic_probabilities(draw):
+    """2 to 5 probabilities k / 16 (k >= 1) that sum to 1 exactly."""
+    n = draw(st.integers(2, 5))
+    cuts = sorted(draw(st.lists(st.integers(1, 15), min_size=n - 1, max_size=n - 1, unique=True)))
+    edges = [0, *cuts, 16]
+    return [(b - a) / 16 for a, b in zip(edges, edges[1:])]
+
+
+@given(probs=_dyadic_probabilities())
+def test_sampling_at_exact_cumulative_probabilities(corpus, probs):
+    """u = rng.random() picks the FIRST transition whose cumulative probability EXCEEDS u (strictly):
+    for every u = j / 16, including u equal to a cumulative probability, the pick is the oracle's."""
+    letters = "abcde"[: len(probs)]
+    table = {"s": [(x, p, "t") for x, p in zip(letters, probs)], "t": [("", 1.0, None)]}
+    grammar = corpus.StoryGrammar(table, "s")
+    for j in range(16):
+        u = j / 16
+        expected = _oracle_sample(table, _ScriptedRandom([u, 0.0]), start="s")
+        got = grammar.sample_document(_ScriptedRandom([u, 0.0]))
+        assert_equal(got, expected, what=f"document drawn with u = {u} for probabilities {probs}")
+
+
+def test_sampling_falls_back_to_the_last_transition(corpus):
+    """When the probabilities sum to a little under 1 (within PROB_TOLERANCE) and u is above their sum,
+    the LAST transition of the state is taken."""
+    table = {"s": [("a", 0.25, "t"), ("b", 0.25, "t"), ("c", 0.5 - 5e-10, "t")], "t": [("", 1.0, None)]}
+    grammar = corpus.StoryGrammar(table, "s")
+    u = 1.0 - 2.0 ** -53                                 # the largest value random.random() returns
+    assert_equal(grammar.sample_document(_ScriptedRandom([u, u])), "c", what="document drawn with u = 1 - 2**-53")
+
+
+# --- the entropy floor's argument ---------------------------------------------------------------
+
+def test_entropy_floor_needs_at_least_one_document(corpus):
+    """entropy_floor_bits_per_char([]) is a ValueError naming documents; one document is enough."""
+    table = _table([1.0] * 8)
+    grammar = _grammar(corpus, table)
+    with raises_clear(ValueError, "documents"):
+        grammar.entropy_floor_bits_per_char([])
+    doc = "Bo saw a dog. Bye."
+    expected = -math.log2(_enumerate(table)[doc]) / (len(doc) + 1)
+    got = grammar.entropy_floor_bits_per_char([doc])
+    assert abs(got - expected) < 1e-12, f"floor of one document: expected {expected!r}, got {got!r}"
+
+
+# --- the story grammar and the built-in corpus ---------------------------------------------------
+
+def test_story_possessive_agrees_with_pronoun(corpus):
+    """In the story grammar, "She ... her mom" and "He ... his mom": the possessive after a pronoun
+    matches it, in every text piece that has one (and there are such pieces for both pronouns)."""
+    import re
+
+    grammar = corpus.story_grammar()
+    found = Counter()
+    for state, options in grammar.transitions.items():
+        for t in options:
+            for pronoun, possessive in re.findall(r"\b(She|He) (?:\w+ )+?(her|his) mom", t.text):
+                found[pronoun] += 1
+                assert_equal(possessive, {"She": "her", "He": "his"}[pronoun],
+                             what=f"possessive in state {state!r}'s text {t.text!r}")
+    assert found["She"] > 0 and found["He"] > 0, f"pieces with a pronoun and 'mom': {dict(found)}"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 7, 2**20 + 5])
+def test_builtin_corpus_seeds(corpus, seed):
+    """builtin_corpus(n_train, n_val, seed) is story_grammar().documents(n_train, 2 * seed) and
+    .documents(n_val, 2 * seed + 1), for every seed."""
+    grammar = corpus.story_grammar()
+    train, val = corpus.builtin_corpus(3, 2, seed)
+    assert_equal(train, grammar.documents(3, 2 * seed), what=f"training documents for seed {seed}")
+    assert_equal(val, grammar.documents(2, 2 * seed + 1), what=f"validation documents for seed {seed}")
+
+
+# --- errors at the boundaries ---------------------------------------------------------------------
+
+def test_at_most_one_end_per_state(corpus):
+    """A state with two END transitions is a ValueError naming it and END; one END is accepted."""
+    T = corpus.Transition
+    with raises_clear(ValueError, "'s'", "END"):
+        corpus.StoryGrammar({"s": [T("", 0.5, None), T("", 0.5, None)]}, "s")
+    with raises_clear(ValueError, "'s'", "END"):
+        corpus.StoryGrammar({"s": [T("", 0.25, None), T("a", 0.5, "s"), T("", 0.25, None)]}, "s")
+    corpus.StoryGrammar({"s": [T("", 0.5, None), T("a", 0.5, "s")]}, "s")
+
+
+@pytest.mark.parametrize("probs", [(0.0, 1.0), (-0.5, 0.75, 0.75), (0.75, 0.75, -0.5), (1.0 + 5e-10,),
+                                   (True,), (0.5, "0.5"), (0.5, None)],
+                         ids=["zero", "negative first", "negative last", "just above 1", "bool", "str", "None"])
+def test_probability_outside_the_range_is_refused(corpus, probs):
+    """Each prob must be a real number (int or float, not bool) in (0, 1]: 0, a negative number,
+    1 + 5e-10 (even when the state's sum is within PROB_TOLERANCE of 1) and non-numbers are a
+    ValueError naming the state and prob."""
+    letters = "abc"
+    table = {"s": [(x, p, "t") for x, p in zip(letters, probs)], "t": [("", 1.0, None)]}
+    with raises_clear(ValueError, "'s'", "prob"):
+        corpus.StoryGrammar(table, "s")
+
+
+@pytest.mark.parametrize("probs", [(5e-10, 1.0 - 5e-10), (1.0,), (1,), (0.5, 0.5 - 5e-10)],
+                         ids=["tiny positive", "one", "the int 1", "sum 1 - 5e-10"])
+def test_probability_inside_the_range_is_accepted(corpus, probs):
+    """Probabilities in (0, 1] (ints included) whose sum is within PROB_TOLERANCE of 1 are accepted."""
+    letters = "abc"
+    table = {"s": [(x, p, "t") for x, p in zip(letters, probs)], "t": [("", 1.0, None)]}
+    grammar = corpus.StoryGrammar(table, "s")
+    assert abs(grammar.log_prob("a") - math.log(probs[0])) < 1e-12, "log_prob of the first transition"
+
+
+def test_prefix_refused_in_either_order(corpus):
+    """Texts of a state must be prefix-free whichever comes first: "ab" before "a" is refused too."""
+    T = corpus.Transition
+    with raises_clear(ValueError, "'s'", "prefix"):
+        corpus.StoryGrammar({"s": [T("ab", 0.5, "t"), T("a", 0.5, "t")], "t": [T("", 1.0, None)]}, "s")
+    with raises_clear(ValueError, "'s'", "prefix"):
+        corpus.StoryGrammar({"s": [T("x", 0.25, "t"), T("ab", 0.25, "t"), T("b", 0.25, "t"), T("a", 0.25, "t")],
+                             "t": [T("", 1.0, None)]}, "s")
