@@ -1,6 +1,6 @@
 """Flake check: run the spec N times, each with a fresh random hypothesis seed and no example database.
 
-``python -m bare_lm.flake --runs N [--profile dev] [--component C ...] [-- PYTEST ARGS]``
+``python -m bare_lm.flake --runs N [--jobs J] [--profile dev] [--component C ...] [-- PYTEST ARGS]``
 
 Each run is ``python -m pytest <spec files> --hypothesis-seed=<random> --hypothesis-profile=<profile>
 -p bare_lm.flake`` in a fresh process. Loaded as a pytest plugin (``-p bare_lm.flake``), this module
@@ -57,29 +57,37 @@ def _failed_tests(report: Path) -> list[str]:
     return failed
 
 
-def run(runs: int, profile: str, targets: list[str], pytest_args: list[str], seed: int | None = None) -> int:
+def run(runs: int, profile: str, targets: list[str], pytest_args: list[str], seed: int | None = None,
+        jobs: int = 1) -> int:
+    from concurrent.futures import ThreadPoolExecutor
     rng = random.Random(seed)
+    hypothesis_seeds = [rng.randrange(2**32) for _ in range(runs)]
     failures: Counter = Counter()
     seeds: dict[str, list[int]] = defaultdict(list)
     broken_runs = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(runs):
-            hypothesis_seed = rng.randrange(2**32)
+        def one(i: int):
+            hypothesis_seed = hypothesis_seeds[i]
             report = Path(tmp) / f"run-{i}.xml"
             cmd = [sys.executable, "-m", "pytest", *targets, *pytest_args, "-q", "--no-header", "--tb=no",
                    "-p", "no:cacheprovider", "-p", "bare_lm.flake", f"--hypothesis-seed={hypothesis_seed}",
                    f"--hypothesis-profile={profile}", f"--junitxml={report}"]
             proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
                                   env={**os.environ, "PYTHONHASHSEED": str(hypothesis_seed % 2**31)})
-            failed = _failed_tests(report)
-            for name in failed:
-                failures[name] += 1
-                seeds[name].append(hypothesis_seed)
-            if proc.returncode not in (0, 1):
-                broken_runs.append((i, proc.returncode, (proc.stdout + proc.stderr)[-500:]))
-            print(f"run {i + 1}/{runs}: seed {hypothesis_seed}, exit {proc.returncode}, "
-                  f"{len(failed)} failed", flush=True)
+            return i, hypothesis_seed, proc, _failed_tests(report)
+
+        done = 0
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:   # each run is its own process
+            for i, hypothesis_seed, proc, failed in pool.map(one, range(runs)):
+                done += 1
+                for name in failed:
+                    failures[name] += 1
+                    seeds[name].append(hypothesis_seed)
+                if proc.returncode not in (0, 1):
+                    broken_runs.append((i, proc.returncode, (proc.stdout + proc.stderr)[-500:]))
+                print(f"run {done}/{runs}: seed {hypothesis_seed}, exit {proc.returncode}, "
+                      f"{len(failed)} failed", flush=True)
     elapsed = time.perf_counter() - start
     print()
     if failures:
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--component", action="append", default=[],
                         help="only spec_tests/test_COMPONENT.py (repeatable)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the seeds (default: random)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, got {args.runs}")
@@ -116,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no spec file {t}")
     if not targets and not pytest_args:
         targets = [str(SPEC_DIR)]
-    return run(args.runs, args.profile, targets, pytest_args, args.seed)
+    return run(args.runs, args.profile, targets, pytest_args, args.seed, args.jobs)
 
 
 if __name__ == "__main__":
