@@ -461,7 +461,7 @@ def _kind(t: type) -> str:
 def _load_tensors(data: bytes, file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_tensors_from_bytes(data)
-    except (SafetensorError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError, KeyError) as err:  # KeyError: a dtype torch lacks
         raise CheckpointError(f"corrupt checkpoint: cannot read {file} ({err})") from None
 
 

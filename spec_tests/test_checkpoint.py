@@ -808,3 +808,239 @@ def test_new_checkpoint_is_flushed_before_its_commit(checkpoint, impl, tmp_path,
         parent = os.path.dirname(os.path.realpath(os.fspath(args[1])))
         assert any(step > commit and p == parent for step, p in flushed), \
             f"the directory of the commit ({plan.steps[commit]}) is not fsynced after it: the commit may be lost"
+
+
+# --- checkpoint.json, field by field: every check, just outside and inside -----------------------
+
+def _saved_tiny(checkpoint, impl, path, step=1, **kwargs):
+    """A tiny tied model saved at ``path`` (with a tensor in ``extra``); returns the model."""
+    model = _tiny(impl, step)
+    checkpoint.save_checkpoint(path, model, step=step, rng_state=_RNG, **kwargs)
+    return model
+
+
+def _load_error(checkpoint, path):
+    """The error ``load_checkpoint(path)`` raises (an AssertionError when it loads)."""
+    try:
+        checkpoint.load_checkpoint(path)
+    except NotImplementedError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the caller checks its type and message
+        return err
+    raise AssertionError(f"{path} loaded, but it should have been refused")
+
+
+def _assert_refused(checkpoint, path, *words, absent=()):
+    """load_checkpoint(path) raises a CheckpointError naming ``words`` and none of ``absent``.
+
+    The words are looked for in the message with the checkpoint's own path cut out (a test's
+    temporary directory is named after the test, and would name them for any message).
+    """
+    err = _load_error(checkpoint, path)
+    message = str(err)
+    for root in {str(path), os.path.realpath(path)}:
+        message = message.replace(root, "<path>")
+    if not isinstance(err, checkpoint.CheckpointError):
+        raise AssertionError(f"expected a CheckpointError naming {list(words)}, got {type(err).__name__}: {err}")
+    missing = [w for w in words if w.lower() not in message.lower()]
+    wrong = [w for w in absent if w.lower() in message.lower()]
+    assert not missing, f"raised CheckpointError({message!r}), but the message should name {missing}"
+    assert not wrong, f"raised CheckpointError({message!r}), but the message should not say {wrong}"
+
+
+@pytest.mark.parametrize("value", ["bare-lm-checkpoint/1", "bare-lm-checkpoint/3", "bare-lm-checkpoint/2 ",
+                                   "Bare-LM-checkpoint/2", 2, None])
+def test_format_other_than_the_current_one_is_refused(checkpoint, impl, tmp_path, value):
+    """A checkpoint.json whose format is any value but "bare-lm-checkpoint/2" (older, newer, not a string) is refused, naming format."""
+    _saved_tiny(checkpoint, impl, tmp_path / "c")
+    checkpoint.load_checkpoint(tmp_path / "c")  # the format as saved (a string read from JSON) loads
+    _edit_json(tmp_path / "c", _set("format", value), rehash=True)
+    _assert_refused(checkpoint, tmp_path / "c", "checkpoint.json", "format")
+
+
+def test_missing_and_unknown_keys_are_named_as_such(checkpoint, impl, tmp_path):
+    """A missing top-level key is named as missing (not unknown), an unknown one as unknown (not missing); both at once, both."""
+    _saved_tiny(checkpoint, impl, tmp_path / "c")
+    original = _file(tmp_path / "c", "checkpoint.json").read_text(encoding="utf-8")
+    cases = [(_drop("extra"), ["extra", "missing"], ["unknown"]),
+             (_set("surplus", 1), ["surplus", "unknown"], ["missing"]),
+             (lambda m: (m.pop("extra"), m.update(surplus=1)), ["extra", "surplus", "missing", "unknown"], [])]
+    for edit, words, absent in cases:
+        _file(tmp_path / "c", "checkpoint.json").write_text(original, encoding="utf-8")
+        _edit_json(tmp_path / "c", edit, rehash=True)
+        _assert_refused(checkpoint, tmp_path / "c", "checkpoint.json", *words, absent=absent)
+
+
+@pytest.mark.parametrize("value", ["0" * 64, "f" * 64, "upper", None, 0])
+def test_meta_sha256_other_than_the_content_hash_is_refused(checkpoint, impl, tmp_path, value):
+    """A meta_sha256 that is not the content's hash (lower or higher, the right one in upper case, not a string) is refused."""
+    _saved_tiny(checkpoint, impl, tmp_path / "c")
+    _edit_json(tmp_path / "c", lambda m: m.update(meta_sha256=m["meta_sha256"].upper() if value == "upper" else value))
+    _assert_refused(checkpoint, tmp_path / "c", "checkpoint.json")
+
+
+def _sha256_edit(kind):
+    def edit(m):
+        h = m["sha256"]
+        if kind == "state file missing":
+            h.pop("state.safetensors")
+        elif kind == "a third file":
+            h["x.safetensors"] = h["model.safetensors"]
+        elif kind == "upper case":
+            h["state.safetensors"] = h["state.safetensors"].upper()
+        elif kind == "63 digits":
+            h["state.safetensors"] = h["state.safetensors"][:63]
+        elif kind == "a number":
+            h["state.safetensors"] = 5
+        elif kind == "null":
+            h["state.safetensors"] = None
+    return edit
+
+
+@pytest.mark.parametrize("kind", ["state file missing", "a third file", "upper case", "63 digits", "a number", "null"])
+def test_sha256_field_maps_exactly_both_files_to_lowercase_digits(checkpoint, impl, tmp_path, kind):
+    """sha256 must map model.safetensors and state.safetensors, no other key, each to 64 lowercase hex digits: else refused naming sha256 and the form."""
+    _saved_tiny(checkpoint, impl, tmp_path / "c")
+    _edit_json(tmp_path / "c", _sha256_edit(kind), rehash=True)
+    _assert_refused(checkpoint, tmp_path / "c", "checkpoint.json", "sha256", "hex")
+
+
+@pytest.mark.parametrize("tied", [{"lm_head.weight": "no_such.weight"}, {"lm_head.weight": 5},
+                                  {"lm_head.weight": None}, {"lm_head.weight": ["token_embedding.weight"]}],
+                         ids=["unknown name", "a number", "null", "a list"])
+def test_tied_alias_must_name_a_stored_weight(checkpoint, impl, tmp_path, tied):
+    """A tied entry whose target is not a stored weight's name (another name, not a string) is refused, naming tied."""
+    _saved_tiny(checkpoint, impl, tmp_path / "c")
+    _edit_json(tmp_path / "c", _set("tied", tied), rehash=True)
+    _assert_refused(checkpoint, tmp_path / "c", "checkpoint.json", "tied")
+
+
+def test_tied_alias_that_is_stored_too_is_refused(checkpoint, impl, tmp_path):
+    """An untied model's checkpoint given the tied entry lm_head -> token_embedding (both stored) is refused, naming tied."""
+    model = _model(impl, 0, tie_weights=False)
+    checkpoint.save_checkpoint(tmp_path / "c", model, step=1, rng_state=_RNG)
+    assert_equal(json.loads(_file(tmp_path / "c", "checkpoint.json").read_text())["tied"], {},
+                 what="tied of an untied model")
+    _edit_json(tmp_path / "c", _set("tied", {"lm_head.weight": "token_embedding.weight"}), rehash=True)
+    _assert_refused(checkpoint, tmp_path / "c", "checkpoint.json", "tied")
+
+
+def _python_pair(meta):
+    return next(p for p in meta["rng"]["__dict__"] if p[0] == "python")
+
+
+def test_rng_field_null_loads_as_none(checkpoint, impl, tmp_path):
+    """A checkpoint.json whose rng is null loads, with rng_state None."""
+    _saved_tiny(checkpoint, impl, tmp_path / "c")
+    _edit_json(tmp_path / "c", _set("rng", None), rehash=True)
+    assert checkpoint.load_checkpoint(tmp_path / "c").rng_state is None, "rng null must load as rng_state None"
+
+
+@pytest.mark.parametrize("case", ["no torch state", "torch state a list"])
+def test_rng_field_must_hold_the_torch_state_as_a_tensor(checkpoint, impl, tmp_path, case):
+    """An rng dict without the torch state, or with one that is not a tensor, is refused, naming rng."""
+    checkpoint.save_checkpoint(tmp_path / "c", _tiny(impl, 1), step=1)  # the default rng_state: with python's
+    if case == "no torch state":
+        edit = lambda m: m["rng"].update({"__dict__": [p for p in m["rng"]["__dict__"] if p[0] != "torch"]})
+    else:
+        edit = lambda m: next(p for p in m["rng"]["__dict__"] if p[0] == "torch").__setitem__(1, [1, 2, 3])
+    _edit_json(tmp_path / "c", edit, rehash=True)
+    _assert_refused(checkpoint, tmp_path / "c", "checkpoint.json", "rng")
+
+
+def _tensor_ref(meta):
+    """The encoded tensor {"__tensor__": key} of extra["t"]."""
+    return next(v for k, v in meta["extra"]["__dict__"] if k == "t")
+
+
+# Malformed encoded values put in ``extra``: (edit of the whole JSON object)
+_MALFORMED = {
+    "an empty object": lambda m: m.update(extra={}),
+    "a plain object": lambda m: m.update(extra={"x": 1}),
+    "a tensor missing from state.safetensors": lambda m: m.update(extra={"__tensor__": "no_such_tensor"}),
+    "a tensor key that is not a string": lambda m: m.update(extra={"__tensor__": 5}),
+    "a tensor with another key": lambda m: m.update(extra={"__dict__": [["t", dict(_tensor_ref(m), x=1)]]}),
+    "a dict with another key": lambda m: m.update(extra={"__dict__": [["a", 1]], "x": 1}),
+    "a dict whose pairs are a number": lambda m: m.update(extra={"__dict__": 5}),
+    "a pair of one": lambda m: m.update(extra={"__dict__": [["a"]]}),
+    "a pair of three": lambda m: m.update(extra={"__dict__": [["a", 1, 2]]}),
+    "a pair that is a string": lambda m: m.update(extra={"__dict__": ["ab"]}),
+    "a key that cannot be a dict key": lambda m: m.update(extra={"__dict__": [[["a"], 1]]}),
+}
+
+
+@pytest.mark.parametrize("case", list(_MALFORMED))
+def test_malformed_encoded_value_is_refused(checkpoint, impl, tmp_path, case):
+    """An encoded value that is neither a JSON scalar, a list, {"__tensor__": stored key} nor {"__dict__": [[key, value], ...]} is refused, naming the field."""
+    _saved_tiny(checkpoint, impl, tmp_path / "c", extra={"t": torch.arange(3)})
+    got = checkpoint.load_checkpoint(tmp_path / "c").extra
+    assert torch.equal(got["t"], torch.arange(3)), "extra['t'] as saved"
+    _edit_json(tmp_path / "c", _MALFORMED[case], rehash=True)
+    _assert_refused(checkpoint, tmp_path / "c", "checkpoint.json", "extra")
+
+
+# --- the tensor files: hashed right, still refused ------------------------------------------------
+
+def _replace_tensor_file(path, name, data):
+    """Write ``data`` as the tensor file ``name`` and record its sha256 (checkpoint.json re-hashed): only
+    the reading of the file can refuse it."""
+    _file(path, name).write_bytes(data)
+    _edit_json(path, lambda m: m["sha256"].update({name: hashlib.sha256(data).hexdigest()}), rehash=True)
+
+
+def _safetensors_bytes(header, body=b""):
+    """A file in the safetensors layout: 8-byte little-endian header length, the JSON header, the data."""
+    head = json.dumps(header).encode("utf-8") if not isinstance(header, bytes) else header
+    return len(head).to_bytes(8, "little") + head + body
+
+
+_UNREADABLE = {
+    "empty": b"",
+    "shorter than a header": b"abc",
+    "header length past the end": (10 ** 6).to_bytes(8, "little") + b"{}",
+    "header not JSON": _safetensors_bytes(b"hello"),
+    "offsets past the data": _safetensors_bytes({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 80]}},
+                                                b"\0" * 8),
+}
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "state.safetensors"])
+@pytest.mark.parametrize("case", list(_UNREADABLE))
+def test_unreadable_tensor_file_with_its_sha256_is_refused(checkpoint, impl, tmp_path, name, case):
+    """A tensor file that is not safetensors, even with its sha256 recorded, is a CheckpointError naming the file."""
+    _saved_tiny(checkpoint, impl, tmp_path / "c")
+    _replace_tensor_file(tmp_path / "c", name, _UNREADABLE[case])
+    _assert_refused(checkpoint, tmp_path / "c", name)
+
+
+def test_tensor_file_of_a_dtype_torch_lacks_is_refused(checkpoint, impl, tmp_path):
+    """A valid safetensors file holding a dtype torch has no type for (F4), with its sha256, is a CheckpointError naming it."""
+    _saved_tiny(checkpoint, impl, tmp_path / "c")
+    data = _safetensors_bytes({"w": {"dtype": "F4", "shape": [16], "data_offsets": [0, 8]}}, b"\1" * 8)
+    _replace_tensor_file(tmp_path / "c", "state.safetensors", data)
+    _assert_refused(checkpoint, tmp_path / "c", "state.safetensors")
+
+
+def _rewrite_weights(path, change):
+    """Apply ``change(weights)`` to model.safetensors' tensors and store them with their sha256."""
+    from safetensors.torch import load, save
+    weights = load(_file(path, "model.safetensors").read_bytes())
+    change(weights)
+    _replace_tensor_file(path, "model.safetensors", save(weights))
+
+
+_MISFITS = {
+    "a weight missing": lambda w: w.pop("ln_f.weight"),
+    "a weight the model lacks": lambda w: w.update({"extra.weight": torch.zeros(4)}),
+    "a weight of another shape": lambda w: w.update({"ln_f.weight": torch.zeros(5)}),
+}
+
+
+@pytest.mark.parametrize("case", list(_MISFITS))
+def test_weights_that_do_not_fit_the_config_are_refused(checkpoint, impl, tmp_path, case):
+    """model.safetensors (with its sha256) lacking a weight, holding one the model lacks or one of another shape is refused, naming it."""
+    _saved_tiny(checkpoint, impl, tmp_path / "c")
+    _rewrite_weights(tmp_path / "c", lambda w: None)
+    checkpoint.load_checkpoint(tmp_path / "c")  # the same weights, written again: they fit
+    _rewrite_weights(tmp_path / "c", _MISFITS[case])
+    _assert_refused(checkpoint, tmp_path / "c", "model.safetensors")
