@@ -4,13 +4,16 @@ No tokenizer component is needed: the tests use ``ByteTokenizer`` (ids = UTF-8 b
 batchers work on id tensors built here.
 """
 
+import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -531,3 +534,250 @@ def test_bad_arguments(data):
         data.DynamicBatches([], 2, 4, eot_id=0)
     with raises_clear(ValueError, "eot_id"):
         data.token_stream([torch.arange(3)], -1)
+
+
+# --- the documented formulas: batch_seed, cache_key, the cache file ------------------------------
+
+def _batch_seed_formula(seed, step):
+    return (seed * 1_000_003 + step * 7919 + 12345) % (2**63 - 1)
+
+
+def _hitting(total):
+    """A (seed, step) whose seed * 1_000_003 + step * 7919 + 12345 is exactly ``total``."""
+    for seed in range(7919):  # 1_000_003 is invertible mod the prime 7919: some seed < 7919 works
+        rest = total - 12345 - seed * 1_000_003
+        if rest >= 0 and rest % 7919 == 0:
+            return seed, rest // 7919
+    raise AssertionError(f"no (seed, step) reaches {total}")
+
+
+@given(seed=st.one_of(st.integers(0, 1000), st.integers(0, 2**70)),
+       step=st.one_of(st.integers(0, 1000), st.integers(0, 2**40)))
+@example(seed=0, step=0)
+def test_batch_seed_is_the_documented_formula(data, seed, step):
+    """batch_seed(seed, step) == (seed * 1_000_003 + step * 7919 + 12345) % (2**63 - 1) for all ints >= 0,
+    also where the sum crosses 2**62 and 2**63 (a valid manual_seed: 0 <= value < 2**63 - 1)."""
+    cases = [(seed, step)] + [_hitting(total) for total in
+                              (2**62 - 2, 2**62 - 1, 2**62, 2**63 - 2, 2**63 - 1, 2**63, 2**64 - 1, 2**64)]
+    for s, k in cases:
+        got, want = data.batch_seed(s, k), _batch_seed_formula(s, k)
+        assert isinstance(got, int) and got == want, \
+            f"batch_seed({s}, {k}) (sum {s * 1_000_003 + k * 7919 + 12345}): expected {want}, got {got!r}"
+        assert 0 <= got < 2**63 - 1, f"batch_seed({s}, {k}) = {got} is outside [0, 2**63 - 1)"
+
+
+def _cache_key_formula(docs, tokenizer):
+    h = hashlib.sha256()
+    for doc in docs:
+        raw = doc.encode("utf-8")
+        h.update(len(raw).to_bytes(8, "little"))
+        h.update(raw)
+    h.update(b"tokenizer, documents as ordinary text")
+    h.update(json.dumps(tokenizer.to_dict(), sort_keys=True).encode("utf-8"))
+    return h.hexdigest()
+
+
+class DictTokenizer(ByteTokenizer):
+    """A ByteTokenizer whose to_dict() is a given dict (its key order included)."""
+
+    def __init__(self, fingerprint):
+        super().__init__()
+        self.fingerprint = fingerprint
+
+    def to_dict(self):
+        return self.fingerprint
+
+
+@given(docs=st.lists(texts, max_size=4), offset=st.integers(0, 3))
+@example(docs=[], offset=0)
+@example(docs=["a" * 300, ""], offset=1)
+def test_cache_key_is_the_documented_sha256(data, docs, offset):
+    """cache_key = sha256(for each document: its UTF-8 byte count as 8 bytes little-endian, then the bytes;
+    then b"tokenizer, documents as ordinary text"; then json.dumps(to_dict(), sort_keys=True)).hexdigest()."""
+    tok = ByteTokenizer(offset)
+    assert_equal(data.cache_key(docs, tok), _cache_key_formula(docs, tok), what=f"cache_key({docs!r})")
+
+
+def test_cache_key_ignores_the_key_order_of_to_dict(data):
+    """to_dict() enters the key sorted (json.dumps(sort_keys=True)): the same dict in another key order,
+    nested dicts included, is the same cache key; another value is another key."""
+    a = {"vocab": [1, 2], "kind": "bpe", "merges": {"z": 1, "b": 2}}
+    b = {"merges": {"b": 2, "z": 1}, "kind": "bpe", "vocab": [1, 2]}
+    c = {"merges": {"b": 2, "z": 3}, "kind": "bpe", "vocab": [1, 2]}
+    key_a, key_b = data.cache_key(["doc"], DictTokenizer(a)), data.cache_key(["doc"], DictTokenizer(b))
+    assert key_a == key_b, f"same to_dict() in another key order: keys {key_a} and {key_b} differ"
+    assert key_a != data.cache_key(["doc"], DictTokenizer(c)), "another to_dict() value gave the same key"
+
+
+@given(docs=st.lists(texts, max_size=5), offset=st.integers(0, 3))
+@example(docs=[], offset=0)
+@settings(max_examples=20)
+def test_cache_file_holds_int32_tokens_and_int64_offsets(data, tmp_path_factory, docs, offset):
+    """The cache is cache_dir/tokens-<cache_key>.npz (cache_dir and missing parents created): tokens int32
+    (all documents concatenated, empty for no document), offsets int64 [0, end of doc 0, ...]; a reload
+    gives the same ids without encode."""
+    tok = ByteTokenizer(offset)
+    cache = tmp_path_factory.mktemp("cache") / "missing" / "parents"
+    got = data.tokenize_documents(docs, tok, cache_dir=cache)
+    ids = [tok.encode(d) for d in docs]
+    assert_equal([t.tolist() for t in got], ids, what="ids on the first (encoding) call")
+    names = sorted(p.name for p in cache.iterdir())
+    assert_equal(names, [f"tokens-{data.cache_key(docs, tok)}.npz"], what="files in cache_dir")
+    with np.load(cache / names[0], allow_pickle=False) as saved:
+        tokens, offsets = saved["tokens"], saved["offsets"]
+    assert tokens.dtype == np.int32 and offsets.dtype == np.int64, \
+        f"cache dtypes: expected tokens int32, offsets int64, got {tokens.dtype}, {offsets.dtype}"
+    assert_equal(tokens.tolist(), [i for doc in ids for i in doc], what="cached tokens (documents concatenated)")
+    assert_equal(offsets.tolist(), [0] + [sum(map(len, ids[:k + 1])) for k in range(len(ids))],
+                 what="cached offsets")
+    spy = ByteTokenizer(offset)
+    again = data.tokenize_documents(docs, spy, cache_dir=cache)
+    assert spy.calls == 0, f"reload called encode {spy.calls} times"
+    assert_equal([t.tolist() for t in again], ids, what="ids read back from the cache")
+
+
+_UNPICKLED = []
+
+
+def _record_unpickling():
+    _UNPICKLED.append(True)
+    return 7
+
+
+class _PicklePayload:
+    """An object whose unpickling is recorded in _UNPICKLED."""
+
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+def test_cache_is_never_unpickled(data, tmp_path):
+    """A cache file holding pickled (object) arrays is refused (ValueError naming pickle), never unpickled."""
+    docs, tok = ["ab"], ByteTokenizer()
+    path = tmp_path / f"tokens-{data.cache_key(docs, tok)}.npz"
+    np.savez(path, tokens=np.array([_PicklePayload(), _PicklePayload()], dtype=object),
+             offsets=np.array([0, 2], dtype=np.int64))
+    _UNPICKLED.clear()
+    with raises_clear(ValueError, "pickle"):
+        data.tokenize_documents(docs, tok, cache_dir=tmp_path)
+    assert not _UNPICKLED, "tokenize_documents unpickled the cache file (np.load must use allow_pickle=False)"
+
+
+# --- boundaries and errors of the batchers ------------------------------------------------------
+
+def _value_error_message(call):
+    """The message of the ValueError that ``call()`` raises (a stub's NotImplementedError passes through)."""
+    with pytest.raises(ValueError) as info:
+        call()
+    return str(info.value)
+
+
+@pytest.mark.parametrize("t", [1, 2, 10, 11])
+def test_fixed_needs_t_plus_one_tokens(data, t):
+    """N = T + 1 tokens is accepted (one start, 0); N = T is a ValueError naming context_length and T + 1."""
+    batcher = data.FixedLengthBatches(torch.arange(t + 1) + 5, 2, t)
+    assert_equal(batcher.num_starts, 1, what=f"num_starts of N = T + 1 = {t + 1} tokens")
+    x, y = batcher.batch(0)
+    assert_equal(x.tolist(), [list(range(5, t + 5))] * 2, what="x of the only window")
+    assert_equal(y.tolist(), [list(range(6, t + 6))] * 2, what="y of the only window")
+    message = _value_error_message(lambda: data.FixedLengthBatches(torch.arange(t) + 5, 2, t))
+    assert "context_length" in message and re.search(rf"(?<![\d.]){t + 1}(?![\d.])", message), \
+        f"N = T = {t}: the error should name context_length and the required T + 1 = {t + 1}, got {message!r}"
+
+
+def test_streams_must_be_one_dimensional(data):
+    """A 0-d or 2-D stream is a ValueError naming stream and its dimensions, in FixedLengthBatches and
+    evaluation_batches."""
+    for bad in (torch.tensor(5), torch.arange(24).reshape(2, 12), torch.arange(24).reshape(1, 24)):
+        for what, call in (("FixedLengthBatches", lambda: data.FixedLengthBatches(bad, 2, 4)),
+                           ("evaluation_batches", lambda: data.evaluation_batches(bad, 2, 4))):
+            message = _value_error_message(call)
+            assert "stream" in message and re.search(r"dim|1-d|rank", message, re.IGNORECASE), \
+                f"{what} of a stream of shape {tuple(bad.shape)}: the error should name stream and its " \
+                f"dimensions, got {message!r}"
+
+
+def test_evaluation_needs_two_tokens(data):
+    """evaluation_batches needs N >= 2 tokens (one target): N = 2 is one padded window, N = 1 or 0 is a
+    ValueError naming stream."""
+    got = data.evaluation_batches(torch.tensor([7, 8]), 3, 4)
+    assert_equal([(x.tolist(), y.tolist()) for x, y in got], [([[7, 8, 0, 0]], [[8, IGNORE, IGNORE, IGNORE]])],
+                 what="evaluation_batches of 2 tokens, T = 4")
+    for n in (1, 0):
+        with raises_clear(ValueError, "stream"):
+            data.evaluation_batches(torch.arange(n), 3, 4)
+
+
+def test_padding_ids_are_the_documented_constants(data):
+    """Padded inputs are PAD_ID = 0 and padded targets IGNORE_INDEX = -100, in evaluation and dynamic batches."""
+    [(x, y)] = data.evaluation_batches(torch.tensor([5, 6, 7]), 1, 4)
+    assert_equal(x.tolist(), [[5, 6, 7, 0]], what="x of a short evaluation window (pad 0)")
+    assert_equal(y.tolist(), [[6, 7, IGNORE, IGNORE]], what="y of a short evaluation window (pad -100)")
+    batch = data.DynamicBatches([torch.tensor([3]), torch.tensor([4, 5, 6])], 2, 8, eot_id=9).collate(
+        torch.tensor([0, 1]))
+    assert_equal(batch.x.tolist(), [[9, 3, 0, 0], [9, 4, 5, 6]], what="x of a padded dynamic batch (pad 0)")
+    assert_equal(batch.y.tolist(), [[3, 9, IGNORE, IGNORE], [4, 5, 6, 9]], what="y of a padded dynamic batch")
+    assert_equal((data.PAD_ID, data.IGNORE_INDEX), (0, IGNORE), what="(PAD_ID, IGNORE_INDEX)")
+
+
+def test_dynamic_long_epoch_rolls_over(data):
+    """After the last batch of an epoch of 300 batches (more than small cached ints), next() moves to
+    (epoch + 1, index 0) and serves epoch_batches(epoch + 1)[0]."""
+    docs = [torch.tensor([i % 7 + 1]) for i in range(300)]
+    batcher = data.DynamicBatches(docs, 1, 4, eot_id=0, seed=3)
+    assert_equal(len(batcher), 300, what="batches per epoch (300 pieces, B = 1)")
+    served = [next(batcher) for _ in range(301)]
+    assert_equal(batcher.state_dict(), {"seed": 3, "epoch": 1, "index": 1}, what="state after 301 next()")
+    assert_equal(served[300].pieces.tolist(), batcher.epoch_batches(1)[0].pieces.tolist(),
+                 what="pieces of the first batch after the 300-batch epoch")
+
+
+# --- loading documents: separators, suffixes, dataset protocol ------------------------------------
+
+class _EmptyStr(str):
+    """A str subclass: an empty one is not the interned "" object."""
+
+
+def test_separator_must_be_a_non_empty_str(data, tmp_path):
+    """separator is None or a non-empty str: "" (any empty str) or a non-str is a ValueError naming separator,
+    whatever the source; a one-character str (also a str subclass) splits a text file."""
+    path = tmp_path / "doc.txt"
+    path.write_bytes(b"a@b")
+    for bad in ("", _EmptyStr(""), 5, b"@"):
+        for source in (["a", "b"], path):
+            with raises_clear(ValueError, "separator"):
+                data.load_documents(source, separator=bad)
+    assert_equal(data.load_documents(path, separator="@"), ["a", "b"], what="documents split on '@'")
+    assert_equal(data.load_documents(path, separator=_EmptyStr("@")), ["a", "b"], what="split on a str subclass")
+    assert_equal(data.load_documents(["a@b"], separator="@"), ["a@b"], what="a dataset's items (never split)")
+
+
+def test_only_jsonl_suffix_is_jsonl(data, tmp_path):
+    """Only a .jsonl file is JSONL: a file without suffix or with .json, .csv, .dat, .a is one text document."""
+    content = '{"text": "x"}\n{"text": "y"}\n'
+    for name in ("doc", "doc.json", "doc.csv", "doc.dat", "doc.a", "doc.jsonl.txt"):
+        path = tmp_path / name
+        path.write_bytes(content.encode())
+        assert_equal(data.load_documents(path), [content], what=f"documents of the text file {name!r}")
+
+
+def test_dataset_protocol_needs_len_and_getitem(data):
+    """Only an object with both __len__ and __getitem__ is indexed; a sized or an indexable iterable
+    lacking the other is read with list(source)."""
+    class Sized:
+        def __len__(self):
+            return 2
+
+        def __iter__(self):
+            return iter(["s0", "s1"])
+
+    class Indexable:
+        def __getitem__(self, i):
+            raise AssertionError("indexed without __len__")
+
+        def __iter__(self):
+            return iter(["i0"])
+
+    assert_equal(data.load_documents(Sized()), ["s0", "s1"], what="sized iterable without __getitem__")
+    assert_equal(data.load_documents(Indexable()), ["i0"], what="iterable with __getitem__ but no __len__")
+    assert_equal(data.load_documents({"only"}), ["only"], what="a set")
