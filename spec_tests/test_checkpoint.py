@@ -1044,3 +1044,117 @@ def test_weights_that_do_not_fit_the_config_are_refused(checkpoint, impl, tmp_pa
     checkpoint.load_checkpoint(tmp_path / "c")  # the same weights, written again: they fit
     _rewrite_weights(tmp_path / "c", _MISFITS[case])
     _assert_refused(checkpoint, tmp_path / "c", "model.safetensors")
+
+
+# --- the pointer and the retry bound of a load ----------------------------------------------------
+
+class _OnVersionOpen:
+    """Calls ``action(version)`` at an open of a file inside the version ``CURRENT`` names, at most ``times`` times.
+
+    ``action`` returns the version ``CURRENT`` names afterwards (its own operations are not seen).
+    Installed with ``_injected`` like a ``_Plan``: it sees every ``open`` audit event of this thread.
+    """
+
+    def __init__(self, path, action, times=1):
+        self.path, self.action, self.times, self.calls, self.busy = Path(path), action, times, 0, False
+        self.current = (self.path / "CURRENT").read_text().strip()
+        self.thread = threading.get_ident()
+
+    def event(self, event, args):
+        if (event != "open" or self.busy or self.calls >= self.times or threading.get_ident() != self.thread
+                or not isinstance(args[0], (str, os.PathLike))):
+            return
+        file = os.path.realpath(os.fspath(args[0]))
+        if not file.startswith(os.path.realpath(self.path / self.current) + os.sep):
+            return
+        self.busy = True
+        try:
+            self.calls += 1
+            self.current = self.action(self.current)
+        finally:
+            self.busy = False
+
+
+def _commit_under(path):
+    """An action for ``_OnVersionOpen``: what a reader sees of a save that commits meanwhile - the
+    checkpoint under a new version name (the old directory renamed), ``CURRENT`` replaced to name it."""
+    def move_on(version):
+        new = f"v-{(int(version[2:], 16) + 1) % 16 ** 16:016x}"
+        os.rename(Path(path) / version, Path(path) / new)
+        tmp = Path(path) / f".CURRENT.tmp-{'0' * 16}"
+        tmp.write_text(f"{new}\n")
+        os.replace(tmp, Path(path) / "CURRENT")
+        return new
+    return move_on
+
+
+def test_load_gives_up_after_load_attempts_replacements(checkpoint, impl, tmp_path, monkeypatch, no_disk_flush):
+    """A load whose checkpoint is replaced under it LOAD_ATTEMPTS - 1 times loads; LOAD_ATTEMPTS (100) times is a CheckpointError."""
+    path = tmp_path / "c"
+    model = _saved_tiny(checkpoint, impl, path)
+    assert_equal(checkpoint.LOAD_ATTEMPTS, 100, what="LOAD_ATTEMPTS")
+    for times, loads in ((checkpoint.LOAD_ATTEMPTS - 1, True), (checkpoint.LOAD_ATTEMPTS, False)):
+        writer = _OnVersionOpen(path, _commit_under(path), times)
+        with _injected(monkeypatch, writer):
+            if loads:
+                ckpt = checkpoint.load_checkpoint(path)
+            else:
+                err = _load_error(checkpoint, path)
+        assert_equal(writer.calls, times, what="saves committed under the load (it should read each version)")
+        if loads:
+            _assert_same_weights(_state(ckpt.model), _state(model), f"weights after {times} replacements")
+        else:
+            assert isinstance(err, checkpoint.CheckpointError), (
+                f"a load replaced under it {times} times must give up with a CheckpointError, "
+                f"got {type(err).__name__}: {err}")
+
+
+@pytest.mark.parametrize("pointer", ["removed", "not a version name"])
+def test_failed_load_with_current_gone_meanwhile_reports_its_own_error(checkpoint, impl, tmp_path, monkeypatch,
+                                                                       pointer):
+    """A load failing on its version (model.safetensors missing) while CURRENT is removed or garbled meanwhile raises the version's CheckpointError, naming that file."""
+    path = tmp_path / "c"
+    _saved_tiny(checkpoint, impl, path)
+    _file(path, "model.safetensors").unlink()
+
+    def break_pointer(version):
+        if pointer == "removed":
+            (path / "CURRENT").unlink()
+        else:
+            (path / "CURRENT").write_text("garbage\n")
+        return version
+
+    writer = _OnVersionOpen(path, break_pointer)
+    with _injected(monkeypatch, writer):
+        _assert_refused(checkpoint, path, "model.safetensors")
+    assert_equal(writer.calls, 1, what="opens of the version's files before the error")
+
+
+def test_current_naming_a_missing_version_is_refused(checkpoint, impl, tmp_path):
+    """A CURRENT naming a well-formed version that does not exist is a CheckpointError naming CURRENT and that version; has_checkpoint is False."""
+    path = tmp_path / "c"
+    _saved_tiny(checkpoint, impl, path)
+    shutil.rmtree(path / (path / "CURRENT").read_text().strip())
+    (path / "CURRENT").write_text("v-0123456789abcdef\n")
+    _assert_refused(checkpoint, path, "CURRENT", "v-0123456789abcdef")
+    assert not checkpoint.has_checkpoint(path), "has_checkpoint with CURRENT naming a missing version"
+
+
+def test_current_not_naming_a_version_is_quoted_up_to_40_characters(checkpoint, impl, tmp_path):
+    """A CURRENT that is not "v-<16 hex>" is a CheckpointError naming CURRENT and quoting its first 40 characters, no more."""
+    path = tmp_path / "c"
+    _saved_tiny(checkpoint, impl, path)
+    text = "A" * 39 + "!" + "#" * 20  # the 40th character "!", then 20 more
+    (path / "CURRENT").write_text(text)
+    _assert_refused(checkpoint, path, "CURRENT", text[:40])
+    message = str(_load_error(checkpoint, path)).replace(str(path), "<path>")
+    assert "#" not in message, f"the message quotes more than CURRENT's first 40 characters: {message!r}"
+
+
+def test_load_of_a_file_is_refused_naming_it(checkpoint, impl, tmp_path):
+    """load_checkpoint of a path that is a regular file is a CheckpointError naming it and saying a checkpoint is a directory."""
+    file = tmp_path / "model.bin"
+    file.write_bytes(b"not a checkpoint")
+    with raises_clear(checkpoint.CheckpointError, "model.bin", "directory"):
+        checkpoint.load_checkpoint(file)
+    assert not checkpoint.has_checkpoint(file), "has_checkpoint of a regular file"
