@@ -1158,3 +1158,195 @@ def test_load_of_a_file_is_refused_naming_it(checkpoint, impl, tmp_path):
     with raises_clear(checkpoint.CheckpointError, "model.bin", "directory"):
         checkpoint.load_checkpoint(file)
     assert not checkpoint.has_checkpoint(file), "has_checkpoint of a regular file"
+
+
+# --- RNG state keys, save's arguments -------------------------------------------------------------
+
+def test_rng_state_holds_cuda_states_only_where_cuda_is_available(checkpoint):
+    """get_rng_state() holds "torch" (a uint8 tensor) and "python", and "cuda" exactly where CUDA is available."""
+    state = checkpoint.get_rng_state()
+    expected = {"torch", "python"} | ({"cuda"} if torch.cuda.is_available() else set())
+    assert_equal(sorted(state), sorted(expected),
+                 what=f"get_rng_state() keys (CUDA available: {torch.cuda.is_available()})")
+    assert state["torch"].dtype == torch.uint8, f"get_rng_state()['torch'] must be uint8, got {state['torch'].dtype}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rng_state_round_trip(checkpoint):
+    """set_rng_state restores every CUDA device's RNG from get_rng_state(); a state without "cuda" leaves them alone."""
+    torch.cuda.manual_seed_all(321)
+    state = checkpoint.get_rng_state()
+    first = torch.rand(5, device="cuda")
+    checkpoint.set_rng_state(state)
+    assert torch.equal(torch.rand(5, device="cuda"), first), "torch.rand on CUDA after set_rng_state differs"
+    checkpoint.set_rng_state(state)
+    cpu_only = {k: v for k, v in state.items() if k != "cuda"}  # e.g. a checkpoint saved without CUDA
+    torch.rand(3, device="cuda")
+    expected = torch.cuda.get_rng_state_all()
+    checkpoint.set_rng_state(cpu_only)
+    got = torch.cuda.get_rng_state_all()
+    assert all(torch.equal(a, b) for a, b in zip(got, expected)), "a state without 'cuda' changed the CUDA RNG"
+
+
+def test_save_takes_step_and_the_rest_by_keyword_only(checkpoint, impl, tmp_path):
+    """save_checkpoint(path, model, *, step, ...): path and model by position or by name; step given by position is a TypeError."""
+    model = _tiny(impl, 1)
+    checkpoint.save_checkpoint(path=tmp_path / "a", model=model, step=1, rng_state=_RNG)
+    assert_equal(checkpoint.load_checkpoint(tmp_path / "a").step, 1, what="step saved with path= and model=")
+    with pytest.raises(TypeError):
+        checkpoint.save_checkpoint(tmp_path / "b", model, 1)
+    assert not (tmp_path / "b").exists(), "save_checkpoint with a positional step wrote to its path"
+
+
+@pytest.mark.parametrize("case", ["no config", "a config without to_dict"])
+def test_model_without_a_config_to_dict_is_a_type_error(checkpoint, impl, tmp_path, case):
+    """A model without config.to_dict() is a TypeError naming config, raised before anything is written."""
+    checkpoint.save_checkpoint
+    model = torch.nn.Linear(2, 2)
+    if case != "no config":
+        model.config = {"d_model": 2}  # a dict: no to_dict()
+    with raises_clear(TypeError, "config"):
+        checkpoint.save_checkpoint(tmp_path / "c", model, step=0, rng_state=_RNG)
+    assert not (tmp_path / "c").exists(), f"a refused save ({case}) created its path"
+
+
+# --- remove_leftovers: the old layout, other names, leftovers already gone ------------------------
+
+_OLD_FILES = ["checkpoint.json", "model.safetensors", "state.safetensors"]
+_NOT_LEFTOVERS = ["notes.txt", "v-0123", "v-0123456789abcdef.bak", ".CURRENT.tmp-01", "CURRENT.old"]
+
+
+def _strangers(path):
+    """Entries whose names are no leftover's (remove_leftovers leaves them alone)."""
+    for name in _NOT_LEFTOVERS:
+        if name.startswith("v-"):
+            (path / name).mkdir()
+        else:
+            (path / name).write_text("keep me")
+
+
+def test_remove_leftovers_removes_old_layout_files_only_beside_a_current_version(checkpoint, impl, tmp_path):
+    """remove_leftovers leaves a bare-lm-checkpoint/1 directory (no CURRENT) as it is; beside a current version it removes those three files; other names never."""
+    old = tmp_path / "old"
+    _old_layout(old)
+    _strangers(old)
+    removed = checkpoint.remove_leftovers(old)
+    assert_equal(sorted(Path(p).name for p in removed), [], what="removed from an old-layout directory without CURRENT")
+    assert_equal(sorted(p.name for p in old.iterdir()), sorted(_OLD_FILES + _NOT_LEFTOVERS),
+                 what="entries of an old-layout directory after remove_leftovers")
+    with raises_clear(checkpoint.CheckpointError, "bare-lm-checkpoint/1"):
+        checkpoint.load_checkpoint(old)
+
+    new = tmp_path / "new"
+    model = _saved_tiny(checkpoint, impl, new)
+    version = (new / "CURRENT").read_text().strip()
+    for name in _OLD_FILES:
+        (new / name).write_bytes(b"")
+    _strangers(new)
+    removed = checkpoint.remove_leftovers(new)
+    assert_equal(sorted(Path(p).name for p in removed), sorted(_OLD_FILES),
+                 what="removed beside a current version: the old-layout files")
+    assert_equal(sorted(p.name for p in new.iterdir()), sorted(["CURRENT", version] + _NOT_LEFTOVERS),
+                 what="entries after remove_leftovers beside a current version")
+    _assert_same_weights(_state(checkpoint.load_checkpoint(new).model), _state(model), "weights after remove_leftovers")
+
+
+class _Vanish:
+    """Removes a leftover of ``names`` itself at the first removal (or rename) touching it: another cleaner came first."""
+
+    def __init__(self, path, names):
+        self.path, self.names, self.gone, self.busy = os.path.realpath(path), set(names), [], False
+        self.thread = threading.get_ident()
+
+    def event(self, event, args):
+        if (self.busy or event not in ("os.remove", "os.rmdir", "shutil.rmtree", "os.rename")
+                or threading.get_ident() != self.thread or not isinstance(args[0], (str, os.PathLike))):
+            return
+        file = os.fspath(args[0])
+        if not os.path.isabs(file):
+            return  # relative to a dir_fd: inside a directory whose removal was seen already
+        top = os.path.relpath(os.path.realpath(file), self.path).split(os.sep)[0]
+        if top not in self.names or top in self.gone:
+            return
+        self.busy = True
+        try:
+            entry = os.path.join(self.path, top)
+            if os.path.isdir(entry):
+                shutil.rmtree(entry)
+            else:
+                os.remove(entry)
+            self.gone.append(top)
+        finally:
+            self.busy = False
+
+
+@pytest.mark.parametrize("how", ["remove_leftovers", "a save"])
+def test_leftovers_already_gone_are_no_error(checkpoint, impl, tmp_path, monkeypatch, no_disk_flush, how):
+    """A leftover (version directory, temporary pointer) that vanishes just before remove_leftovers - or a save - removes it is no error."""
+    path = tmp_path / "c"
+    model = _saved_tiny(checkpoint, impl, path)
+    stale = path / "v-00000000000000aa"
+    stale.mkdir()
+    (stale / "checkpoint.json").write_text("{}")
+    (path / ".CURRENT.tmp-00000000000000bb").write_text("v-00000000000000aa\n")
+    names = {stale.name, ".CURRENT.tmp-00000000000000bb"}
+    if how == "a save":
+        names.add((path / "CURRENT").read_text().strip())  # the version the save supersedes
+        model = _tiny(impl, 2)
+    vanish = _Vanish(path, names)
+    with _injected(monkeypatch, vanish):
+        if how == "a save":
+            checkpoint.save_checkpoint(path, model, step=2, rng_state=_RNG)
+        else:
+            checkpoint.remove_leftovers(path)
+    assert_equal(sorted(vanish.gone), sorted(names), what=f"leftovers {how} went to remove")
+    for name in ("model.safetensors", "state.safetensors", "checkpoint.json"):
+        _file(path, name)  # one version left
+    _assert_same_weights(_state(checkpoint.load_checkpoint(path).model), _state(model), f"weights after {how}")
+
+
+# --- shared tensors: each stored once, whatever its size ------------------------------------------
+
+def _stored(path):
+    """(names in model.safetensors, the tied field of checkpoint.json)."""
+    from safetensors.torch import load
+    names = sorted(load(_file(path, "model.safetensors").read_bytes()))
+    return names, json.loads(_file(path, "checkpoint.json").read_text(encoding="utf-8"))["tied"]
+
+
+def _assert_each_shared_tensor_once(path, model, aliases):
+    names, tied = _stored(path)
+    assert_equal(sorted(tied), sorted(aliases), what="the aliases in checkpoint.json's tied")
+    assert_equal(names, sorted(set(model.state_dict()) - set(aliases)),
+                 what="model.safetensors: every state_dict name but the aliases")
+
+
+def test_tensors_the_caller_shares_are_stored_once_and_come_back(checkpoint, impl, tmp_path):
+    """A tensor shared by two names mid-state_dict (two norms given one Parameter) is stored once, listed in tied, and loads back."""
+    model = _tiny(impl, 3)
+    with torch.no_grad():
+        model.blocks[0].ln_1.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(3))
+    model.blocks[0].ln_2.weight = model.blocks[0].ln_1.weight
+    checkpoint.save_checkpoint(tmp_path / "c", model, step=1, rng_state=_RNG)
+    _assert_each_shared_tensor_once(tmp_path / "c", model, ["blocks.0.ln_2.weight", "lm_head.weight"])
+    _assert_same_weights(_state(checkpoint.load_checkpoint(tmp_path / "c").model), _state(model),
+                         "weights of a model with a tensor shared by the caller")
+
+
+def test_one_element_tied_weight_is_stored_once(checkpoint, impl, tmp_path):
+    """The tie of a one-element embedding (vocab_size=1, d_model=1) is stored once and loads back tied."""
+    model = _model(impl, 4, vocab_size=1, context_length=2, d_model=1, n_heads=1, dropout=0.0)
+    checkpoint.save_checkpoint(tmp_path / "c", model, step=1, rng_state=_RNG)
+    _assert_each_shared_tensor_once(tmp_path / "c", model, ["lm_head.weight"])
+    loaded = checkpoint.load_checkpoint(tmp_path / "c").model
+    _assert_same_weights(_state(loaded), _state(model), "weights of a one-element tied model")
+    assert loaded.lm_head.weight is loaded.token_embedding.weight, "the loaded lm_head is not the token embedding"
+
+
+def test_distinct_zero_size_tensors_are_not_aliases(checkpoint, impl, tmp_path):
+    """Two distinct zero-size tensors of one shape (no storage to share) are each stored under their own name, not tied."""
+    model = _tiny(impl, 5)
+    model.register_buffer("empty_a", torch.zeros(0))
+    model.register_buffer("empty_b", torch.zeros(0))
+    checkpoint.save_checkpoint(tmp_path / "c", model, step=1, rng_state=_RNG)
+    _assert_each_shared_tensor_once(tmp_path / "c", model, ["lm_head.weight"])
