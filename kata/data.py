@@ -100,8 +100,9 @@ def load_documents(source, field: str = "text", separator: str | None = None) ->
 # --- tokens and the cache ----------------------------------------------------------------------
 
 def cache_key(documents: list[str], tokenizer) -> str:
-    """SHA-256 hex digest of every document (8-byte little-endian length, then its UTF-8 bytes) and
-    of ``json.dumps(tokenizer.to_dict(), sort_keys=True)``. No ``to_dict``: TypeError."""
+    """SHA-256 hex digest of, in order: every document (8-byte little-endian length, then its UTF-8
+    bytes, ``errors="surrogatepass"``), the tag ``b"tokenizer, documents as ordinary text"``, and
+    ``json.dumps(tokenizer.to_dict(), sort_keys=True)`` in UTF-8. No ``to_dict``: TypeError."""
     raise NotImplementedError("cache_key: hashlib.sha256 over the documents and the tokenizer's to_dict()")
 
 
