@@ -820,3 +820,9 @@ def test_rolling_cache_reset_equals_fresh(attention):
         chunk = x[:, start:start + n]
         assert_close(layer(chunk, kv_cache=used), layer(chunk, kv_cache=fresh),
                      what=f"positions {start}..{start + n - 1}: reset cache vs fresh cache")
+
+
+# --- generated-mutant properties: the functions and the attention modules ---------------------------
+
+
+# --- generated-mutant properties: KVCache and RollingKVCache -----------------------------------------
