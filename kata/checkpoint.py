@@ -68,7 +68,7 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 JSON_FILE = "checkpoint.json"
 POINTER_FILE = "CURRENT"
-LOAD_ATTEMPTS = 100  # a load retries while saves replace the checkpoint under it, this many times
+LOAD_ATTEMPTS = 100  # a load reads at most this many versions (the first included) while saves replace it
 
 
 class CheckpointError(ValueError):
@@ -167,7 +167,7 @@ def load_checkpoint(path, device: str | torch.device = "cpu") -> Checkpoint:
     range, the tensor files' sha256; rebuild the model with ``ModelConfig.from_dict`` (its
     ValueError/TypeError becomes a CheckpointError naming ``model_config``) + ``TransformerLM``, fill
     the tied names from their source, ``load_state_dict(strict=True)`` (the tie survives).
-    A save that commits while this reads makes it read again (up to ``LOAD_ATTEMPTS`` times): when
+    A save that commits while this reads makes it read again (``LOAD_ATTEMPTS`` reads in all, the first included): when
     a step fails, re-read ``CURRENT``; if it names another version, start over with that one.
 
     Errors: ``FileNotFoundError`` naming ``path`` when there is no committed checkpoint;
