@@ -61,7 +61,7 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 JSON_FILE = "checkpoint.json"
 POINTER_FILE = "CURRENT"
-LOAD_ATTEMPTS = 100  # a load retries while saves replace the checkpoint under it, this many times
+LOAD_ATTEMPTS = 100  # a load reads at most this many versions (the first included) while saves replace it
 
 _VERSION = re.compile(r"v-[0-9a-f]{16}")
 _LEFTOVER = re.compile(r"(v-[0-9a-f]{16}|\.CURRENT\.tmp-[0-9a-f]{16})")
@@ -291,7 +291,7 @@ def _sha256(data: bytes) -> str:
 def load_checkpoint(path, device: str | torch.device = "cpu") -> Checkpoint:
     """Read the checkpoint ``CURRENT`` names in ``path`` (see ``Checkpoint`` for the fields).
 
-    A save that commits while this reads makes it read again (up to ``LOAD_ATTEMPTS`` times): the
+    A save that commits while this reads makes it read again (``LOAD_ATTEMPTS`` reads in all, the first included): the
     result is always one whole checkpoint, current at some instant of the call. Leftovers of
     interrupted saves are ignored.
 
