@@ -824,5 +824,493 @@ def test_rolling_cache_reset_equals_fresh(attention):
 
 # --- generated-mutant properties: the functions and the attention modules ---------------------------
 
+import contextlib  # noqa: E402
+import re  # noqa: E402
+
+from torch.overrides import TorchFunctionMode  # noqa: E402
+
+from .support import fresh  # noqa: E402
+
+
+def _distinct_int(n):
+    """An int equal to ``n`` but another object (a size read from a config file): ``is`` on ints > 256 fails."""
+    copy = int(str(n))
+    assert copy == n
+    return copy
+
+
+@contextlib.contextmanager
+def _raises_words(exc_type, *words):
+    """Expect ``exc_type`` whose message holds each of ``words`` as a whole word (``x``, not the x of "expected")."""
+    with pytest.raises(exc_type) as info:
+        yield
+    message = str(info.value)
+    missing = [w for w in words if not re.search(rf"(?<![\w.]){re.escape(w)}(?![\w.])", message)]
+    assert not missing, f"raised {exc_type.__name__}({message!r}), but the message should name {missing} (whole words)"
+
+
+class _TorchSDPASpy(TorchFunctionMode):
+    """Counts the calls to torch.nn.functional.scaled_dot_product_attention, however the code imported it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_softmax_default_dim_is_the_last(attention):
+    """softmax(x) without dim is the softmax over the last dimension (dim=-1)."""
+    for shape in ((3, 5), (2, 3, 4)):
+        x = randn(shape, 1, torch.float64, 3.0)
+        assert_close(attention.softmax(x), torch.softmax(x, dim=-1),
+                     what=f"softmax(x) of shape {shape} with the default dim vs torch.softmax(x, -1)")
+
+
+def test_dropout_zero_returns_x_and_draws_nothing(attention):
+    """dropout(x, 0) returns x itself and draws nothing from torch's global RNG; nor does SDPA with
+    dropout_p=0, nor a layer in eval mode (whatever its dropout) or in training mode with dropout 0."""
+    x = randn((4, 6), 0)
+    q, k, v = randn((2, 3, 4), 1), randn((2, 5, 4), 2), randn((2, 5, 4), 3)
+    layers = {f"dropout={p}, fast={fast}, {mode} mode": attention.MultiHeadAttention(8, 2, dropout=p, fast=fast).train(
+              mode == "training") for p, mode in ((0.5, "eval"), (0.0, "training")) for fast in (False, True)}
+    calls = {"dropout(x, 0.0)": lambda: attention.dropout(x, 0.0),
+             "scaled_dot_product_attention(q, k, v, dropout_p=0.0)":
+                 lambda: attention.scaled_dot_product_attention(q, k, v, dropout_p=0.0),
+             **{name: (lambda layer=layer: layer(randn((2, 5, 8), 4))) for name, layer in layers.items()}}
+    for name, call in calls.items():
+        torch.manual_seed(123)
+        expected_draws = torch.rand(8)
+        torch.manual_seed(123)
+        got = call()
+        assert_equal(torch.rand(8), expected_draws, what=f"torch's RNG after {name} (expected untouched)")
+        if name.startswith("dropout("):
+            assert got is x, "dropout(x, 0.0) must return x itself (p = 0 returns x)"
+
+
+@given(seed=seeds, p=st.sampled_from([0.1, 0.25, 0.5, 0.75]), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_dropout_keeps_where_the_uniform_draw_is_at_least_p(attention, seed, p, dtype):
+    """dropout(x, p) is x / (1 - p) where u >= p and 0 elsewhere, u = torch.rand_like(x) drawn from the global RNG.
+
+    The test sets p to one of the draws (u == p there: kept), so a strict u > p fails. Deterministic
+    (the same seed gives the same u): no false failures; x has no zero (randn: probability 0).
+    """
+    x = randn((32, 16), seed, dtype)
+    torch.manual_seed(seed)
+    u = torch.rand_like(x)
+    p = float(u.flatten()[int((u.flatten() - p).abs().argmin())])     # a draw near p: u == p somewhere
+    torch.manual_seed(seed)
+    got = attention.dropout(x, p)
+    keep = u >= p
+    assert_equal(got != 0, keep, what=f"kept elements of dropout(x, {p}) (expected u >= p, u = torch.rand_like(x))")
+    assert_close(got[keep], x[keep] / (1 - p), what="kept elements (expected x / (1 - p))")
+
+
+@given(seed=seeds, p=st.sampled_from([0.2, 0.3, 0.8]))
+def test_dropout_drops_a_fraction_p(attention, seed, p):
+    """dropout(x, p) zeroes each element with probability p: about a fraction p of 20000 elements.
+
+    False-failure rate: 20000 independent drops; Hoeffding: P(|fraction - p| >= 0.05) <=
+    2 exp(-2 * 20000 * 0.05^2) = 2 exp(-100) = 7.4e-44 per example, < 1e-40 per run at 400 examples.
+    """
+    torch.manual_seed(seed)
+    got = attention.dropout(torch.ones(20000, dtype=torch.float64), p)
+    fraction = float((got == 0).double().mean())
+    assert abs(fraction - p) < 0.05, f"dropout(x, {p}) zeroed a fraction {fraction:.4f} of the elements, expected ~{p}"
+
+
+def test_sdpa_argument_boundaries(attention):
+    """SDPA refuses rank-1 q, k or v and v with more positions than k (ValueError naming them, the message
+    giving k's positions); dropout_p 0 and 0.999 are accepted, -0.1 and 1.0 refused; 300 keys work."""
+    q, k, v = randn((2, 3, 4), 0), randn((2, 5, 4), 1), randn((2, 5, 4), 2)
+    for name, args in (("q", (q[0, 0], k[0], v[0])), ("k", (q[0], k[0, 0], v[0])), ("v", (q[0], k[0], v[0, 0]))):
+        with raises_clear(ValueError, name, "dimensions"):
+            attention.scaled_dot_product_attention(*args)
+    with _raises_words(ValueError, "v", "5"):           # k's 5 positions (v: shape (2, 6, 4))
+        attention.scaled_dot_product_attention(q, k, randn((2, 6, 4), 3))
+    for p in (0.0, 0.999):
+        out = attention.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        assert_equal(tuple(out.shape), (2, 3, 4), what=f"SDPA output shape with dropout_p={p}")
+        assert bool(torch.isfinite(out).all()), f"SDPA with dropout_p={p}: non-finite output"
+    for p in (-0.1, 1.0):
+        with raises_clear(ValueError, "dropout_p"):
+            attention.scaled_dot_product_attention(q, k, v, dropout_p=p)
+    q, k, v = randn((1, 2), 4, torch.float64), randn((300, 2), 5, torch.float64), randn((300, 3), 6, torch.float64)
+    assert_close(attention.scaled_dot_product_attention(q, k, v), F.scaled_dot_product_attention(q, k, v),
+                 what="SDPA with 300 keys")
+
+
+def test_layer_argument_boundaries(attention):
+    """The plain class refuses n_kv_heads < n_heads and a window, naming the variant to use; dropout 0 is
+    accepted and -0.1 refused; x of rank 2 or 4 is a ValueError naming x."""
+    with raises_clear(ValueError, "n_kv_heads", "GroupedQueryAttention"):
+        attention.MultiHeadAttention(8, 2, n_kv_heads=1)
+    with raises_clear(ValueError, "window", "SlidingWindowAttention"):
+        attention.MultiHeadAttention(8, 2, window=3)
+    with raises_clear(ValueError, "dropout"):
+        attention.MultiHeadAttention(8, 2, dropout=-0.1)
+    layer = attention.MultiHeadAttention(8, 2, dropout=0.0).eval()
+    for shape in ((3, 8), (2, 3, 4, 8)):
+        with _raises_words(ValueError, "x"):
+            layer(torch.zeros(shape))
+
+
+def test_layer_length_boundaries_and_messages(attention):
+    """max_len positions in all are accepted and one more refused (the message counts them), also after a cached
+    prefix; positions not continuing the cache name the expected arange; a short positions or a smaller
+    padding_mask is refused."""
+    layer = attention.MultiHeadAttention(8, 2, max_len=8).eval()
+    x = randn((2, 9, 8), 0)
+    assert_equal(tuple(layer(x[:, :8]).shape), (2, 8, 8), what="output shape of max_len=8 positions")
+    with raises_clear(ValueError, "9 positions", "max_len=8"):
+        layer(x)
+    cache = attention.KVCache(2, 2, 20, 4)                 # longer than the layer's max_len
+    layer(x[:, :3], kv_cache=cache)
+    with raises_clear(ValueError, "positions", "arange(3, 4)"):
+        layer(x[:, 3:4], positions=torch.tensor([0]), kv_cache=cache)
+    with raises_clear(ValueError, "9 positions", "max_len=8"):   # 3 cached + 6 new
+        layer(x[:, 3:9], kv_cache=cache)
+    assert_equal(tuple(layer(x[:, 3:8], kv_cache=cache).shape), (2, 5, 8), what="3 cached + 5 new = max_len")
+    with raises_clear(ValueError, "positions"):
+        layer(x[:, :3], positions=torch.arange(2))
+    for shape in ((2, 2), (1, 3)):
+        with raises_clear(ValueError, "padding_mask"):
+            layer(x[:, :3], padding_mask=torch.ones(shape, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_positional_names_compare_by_value(attention, fast):
+    """A positional name equal to "rope" / "alibi" but not the literal acts the same (with a KV cache too);
+    "sinusoidal", like "learned", does nothing inside attention (= "none")."""
+    cfg = dict(n_heads=2, n_kv_heads=2, head_dim=4, window=None, bias=True)
+    x = randn((2, 5, 8), 0, torch.float64)
+    for name in ("rope", "alibi"):
+        literal = _build(attention, dict(cfg, positional=name), 1, fast=fast)
+        copy = _build(attention, dict(cfg, positional=fresh(name)), 1, fast=fast)
+        expected = literal(x)
+        assert_close(copy(x), expected, what=f"positional={name!r} read at run time vs the literal")
+        cache = attention.KVCache(2, 2, 5, 4, dtype=torch.float64)
+        got = torch.cat([copy(x[:, a:b], kv_cache=cache) for a, b in ((0, 3), (3, 4), (4, 5))], dim=1)
+        assert_close(got, expected, what=f"positional={name!r} read at run time, with a KV cache, vs the literal")
+    none = _build(attention, dict(cfg, positional="none"), 1, fast=fast)
+    sinusoidal = _build(attention, dict(cfg, positional="sinusoidal"), 1, fast=fast)
+    assert sinusoidal.rope is None, "positional='sinusoidal' has no rope"
+    assert_close(sinusoidal(x), none(x), what="positional='sinusoidal' vs 'none' inside attention")
+
+
+def test_sizes_past_256_compare_by_value(attention):
+    """300 heads with n_kv_heads an equal but distinct 300 are plain multi-head attention (= torch's), and a
+    window of 300 takes a RollingKVCache whose window is an equal but distinct 300."""
+    n = 300
+    seed_all(0)
+    layer = attention.build_attention(d_model=n, n_heads=n, n_kv_heads=_distinct_int(n))
+    assert type(layer) is attention.MultiHeadAttention, f"n_kv_heads = n_heads = 300: got {type(layer).__name__}"
+    x = randn((1, 2, n), 0)
+    assert_close(layer(x), _torch_causal_mha(layer, x), what="300 heads of size 1 vs torch MHA")
+    windowed = attention.SlidingWindowAttention(8, 2, window=n, max_len=16).eval()
+    x = randn((1, 3, 8), 1)
+    cache = attention.RollingKVCache(1, 2, _distinct_int(n), 4)
+    assert_close(windowed(x, kv_cache=cache), windowed(x), what="window 300 with a RollingKVCache of window 300")
+
+
+def test_expand_kv_must_return_n_heads(attention):
+    """An expand_kv hook returning fewer or more than n_heads heads is a ValueError naming expand_kv, n_heads and
+    the count it returned."""
+    class Unexpanded(attention.MultiHeadAttention):
+        def expand_kv(self, k, v):
+            return k, v
+
+    class Doubled(attention.MultiHeadAttention):
+        def expand_kv(self, k, v):
+            return k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+
+    x = randn((3, 5, 8), 0)
+    for layer, count in ((Unexpanded(8, 2, n_kv_heads=1), "1"), (Doubled(8, 2), "4")):
+        with _raises_words(ValueError, "expand_kv", "n_heads=2", count):
+            layer.eval()(x)
+
+
+@pytest.mark.parametrize("n_kv_heads", [2, 1])
+@pytest.mark.parametrize("positional", ["none", "rope"])
+def test_fast_path_with_kv_cache_equals_full_forward(attention, positional, n_kv_heads):
+    """fast=True with a KVCache, in chunks of 2, 1, 2, 1, 3, 1 tokens, equals the written-out full forward;
+    so do fast=True forwards of 2 and 10 tokens without a cache."""
+    cfg = dict(n_heads=2, n_kv_heads=n_kv_heads, head_dim=4, window=None, positional=positional, bias=True)
+    fast, slow = _build(attention, cfg, 3, fast=True), _build(attention, cfg, 3)
+    x = randn((2, 10, 8), 4, torch.float64)
+    expected = slow(x)
+    for t in (2, 10):
+        assert_close(fast(x[:, :t]), expected[:, :t], what=f"fast path, {t} tokens, vs written out ({cfg})")
+    cache, outs, start = attention.KVCache(2, n_kv_heads, 10, 4, dtype=torch.float64), [], 0
+    for n in (2, 1, 2, 1, 3, 1):
+        outs.append(fast(x[:, start:start + n], kv_cache=cache))
+        assert_close(outs[-1], expected[:, start:start + n],
+                     what=f"fast path with a KV cache, tokens {start}..{start + n - 1}, vs written out ({cfg})")
+        start += n
+
+
+def test_fast_path_in_training_applies_dropout(attention):
+    """fast=True in training mode with dropout (the plain causal layer, no padding) equals fast=False under the
+    same seed: it drops the same weights (a deterministic comparison)."""
+    cfg = dict(n_heads=2, n_kv_heads=2, head_dim=4, window=None, positional="none", bias=True)
+    fast = _build(attention, cfg, 5, fast=True, dropout=0.5).train()
+    slow = _build(attention, cfg, 5, dropout=0.5).train()
+    x = randn((4, 6, 8), 6, torch.float64)
+    for t in (1, 6):
+        torch.manual_seed(7)
+        got = fast(x[:, :t])
+        torch.manual_seed(7)
+        assert_close(got, slow(x[:, :t]), what=f"fast vs written out in training mode, dropout 0.5, {t} tokens")
+
+
+def test_fast_path_calls_an_overridden_attend(attention):
+    """fast=True still calls a subclass's attend hook: the plain causal shortcut is for the base class's hooks only."""
+    class Silent(attention.MultiHeadAttention):
+        def attend(self, q, k, v, mask, bias, need_weights=False):
+            return torch.zeros_like(q), None
+
+    layer = Silent(8, 2, fast=True).eval()
+    with torch.no_grad():
+        layer.out_proj.bias.copy_(randn((8,), 0))
+    for t in (1, 4):
+        assert_close(layer(randn((2, t, 8), 1)), layer.out_proj.bias.detach().expand(2, t, 8),
+                     what=f"fast=True, {t} tokens, with attend returning zeros (expected out_proj.bias everywhere)")
+
+
+def test_attend_need_weights_defaults_to_false(attention):
+    """attend(q, k, v, mask, bias) is attend(..., need_weights=False): the same output, weights None or not alike."""
+    q, k, v = randn((2, 2, 3, 4), 0), randn((2, 2, 3, 4), 1), randn((2, 2, 3, 4), 2)
+    mask = torch.ones(3, 3, dtype=torch.bool).tril()
+    for fast in (False, True):
+        layer = attention.MultiHeadAttention(8, 2, fast=fast).eval()
+        out, weights = layer.attend(q, k, v, mask, None)
+        out_false, weights_false = layer.attend(q, k, v, mask, None, need_weights=False)
+        assert (weights is None) == (weights_false is None), \
+            f"fast={fast}: attend's weights by default {type(weights)}, with need_weights=False {type(weights_false)}"
+        assert_close(out, out_false, what=f"fast={fast}: attend by default vs need_weights=False")
+
+
+def test_fast_switch_chooses_torch_sdpa(attention):
+    """fast=True runs torch's scaled_dot_product_attention when no weights are requested and no dropout is active
+    (padding and ALiBi included); fast=False, return_weights and active dropout never call it."""
+    x = randn((2, 5, 8), 0, torch.float64)
+    mask = _padding(2, 5, 1)
+    for positional in ("none", "alibi"):
+        cfg = dict(n_heads=2, n_kv_heads=2, head_dim=4, window=None, positional=positional, bias=True)
+        for fast, padding, weights, train in ((True, None, False, False), (True, mask, False, False),
+                                              (False, None, False, False), (False, mask, False, False),
+                                              (True, mask, True, False), (True, None, False, True)):
+            layer = _build(attention, cfg, 2, fast=fast, dropout=0.5).train(train)
+            with _TorchSDPASpy() as spy:
+                layer(x, padding_mask=padding, return_weights=weights)
+            expected = fast and not weights and not train
+            assert (spy.calls > 0) == expected, (
+                f"fast={fast}, padded={padding is not None}, return_weights={weights}, training={train}, "
+                f"{positional}: torch's scaled_dot_product_attention called {spy.calls} times, expected "
+                f"{'at least once' if expected else 'never'}")
+
+
+def test_build_attention_exact_classes(attention):
+    """build_attention gives exactly GroupedQueryAttention for n_kv_heads < n_heads without a window, exactly
+    SlidingWindowAttention for a window without fewer kv heads."""
+    kw = dict(d_model=16, n_heads=4, max_len=32)
+    for args, cls in ((dict(n_kv_heads=2), attention.GroupedQueryAttention),
+                      (dict(window=3), attention.SlidingWindowAttention),
+                      (dict(n_kv_heads=4, window=3), attention.SlidingWindowAttention),
+                      (dict(n_kv_heads=1, window=3), attention.SlidingWindowGroupedQueryAttention)):
+        layer = attention.build_attention(**args, **kw)
+        assert type(layer) is cls, f"build_attention({args}): expected {cls.__name__}, got {type(layer).__name__}"
+
 
 # --- generated-mutant properties: KVCache and RollingKVCache -----------------------------------------
+
+def _rolling_state(cache):
+    """The observable state of a RollingKVCache: its sizes, its slots and the keys the last update returned."""
+    mask = cache.padding_mask
+    return dict(length=cache.length, stored=cache.stored, first_position=cache.first_position,
+                key_positions=cache.key_positions.tolist(), slot_positions=cache.slot_positions.tolist(),
+                padding_mask=None if mask is None else mask.tolist())
+
+
+def _assert_empty_rolling(cache, what):
+    """A fresh (or reset) RollingKVCache: nothing seen, every slot empty (-1), no key returned yet."""
+    assert_equal((cache.length, cache.stored), (0, 0), what=f"{what}: (length, stored)")
+    assert_equal(cache.slot_positions.tolist(), [-1] * cache.capacity, what=f"{what}: slot_positions (-1 = empty)")
+    assert cache.key_positions.dtype == torch.long, f"{what}: key_positions dtype: expected torch.long, got " \
+                                                    f"{cache.key_positions.dtype}"
+    assert_equal(cache.key_positions.tolist(), [], what=f"{what}: key_positions (no update yet: no keys)")
+    assert_equal(cache.first_position, 0, what=f"{what}: first_position (no update yet)")
+    assert cache.padding_mask is None, f"{what}: padding_mask must be None (no padding stored), got {cache.padding_mask}"
+
+
+def test_rolling_cache_reset_equals_fresh_every_observable(attention):
+    """After reset() a used rolling cache equals a fresh one in every observable, and each returned key's
+    padding flag is the one given with it (True when its update had no padding_mask)."""
+    b, n_kv, w, d = 2, 1, 3, 2
+    keys, values = randn((b, n_kv, 16, d), 0, torch.float64), randn((b, n_kv, 16, d), 1, torch.float64)
+    used = attention.RollingKVCache(b, n_kv, w, d, dtype=torch.float64)
+    used.update(randn((b, n_kv, 5, d), 2, torch.float64), randn((b, n_kv, 5, d), 3, torch.float64),
+                torch.tensor([[False, True, False, True, False], [True, False, False, True, True]]))
+    used.update(randn((b, n_kv, 1, d), 4, torch.float64), randn((b, n_kv, 1, d), 5, torch.float64),
+                torch.tensor([[False], [True]]))
+    used.reset()
+    fresh = attention.RollingKVCache(b, n_kv, w, d, dtype=torch.float64)
+    _assert_empty_rolling(fresh, "a fresh cache")
+    _assert_empty_rolling(used, "after reset()")
+    # (chunk length, its padding_mask; None: every token real): unpadded keys then padding, then no
+    # mask again (one token into a padded ring, a chunk longer than the window), then both again
+    steps = [(2, None), (1, [[False], [True]]), (1, None), (4, None), (1, [[True], [True]]),
+             (2, [[True, False], [False, True]]), (1, None), (3, None)]
+    flags = torch.ones(b, 16, dtype=torch.bool)     # each position's flag, True = real
+    start, padded = 0, False
+    for n, pad in steps:
+        end = start + n
+        what = f"update of positions {start}..{end - 1} (window {w}, padding_mask {pad})"
+        mask = None if pad is None else torch.tensor(pad)
+        k, v = keys[:, :, start:end], values[:, :, start:end]
+        got, expected = used.update(k, v, mask), fresh.update(k, v, mask)
+        if mask is not None:
+            flags[:, start:end] = mask
+            padded = padded or not bool(mask.all())
+        assert_equal(_rolling_state(used), _rolling_state(fresh), what=f"{what}: reset cache vs fresh cache")
+        assert_close(got[0], expected[0], what=f"{what}: keys returned, reset cache vs fresh cache")
+        assert_close(got[1], expected[1], what=f"{what}: values returned, reset cache vs fresh cache")
+        pos = used.key_positions
+        assert_close(got[0], keys[:, :, pos], what=f"{what}: each returned key is the key of its key_positions")
+        slots = [max((p for p in range(end) if p % w == s), default=-1) for s in range(w)]
+        assert_equal(used.slot_positions.tolist(), slots,
+                     what=f"{what}: slot_positions (slot s: the latest position p = s mod capacity; -1: empty)")
+        if not padded:
+            assert used.padding_mask is None, f"{what}: no padding stored, padding_mask must be None"
+        else:
+            assert used.padding_mask is not None, f"{what}: padding was stored, padding_mask must not be None"
+            assert_equal(used.padding_mask.tolist(), flags[:, pos].tolist(),
+                         what=f"{what}: padding_mask = the flag of each returned key (True: given without a mask)")
+        start = end
+
+
+@given(cfg=windowed_configs(max_t=10), seed=seeds, data=st.data())
+def test_rolling_cache_reset_mixed_padding_equals_windowed_definition(attention, cfg, seed, data):
+    """A reset rolling cache fed chunks with and without a padding_mask (without: all real) gives a fresh
+    cache's outputs and, at the real positions, the windowed attention's definition over the whole context."""
+    attn = _build(attention, cfg, seed)
+    b, t, w, n_kv, hd = cfg["b"], cfg["t"], cfg["window"], cfg["n_kv_heads"], cfg["head_dim"]
+    c = cfg["n_heads"] * hd
+    used = attention.RollingKVCache(b, n_kv, w, hd, dtype=torch.float64)
+    stale = _padding(b, w + 2, seed + 2)
+    stale[:, 0] = False                                             # some padding stored before the reset
+    attn(randn((b, w + 2, c), seed + 1, torch.float64), padding_mask=stale, kv_cache=used)
+    used.reset()
+    fresh = attention.RollingKVCache(b, n_kv, w, hd, dtype=torch.float64)
+    x = randn((b, t, c), seed, torch.float64)
+    flags = _padding(b, t, seed)
+    outs, start = [], 0
+    while start < t:
+        n = data.draw(st.integers(1, t - start), label="chunk")
+        chunk = slice(start, start + n)
+        if not data.draw(st.booleans(), label="chunk has a padding_mask"):
+            flags[:, chunk] = True                                   # no padding_mask: every token real
+            mask = None
+        else:
+            mask = flags[:, chunk]
+        got = attn(x[:, chunk], padding_mask=mask, kv_cache=used)
+        assert_close(got, attn(x[:, chunk], padding_mask=mask, kv_cache=fresh),
+                     what=f"positions {start}..{start + n - 1}: reset rolling cache vs fresh one {cfg}")
+        outs.append(got)
+        start += n
+    got, oracle = torch.cat(outs, dim=1), _brute_force(attn, cfg, x, flags)
+    assert_close(got[flags], oracle[flags], what=f"reset rolling cache, mixed padding, vs the windowed definition {cfg}")
+
+
+def test_rolling_cache_fitting_update_returns_views(attention):
+    """One new token, or a chunk that fits in the free slots (filling them exactly included), returns views of
+    the cache's own buffers, their first min(length, capacity) slots: no copy."""
+    def check(cache, got, end, what):
+        for name, out, buf in (("keys", got[0], cache.k), ("values", got[1], cache.v)):
+            assert_equal(tuple(out.shape), (1, 2, min(end, cache.capacity), 2), what=f"{what}: {name} shape")
+            assert_equal(out.untyped_storage().data_ptr(), buf.untyped_storage().data_ptr(),
+                         what=f"{what}: {name} returned must be a view of the cache's buffer (storage data_ptr)")
+            assert_equal(out.data_ptr(), buf.data_ptr(), what=f"{what}: {name} returned must start at slot 0")
+
+    for w in range(1, 6):
+        for n_old in range(w):
+            for n in range(1, w - n_old + 1):                           # n_old + n <= capacity
+                cache = attention.RollingKVCache(1, 2, w, 2, dtype=torch.float64)
+                if n_old:
+                    cache.update(randn((1, 2, n_old, 2), 0, torch.float64), randn((1, 2, n_old, 2), 1, torch.float64))
+                got = cache.update(randn((1, 2, n, 2), 2, torch.float64), randn((1, 2, n, 2), 3, torch.float64))
+                check(cache, got, n_old + n, f"window {w}: {n} new after {n_old} stored")
+        cache = attention.RollingKVCache(1, 2, w, 2, dtype=torch.float64)
+        cache.update(randn((1, 2, w + 1, 2), 0, torch.float64), randn((1, 2, w + 1, 2), 1, torch.float64))
+        got = cache.update(randn((1, 2, 1, 2), 2, torch.float64), randn((1, 2, 1, 2), 3, torch.float64))
+        check(cache, got, w + 2, f"window {w}: one token into a full ring")
+
+
+def test_rolling_cache_max_len_boundary(attention):
+    """With max_len, an update of T_new positions after L is accepted iff L + T_new <= max_len (just inside
+    accepted, just outside a ValueError naming max_len that leaves the cache unchanged), whatever L."""
+    for max_len in (4, 5, 6):
+        for window in (2, 8):
+            for seen in range(max_len + 1):
+                for n in range(1, max_len - seen + 2):
+                    cache = attention.RollingKVCache(1, 1, window, 2, max_len=max_len)
+                    if seen:
+                        cache.update(randn((1, 1, seen, 2), 0), randn((1, 1, seen, 2), 1))
+                    what = f"window {window}, max_len {max_len}: {n} new after {seen} seen"
+                    before = _rolling_state(cache)
+                    k, v = randn((1, 1, n, 2), 2), randn((1, 1, n, 2), 3)
+                    if seen + n <= max_len:
+                        try:
+                            cache.update(k, v)
+                        except ValueError as err:
+                            raise AssertionError(f"{what}: {seen + n} <= max_len must be accepted, got {err!r}")
+                        assert_equal(cache.length, seen + n, what=f"{what}: length")
+                    else:
+                        with raises_clear(ValueError, "max_len"):
+                            cache.update(k, v)
+                        assert_equal(_rolling_state(cache), before, what=f"{what}: the refused update changed the cache")
+
+
+def test_rolling_cache_bad_padding_mask(attention):
+    """RollingKVCache.update refuses a padding_mask that is not (B, T_new) bool (a shape too small or too
+    large in either dim: ValueError; another dtype: ValueError or TypeError), naming padding_mask, the cache unchanged."""
+    b, t = 2, 2
+    k, v = randn((b, 1, t, 2), 0), randn((b, 1, t, 2), 1)
+    bad_shapes = [(b, t + 1), (b, t - 1), (b + 1, t), (b - 1, t), (b, t, 1), (b,)]
+    cases = [(torch.zeros(shape, dtype=torch.bool), (ValueError,)) for shape in bad_shapes]
+    cases += [(torch.ones(b, t, dtype=dtype), (ValueError, TypeError)) for dtype in (torch.long, torch.float32)]
+    for mask, errors in cases:
+        cache = attention.RollingKVCache(b, 1, 3, 2)
+        cache.update(randn((b, 1, 1, 2), 2), randn((b, 1, 1, 2), 3))
+        before = _rolling_state(cache)
+        with raises_clear(errors, "padding_mask"):
+            cache.update(k, v, mask)
+        assert_equal(_rolling_state(cache), before,
+                     what=f"a refused padding_mask {tuple(mask.shape)} {mask.dtype} changed the cache")
+
+
+@pytest.mark.parametrize("rolling", [False, True])
+def test_cache_update_refuses_wrong_shapes_and_ranks(attention, rolling):
+    """k, v must be (B, H_kv, T_new, D) with k's T_new: any dim one too small or too large is a ValueError naming
+    the tensor, a rank other than 4 a ValueError naming it and the rank 4; the cache is left unchanged."""
+    b, n_kv, t, d = 2, 2, 2, 3
+    cache = attention.RollingKVCache(b, n_kv, 5, d) if rolling else attention.KVCache(b, n_kv, 5, d)
+    right = randn((b, n_kv, t, d), 0)
+    for name, dims in (("k", (0, 1, 3)), ("v", (0, 1, 2, 3))):      # T_new is k's: a T_new of v's differs
+        for dim in dims:
+            for delta in (-1, 1):
+                shape = [b, n_kv, t, d]
+                shape[dim] += delta
+                bad = randn(tuple(shape), 1)
+                with raises_clear(ValueError, name):
+                    cache.update(*((bad, right) if name == "k" else (right, bad)))
+                assert_equal(cache.length, 0, what=f"length after refusing {name} of shape {tuple(shape)}")
+    for shape in ((b, n_kv, d), (b, n_kv, t, d, 1), (d,), ()):
+        bad = randn(shape, 2)
+        for name in ("k", "v"):
+            with raises_clear(ValueError, name, "4"):
+                cache.update(*((bad, right) if name == "k" else (right, bad)))
+            assert_equal(cache.length, 0, what=f"length after refusing {name} of rank {len(shape)}")
