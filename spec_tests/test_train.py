@@ -197,6 +197,49 @@ def test_presets(train, impl):
         train.TrainConfig(**preset["train"])
 
 
+
+# The documented presets and defaults (spec_tests/contract/train.md), restated: what
+# `bare-lm train --preset NAME` and a plain TrainConfig() run with.
+DOCUMENTED_PRESETS = {
+    "tiny": {"model": dict(context_length=32, n_layers=2, d_model=32, n_heads=2, dropout=0.0),
+             "train": dict(steps=200, batch_size=16, lr=3e-3, min_lr=3e-4, warmup=20, eval_interval=100,
+                           checkpoint_interval=50, vocab_size=300)},
+    "small": {"model": dict(context_length=128, n_layers=2, d_model=64, n_heads=4, dropout=0.0, fast=True),
+              "train": dict(steps=800, batch_size=16, lr=6e-3, min_lr=6e-4, warmup=50, eval_interval=200,
+                            eval_batches=8, checkpoint_interval=100, vocab_size=512)},
+    "medium": {"model": dict(context_length=256, n_layers=6, d_model=256, n_heads=8, dropout=0.1, fast=True),
+               "train": dict(steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup=200, eval_interval=500,
+                             eval_batches=20, checkpoint_interval=500, vocab_size=1024)},
+}
+DOCUMENTED_DEFAULTS = dict(steps=1000, batch_size=32, accum=1, lr=3e-3, min_lr=3e-4, warmup=50, weight_decay=0.1,
+                           betas=(0.9, 0.95), grad_clip=1.0, eval_interval=250, eval_batches=None, log_interval=10,
+                           checkpoint_interval=100, checkpoint_minutes=10.0, schedule_steps=None, vocab_size=512,
+                           seed=0, device="cpu", out_dir="runs/latest", label_smoothing=0.0, z_loss=0.0,
+                           compile=False)
+
+
+def _differences(got: dict, expected: dict) -> list[str]:
+    return [f"{k}: expected {expected.get(k, '<absent>')!r}, got {got.get(k, '<absent>')!r}"
+            for k in sorted(set(got) | set(expected), key=str)
+            if k not in got or k not in expected or type(got[k]) is not type(expected[k]) or got[k] != expected[k]]
+
+
+@pytest.mark.parametrize("name", list(DOCUMENTED_PRESETS))
+def test_presets_are_the_documented_sizes(train, name):
+    """PRESETS[name] holds exactly the documented model and train fields (the sizes `--preset` runs)."""
+    for part in ("model", "train"):
+        wrong = _differences(dict(train.PRESETS[name][part]), DOCUMENTED_PRESETS[name][part])
+        assert not wrong, f"PRESETS[{name!r}][{part!r}] differs from the contract: " + "; ".join(wrong)
+
+
+def test_train_config_defaults_are_the_documented_ones(train):
+    """TrainConfig() has every documented default (the value and its type: 1.0 is a float, 0 an int)."""
+    config = train.TrainConfig()
+    got = {k: getattr(config, k) for k in DOCUMENTED_DEFAULTS}
+    got["betas"] = tuple(got["betas"])
+    wrong = _differences(got, DOCUMENTED_DEFAULTS)
+    assert not wrong, "TrainConfig() defaults differ from the contract: " + "; ".join(wrong)
+
 # --- what the loop actually does ------------------------------------------------------------------
 
 def _schedule(s, lr, min_lr, warmup, total):
