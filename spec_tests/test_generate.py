@@ -774,3 +774,82 @@ def test_compiled_switch_values(gen, model_mod):
     for bad in (0, 1, 1.0, ""):
         with raises_clear(TypeError, "compile"):
             gen.generate(lm, prompt, 2, compile=bad)
+
+
+# --- what the decoder asks of the model -----------------------------------------------------------
+# A stand-in model that records every call: the width it is fed, whether a KV cache comes with it, and
+# the caches it is asked for. It predicts (last id + 1) % V, so every path gives the same tokens.
+
+class _Recorder(torch.nn.Module):
+    """Predicts ``(last id + 1) % vocab_size`` at the last position (``poison``: also puts that value at
+    id 7); records ``calls`` = (width fed, kv_cache given) and ``caches`` = new_kv_cache's (batch, max_len).
+    ``rolls``: the ``rolls_past_context`` attribute (None: the model has none); ``vocab``: whether
+    ``config`` has a ``vocab_size``; ``parameters``: whether the model has any."""
+
+    def __init__(self, vocab_size=16, context_length=4, rolls=None, vocab=True, parameters=True, poison=None):
+        super().__init__()
+        self.vocab_size, self.poison = vocab_size, poison
+        fields = {"context_length": context_length, **({"vocab_size": vocab_size} if vocab else {})}
+        self.config = type("Config", (), fields)()
+        if rolls is not None:
+            self.rolls_past_context = rolls
+        if parameters:
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.calls, self.caches = [], []
+
+    def new_kv_cache(self, batch_size, max_len=None):
+        self.caches.append((batch_size, max_len))
+        return [_Cache()]
+
+    def forward(self, idx, targets=None, *, padding_mask=None, kv_cache=None):
+        b, t = idx.shape
+        self.calls.append((t, kv_cache is not None))
+        logits = torch.zeros(b, t, self.vocab_size)
+        logits[torch.arange(b), -1, (idx[:, -1] + 1) % self.vocab_size] = 10.0
+        if self.poison is not None:
+            logits[:, -1, 7] = self.poison
+        return logits, None
+
+
+def _expected_calls(t0, n, context, use_cache, rolls):
+    """The contract's decoding schedule: (width, cached) per step and the caches asked for."""
+    t = min(t0, context)                       # a long prompt keeps its last context_length tokens
+    calls = []
+    for i in range(n):
+        if use_cache and (rolls or t + i <= context):
+            calls.append((t if i == 0 else 1, True))          # the prompt once, then the new token only
+        else:
+            calls.append((min(t + i, context), False))        # a full pass over the last context tokens
+    return calls, min(context, t + n) if not rolls else t + n
+
+
+@given(b=st.sampled_from([None, 1, 3]), t0=sizes(7), n=st.integers(0, 7), context=sizes(5),
+       use_cache=st.booleans(), rolls=st.sampled_from([None, False, True]))
+@example(b=3, t0=2, n=0, context=4, use_cache=True, rolls=None)      # an empty batch result is (B, 0)
+@example(b=None, t0=2, n=1, context=4, use_cache=True, rolls=None)   # one new token: still through the cache
+@example(b=None, t0=2, n=0, context=4, use_cache=True, rolls=None)   # no token: no cache, no forward
+@example(b=None, t0=2, n=5, context=4, use_cache=True, rolls=None)   # fills the context exactly, then slides
+@example(b=None, t0=2, n=5, context=4, use_cache=False, rolls=None)
+@example(b=1, t0=6, n=3, context=4, use_cache=True, rolls=None)      # a long prompt is cropped, then cached
+@example(b=None, t0=6, n=3, context=4, use_cache=True, rolls=True)   # cropped, then rolls at the true positions
+@example(b=None, t0=2, n=3, context=100, use_cache=True, rolls=True)
+@example(b=None, t0=2, n=3, context=100, use_cache=True, rolls=False)
+def test_decoding_schedule(gen, b, t0, n, context, use_cache, rolls):
+    """The model is fed the (cropped) prompt once, then one new token a step through ONE cache from
+    new_kv_cache(B, min(context, T + n)) (T + n when it rolls_past_context), recomputing the last
+    context_length tokens without cache past the context; use_cache=False: full passes; n=0: nothing."""
+    lm = _Recorder(context_length=context, rolls=rolls)
+    prompt = [int(i) for i in randint(0, 16, (t0,), t0 + n)]
+    got = gen.generate(lm, prompt if b is None else torch.tensor([prompt] * b), n, temperature=0.0,
+                       use_cache=use_cache)
+    expected_tokens = [(prompt[-1] + 1 + i) % 16 for i in range(n)]
+    if b is None:
+        assert_equal(got, expected_tokens, what="tokens of the (last id + 1) model")
+    else:
+        assert_equal(got, torch.tensor([expected_tokens] * b, dtype=torch.long).reshape(b, n),
+                     what=f"batched tokens of the (last id + 1) model, a ({b}, {n}) long tensor")
+    calls, max_len = _expected_calls(t0, n, context, use_cache, bool(rolls))
+    assert_equal(lm.calls, calls, what=f"(width fed, kv_cache given) per forward call, prompt of {t0}, "
+                                       f"context {context}, {n} new, use_cache={use_cache}, rolls={rolls}")
+    caches = [(b or 1, max_len)] if use_cache and n > 0 else []
+    assert_equal(lm.caches, caches, what="new_kv_cache calls (batch_size, max_len)")
