@@ -7,6 +7,8 @@ Decoding is checked with small ``TransformerLM`` models of the same implementati
 scripted stand-in models and a byte-level stand-in tokenizer.
 """
 
+import re
+
 import pytest
 import torch
 from hypothesis import assume, example, given, settings
@@ -805,7 +807,7 @@ class _Recorder(torch.nn.Module):
         b, t = idx.shape
         self.calls.append((t, kv_cache is not None))
         logits = torch.zeros(b, t, self.vocab_size)
-        logits[torch.arange(b), -1, (idx[:, -1] + 1) % self.vocab_size] = 10.0
+        logits[torch.arange(b), -1, (idx[:, -1] + 1) % self.vocab_size] = 100.0   # the other ids: ~e^-100
         if self.poison is not None:
             logits[:, -1, 7] = self.poison
         return logits, None
@@ -853,3 +855,86 @@ def test_decoding_schedule(gen, b, t0, n, context, use_cache, rolls):
                                        f"context {context}, {n} new, use_cache={use_cache}, rolls={rolls}")
     caches = [(b or 1, max_len)] if use_cache and n > 0 else []
     assert_equal(lm.caches, caches, what="new_kv_cache calls (batch_size, max_len)")
+
+
+# --- argument checks on both sides of each boundary -------------------------------------------------
+
+def _error_of(call):
+    """The exception ``call()`` raises (a stub's NotImplementedError passes through)."""
+    try:
+        call()
+    except NotImplementedError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        return err
+    raise AssertionError("expected an error, but nothing was raised")
+
+
+def test_prompt_checks_at_the_boundaries(gen):
+    """Prompt ids in [0, vocab_size) are accepted, one outside is a ValueError naming prompt_ids and that
+    id; a 1-D or 2-D long tensor or a list of ints (not bools, not floats) is accepted, anything else refused."""
+    lm = _Recorder(vocab_size=16, context_length=8)
+    for ok in ([0, 15], [15], torch.tensor([15, 0]), torch.tensor([[0, 15], [15, 0]])):
+        got = gen.generate(lm, ok, 2, temperature=0.0)
+        assert len(got) == 2, f"prompt {ok!r} (ids in [0, 16)) must be accepted: got {got!r}"
+    for bad, bad_id in [([5, 16], "16"), ([0, 20], "20"), ([3, 20, 7], "20"), ([-1, 4], "-1"), ([0, -3, 2], "-3"),
+                        (torch.tensor([[2, 4], [20, 1]]), "20")]:
+        with raises_clear(ValueError, "prompt_ids", bad_id):
+            gen.generate(lm, bad, 2)
+    with raises_clear(ValueError, "prompt_ids"):
+        gen.stream(lm, [0, 16], 2)   # checked at the call
+    for bad in (torch.tensor(3), torch.zeros(1, 1, 2, dtype=torch.long)):
+        with raises_clear(ValueError, "prompt_ids"):
+            gen.generate(lm, bad, 2)
+    with raises_clear(ValueError, "prompt_ids"):
+        gen.generate(lm, torch.empty(0, 3, dtype=torch.long), 2)   # no row
+    for bad in ([1, 2.0], [1, 2.5], [True, 2], [1, "2"], torch.tensor([1.0, 2.0])):
+        with raises_clear(TypeError, "prompt_ids"):
+            gen.generate(lm, bad, 2)
+    for bad in ([2.5], [True], [3, None]):
+        with raises_clear(TypeError, "stop_ids"):
+            gen.generate(lm, [1, 2], 2, stop_ids=bad)
+
+
+def test_models_without_parameters_or_vocab_size(gen):
+    """A model without parameters decodes on the CPU (seeded too); without config.vocab_size the prompt
+    ids are not range-checked by generate (the model's own checks apply). At T = 1 the model's other ids
+    have probability ~15 e^-100 per draw: a false failure is below 1e-40."""
+    for lm in (_Recorder(parameters=False), _Recorder(vocab=False), _Recorder(parameters=False, vocab=False)):
+        for seed in (None, 3):
+            got = gen.generate(lm, [1, 2], 3, temperature=0.0, seed=seed)
+            assert_equal(got, [3, 4, 5], what="tokens of the (last id + 1) model without parameters / vocab_size")
+            got = gen.generate(lm, torch.tensor([[1, 2], [4, 5]]), 2, seed=seed, temperature=1.0)
+            assert_equal(got.tolist(), [[3, 4], [6, 7]], what="batched tokens at T = 1 (the model puts all but ~e^-100 of the mass on one id)")
+
+
+def test_stream_text_empty_prompt_names_prompt(gen):
+    """stream_text's empty prompt is a ValueError naming its own argument `prompt` (stream_text has no prompt_ids)."""
+    err = _error_of(lambda: gen.stream_text(_Recorder(vocab_size=256), ByteTokenizer(), "", 3))
+    assert isinstance(err, ValueError) and re.search(r"\bprompt\b", str(err)), (
+        f"stream_text(prompt=''): expected a ValueError naming `prompt`, got {type(err).__name__}: {err}")
+    assert "".join(gen.stream_text(_Recorder(vocab_size=256), ByteTokenizer(), "a", 2, temperature=0.0)) == "bc", \
+        "stream_text(prompt='a') (one token) must be accepted: the (last id + 1) model gives 'bc'"
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0), (2, 1, 0)])
+def test_logits_rank_and_vocabulary_refused(gen, shape):
+    """0-dim logits or an empty last (vocabulary) dimension: a ValueError naming logits."""
+    for fn in (gen.sampling_distribution, gen.sample):
+        with raises_clear(ValueError, "logits"):
+            fn(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("shape", [(1,), (0, 5), (2, 0, 3), (3, 1)])
+def test_logits_smallest_accepted(gen, shape):
+    """(..., V) logits with V >= 1 are accepted, empty leading dimensions too: probs (..., V), ids (...)."""
+    logits = torch.zeros(shape, dtype=torch.float64)
+    for t in (0.0, 1.0):
+        probs = gen.sampling_distribution(logits, temperature=t)
+        assert_close(probs, torch.full(shape, 1.0 / shape[-1], dtype=torch.float64) if t else
+                     torch.nn.functional.one_hot(torch.zeros(shape[:-1], dtype=torch.long), shape[-1]).double(),
+                     what=f"sampling_distribution(zeros{shape}, temperature={t})")
+        ids = gen.sample(logits, temperature=t, generator=torch.Generator().manual_seed(0))
+        assert tuple(ids.shape) == shape[:-1] and ids.dtype == torch.long, \
+            f"sample(zeros{shape}): expected {shape[:-1]} long, got {tuple(ids.shape)} {ids.dtype}"
+        assert bool((ids >= 0).all() & (ids < shape[-1]).all()), f"ids outside [0, {shape[-1]}): {ids.tolist()}"
