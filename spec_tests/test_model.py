@@ -15,7 +15,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .support import assert_close, assert_equal, randint, randn, raises_clear, seed_all, seeds, windowed_lm_logits
+import re
+
+from .support import (assert_close, assert_equal, fresh, randint, randn, raises_clear, seed_all, seeds,
+                      windowed_lm_logits)
 
 POSITIONAL = ["learned", "sinusoidal", "rope", "alibi", "none"]
 #: Attention variants as ModelConfig overrides (n_heads = 4 in the sweeps).
@@ -757,3 +760,90 @@ def test_absolute_positions_stop_at_the_context(model, positional):
     plain = model.TransformerLM(model.ModelConfig(**{**BASE, "positional": "rope"}))
     assert not plain.rolls_past_context, "rolls_past_context must be False without a window"
     assert_equal(plain.new_kv_cache(1, max_len=7)[0].k.shape[2], 7, what="positions held without a window")
+
+
+# --- ModelConfig: both sides of every boundary, every default, names by value ---------------------
+
+def test_config_number_boundaries(model):
+    """norm_eps must be > 0 and rope_base > 1: the bound itself and below are ValueErrors naming the field, just above is accepted."""
+    for name, bound in (("norm_eps", 0.0), ("rope_base", 1.0)):
+        for bad in (bound, bound - 0.5, -1.0):
+            with raises_clear(ValueError, name):
+                model.ModelConfig(**BASE, **{name: bad})
+        for good in (math.nextafter(bound, math.inf), bound + 0.5):
+            config = model.ModelConfig(**BASE, **{name: good})
+            assert_equal(getattr(config, name), good, what=f"ModelConfig({name}={good!r}).{name} (just above {bound})")
+        with raises_clear(TypeError, name):
+            model.ModelConfig(**BASE, **{name: "1.5"})
+
+
+def test_config_optional_biases(model):
+    """attention_bias and ffn_bias take None, True or False; anything else (1, 0, "yes") is a TypeError naming the field."""
+    for name in ("attention_bias", "ffn_bias"):
+        for bad in (1, 0, "yes"):
+            with raises_clear(TypeError, name):
+                model.ModelConfig(**BASE, **{name: bad})
+        for good in (None, True, False):
+            assert_equal(getattr(model.ModelConfig(**BASE, **{name: good}), name), good,
+                         what=f"ModelConfig({name}={good!r}).{name}")
+
+
+@pytest.mark.parametrize("positional", POSITIONAL)
+def test_config_parity_rules_apply_to_their_scheme_only(model, positional):
+    """Only rope needs an even head_dim and only sinusoidal an even d_model; the other schemes accept odd ones.
+
+    Names are compared by value: a positional read from a file (an equal string that is not the
+    literal) is held to the same rule.
+    """
+    name = fresh(positional)
+    odd_head = dict(BASE, d_model=6, n_heads=2)                       # head_dim 3, d_model even
+    odd_head_explicit = dict(BASE, d_model=8, n_heads=2, head_dim=3)  # head_dim set, odd
+    odd_model = dict(BASE, d_model=7, n_heads=1)                      # d_model (and head_dim) odd
+    for c in (odd_head, odd_head_explicit):
+        if positional == "rope":
+            with raises_clear(ValueError, "rope", "head_dim"):
+                model.ModelConfig(**c, positional=name)
+        else:
+            model.ModelConfig(**c, positional=name)
+    if positional in ("rope", "sinusoidal"):
+        with raises_clear(ValueError, positional):
+            model.ModelConfig(**odd_model, positional=name)
+    else:
+        model.ModelConfig(**odd_model, positional=name)
+    model.ModelConfig(**dict(BASE, d_model=8, n_heads=2, head_dim=4), positional=name)   # even: accepted
+
+
+def test_resolved_d_ff_for_every_width(model):
+    """resolved_d_ff for d_model 1..96: d_ff when set; else 4 * d_model, or for swiglu ceil(8 d_model / 3) rounded up to a multiple of 8 (names by value)."""
+    for activation in ("relu", "gelu", "gelu_tanh", "swiglu"):
+        for d_model in range(1, 97):
+            config = model.ModelConfig(**dict(BASE, d_model=d_model, n_heads=1), activation=fresh(activation))
+            expected = 8 * math.ceil(math.ceil(8 * d_model / 3) / 8) if activation == "swiglu" else 4 * d_model
+            assert_equal(config.resolved_d_ff, expected, what=f"resolved_d_ff of {activation}, d_model={d_model}")
+        assert_equal(model.ModelConfig(**BASE, activation=activation, d_ff=20).resolved_d_ff, 20,
+                     what=f"resolved_d_ff of {activation} with d_ff=20")
+    seed_all(0)
+    lm = model.TransformerLM(model.ModelConfig(**dict(BASE, d_model=3, n_heads=1), activation=fresh("swiglu")))
+    for block in lm.blocks:                                  # ceil(8 * 3 / 3) = 8: already a multiple of 8
+        assert_equal(tuple(block.ffn.w1.weight.shape), (8, 3), what="swiglu FFN w1 shape for d_model=3 (d_ff 8)")
+
+
+ALL_DEFAULTS = dict(n_kv_heads=None, d_ff=None, dropout=0.0, activation="gelu", norm="layernorm",
+                    norm_placement="pre", positional="learned", window=None, tie_weights=True, bias=True,
+                    fast=False, norm_eps=1e-5, rope_base=10000.0, rope_pairing="interleaved", head_dim=None,
+                    attention_bias=None, ffn_bias=None)
+
+
+def test_from_dict_fills_every_default(model):
+    """from_dict with only the required fields (or some optional ones) builds the config with every documented default."""
+    config = model.ModelConfig.from_dict(dict(BASE))
+    assert_equal(config, model.ModelConfig(**BASE), what="ModelConfig.from_dict(required fields only)")
+    assert_equal({k: getattr(config, k) for k in ALL_DEFAULTS}, ALL_DEFAULTS,
+                 what="defaults filled in by from_dict(required fields only)")
+    assert_equal({k: getattr(model.ModelConfig(**BASE), k) for k in ALL_DEFAULTS}, ALL_DEFAULTS,
+                 what="ModelConfig(required fields only) defaults")
+    some = model.ModelConfig.from_dict({**BASE, "norm_eps": 1e-6, "positional": "rope"})
+    assert_equal({k: getattr(some, k) for k in ALL_DEFAULTS},
+                 {**ALL_DEFAULTS, "norm_eps": 1e-6, "positional": "rope"}, what="from_dict with two optional fields")
+    with raises_clear(ValueError, "vocab_size"):
+        model.ModelConfig.from_dict({k: v for k, v in BASE.items() if k != "vocab_size"})
