@@ -938,3 +938,26 @@ def test_logits_smallest_accepted(gen, shape):
         assert tuple(ids.shape) == shape[:-1] and ids.dtype == torch.long, \
             f"sample(zeros{shape}): expected {shape[:-1]} long, got {tuple(ids.shape)} {ids.dtype}"
         assert bool((ids >= 0).all() & (ids < shape[-1]).all()), f"ids outside [0, {shape[-1]}): {ids.tolist()}"
+
+
+# --- non-finite logits from the model while decoding ------------------------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("stop_ids", [(), (7,)])
+@pytest.mark.parametrize("t", [0.0, 1.0])
+def test_model_non_finite_logits_while_decoding(gen, bad, batch, stop_ids, t):
+    """A model producing non-finite logits is a ValueError naming logits, one prompt or a batch, also at a step
+    where the draw is a stop id that ends every row (greedy: +inf at the stop id 7 is drawn), from generate and
+    from stream's iteration; nothing non-finite is ever yielded as a token."""
+    prompt = [1, 2] if batch is None else torch.tensor([[1, 2]] * batch)
+    for use_cache in (True, False):
+        lm = _Recorder(poison=bad)
+        with raises_clear(ValueError, "logits"):
+            gen.generate(lm, prompt, 4, temperature=t, stop_ids=stop_ids, seed=0, use_cache=use_cache)
+        it = gen.stream(lm, prompt, 4, temperature=t, stop_ids=stop_ids, seed=0, use_cache=use_cache)
+        yielded = []
+        with raises_clear(ValueError, "logits"):
+            for token in it:
+                yielded.append(token)
+        assert not yielded, f"stream yielded {yielded!r} from non-finite logits (at the first step)"
