@@ -847,3 +847,129 @@ def test_from_dict_fills_every_default(model):
                  {**ALL_DEFAULTS, "norm_eps": 1e-6, "positional": "rope"}, what="from_dict with two optional fields")
     with raises_clear(ValueError, "vocab_size"):
         model.ModelConfig.from_dict({k: v for k, v in BASE.items() if k != "vocab_size"})
+
+
+# --- dropout: p = 0 draws nothing, the mask is u >= p ----------------------------------------------
+
+def test_dropout_at_zero_draws_nothing(model):
+    """dropout(x, 0, training) and dropout(x, p, False) return x itself and draw nothing from torch's global RNG; so does a dropout-0 model's train-mode forward."""
+    x = randn((4, 5), 0)
+    calls = [("dropout(x, 0.0, True)", lambda: model.dropout(x, 0.0, True)),
+             ("dropout(x, 0.5, False)", lambda: model.dropout(x, 0.5, False))]
+    for name, call in calls:
+        torch.manual_seed(123)
+        expected_draws = torch.rand(8)
+        torch.manual_seed(123)
+        got = call()
+        assert_equal(torch.rand(8), expected_draws, what=f"torch's RNG after {name} (expected untouched)")
+        assert got is x, f"{name} must return x itself (the identity)"
+    for fast in (False, True):
+        lm = _build(model, {**BASE, "fast": fast}, 0, torch.float32).train()
+        idx = randint(0, BASE["vocab_size"], (2, 6), 1)
+        torch.manual_seed(123)
+        expected_draws = torch.rand(8)
+        torch.manual_seed(123)
+        lm(idx, randint(0, BASE["vocab_size"], (2, 6), 2))
+        assert_equal(torch.rand(8), expected_draws,
+                     what=f"torch's RNG after a train-mode forward of a dropout-0 model (fast={fast}; expected untouched)")
+
+
+@given(seed=seeds, p=st.sampled_from([0.1, 0.25, 0.5, 0.75]), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_dropout_keeps_where_the_uniform_draw_is_at_least_p(model, seed, p, dtype):
+    """dropout(x, p, True) is x / (1 - p) where u >= p and 0 elsewhere, u = torch.rand_like(x) drawn from the global RNG.
+
+    The test sets p to one of the draws (u == p there: kept), so a strict u > p fails. Deterministic
+    (the same seed gives the same u): no false failures; x has no zero (randn: probability 0).
+    """
+    x = randn((32, 16), seed, dtype)
+    torch.manual_seed(seed)
+    u = torch.rand_like(x)
+    p = float(u.flatten()[int((u.flatten() - p).abs().argmin())])     # a draw near p: u == p somewhere
+    torch.manual_seed(seed)
+    got = model.dropout(x, p, True)
+    keep = u >= p
+    assert_equal(got != 0, keep, what=f"kept elements of dropout(x, {p}, True) (expected u >= p, u = torch.rand_like(x))")
+    assert_close(got[keep], x[keep] / (1 - p), what="kept elements (expected x / (1 - p))")
+
+
+# --- TransformerBlock: the layer index -------------------------------------------------------------
+
+def test_block_layer_index_range(model):
+    """TransformerBlock takes layer_index in [0, n_layers): n_layers - 1 is accepted; n_layers, n_layers + 1 and -1 are ValueErrors naming layer_index."""
+    config = model.ModelConfig(**{**BASE, "n_layers": 3})
+    seed_all(0)
+    for good in (0, 2):
+        assert_equal(model.TransformerBlock(config, good).layer_index, good, what=f"TransformerBlock(n_layers=3, {good}).layer_index")
+    for bad in (3, 4, 300, -1):
+        with raises_clear(ValueError, "layer_index"):
+            model.TransformerBlock(config, bad)
+    with raises_clear(TypeError, "layer_index"):
+        model.TransformerBlock(config, 1.0)
+
+
+# --- TransformerLM: names by value, every Linear's fast, re-initialisation --------------------------
+
+@pytest.mark.parametrize("overrides", [
+    dict(positional="learned", norm_placement="pre", activation="swiglu"),
+    dict(positional="sinusoidal", norm_placement="post", activation="gelu"),
+    dict(positional="rope", norm_placement="pre", activation="relu", norm="rmsnorm"),
+], ids=["learned-pre-swiglu", "sinusoidal-post-gelu", "rope-pre-relu"])
+def test_config_names_compare_by_value(model, overrides):
+    """A config whose names are equal strings that are not the literals (read from a file) builds the same model: same parameters, same logits."""
+    literal = _build(model, {**BASE, **overrides}, 0)
+    named = _build(model, {**BASE, **{k: fresh(v) for k, v in overrides.items()}}, 1, randomise=False)
+    assert_equal(type(named.position_embedding), type(literal.position_embedding),
+                 what=f"position_embedding type for positional={overrides['positional']!r} (a fresh string)")
+    assert_equal(named.ln_f is None, literal.ln_f is None,
+                 what=f"ln_f is None for norm_placement={overrides['norm_placement']!r} (a fresh string)")
+    assert_equal({k: tuple(v.shape) for k, v in named.state_dict().items()},
+                 {k: tuple(v.shape) for k, v in literal.state_dict().items()}, what="state_dict keys and shapes")
+    named.load_state_dict(literal.state_dict())
+    idx = randint(0, BASE["vocab_size"], (2, BASE["context_length"]), 2)
+    assert_close(named(idx)[0], literal(idx)[0], what="logits of the model built from fresh strings vs literals")
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_every_linear_follows_config_fast(model, impl, fast):
+    """TransformerLM sets every Linear's fast (lm_head, the attention projections, the FFN) to config.fast."""
+    seed_all(0)
+    linear = impl.component("linear").Linear
+    for c in ({**BASE, "fast": fast}, {**BASE, "fast": fast, "tie_weights": False, "activation": "swiglu"}):
+        lm = model.TransformerLM(model.ModelConfig(**c))
+        layers = {name or "model": m.fast for name, m in lm.named_modules() if isinstance(m, linear)}
+        assert "lm_head" in layers, "lm_head must be a Linear"
+        assert_equal(layers, {name: fast for name in layers}, what=f"fast of every Linear with config.fast={fast}")
+
+
+def test_reset_parameters_reinitialises(model, impl):
+    """reset_parameters() on a model whose weights changed draws them again: Linear and embedding weights ~ N(0, 0.02^2), out_proj / w2 ~ N(0, (0.02 / sqrt(2 n_layers))^2), biases 0.
+
+    False-failure rate: every matrix has n >= 1,024 draws; the sample std is within 25% of sigma
+    (11 standard errors sigma / sqrt(2n)) and the mean within 0.25 sigma (8 standard errors) except
+    with probability below 1e-14 per matrix, 1e-12 for the ~20 matrices.
+    """
+    n_layers = 2
+    c = dict(vocab_size=32, context_length=32, n_layers=n_layers, d_model=32, n_heads=4, tie_weights=False)
+    seed_all(0)
+    lm = model.TransformerLM(model.ModelConfig(**c))
+    linear = impl.component("linear").Linear
+    norms = {id(p) for b in lm.blocks for p in (*b.ln_1.parameters(), *b.ln_2.parameters())}
+    norms |= {id(p) for p in lm.ln_f.parameters()}
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.fill_(3.0)
+    lm.reset_parameters()
+    residual = {id(b.attn.out_proj.weight) for b in lm.blocks} | {id(b.ffn.w2.weight) for b in lm.blocks}
+    biases = {id(m.bias) for m in lm.modules() if isinstance(m, linear) and m.bias is not None}
+    for name, p in lm.named_parameters():
+        if id(p) in norms:
+            continue
+        if id(p) in biases:
+            assert_close(p.detach(), torch.zeros_like(p), what=f"{name} after reset_parameters (bias 0)")
+            continue
+        assert p.dim() == 2, f"unexpected parameter {name} of shape {tuple(p.shape)}"
+        std = 0.02 / math.sqrt(2 * n_layers) if id(p) in residual else 0.02
+        got = p.detach().std().item()
+        assert abs(got - std) < 0.25 * std, f"std of {name} after reset_parameters: expected {std:.4g}, got {got:.4g}"
+        assert abs(p.detach().mean().item()) < 0.25 * std, \
+            f"mean of {name} after reset_parameters: expected 0, got {p.detach().mean().item():.4g}"
