@@ -609,3 +609,98 @@ def test_compiled_run_equals_eager_and_saves_eager_weights(train, impl, corpus_d
     want = _weights(eager.model)
     for name, value in _weights(fresh).items():
         assert_close(value, want[name], what=f"{name} after 3 compiled steps vs eager", atol=1e-5, rtol=1e-4)
+
+
+# --- TrainConfig's validation: both sides of every bound ------------------------------------------
+# Each row: a field, values just inside its range (accepted) and just outside (refused with an error
+# naming the field). Other fields are set so that only the field under test can be at fault.
+
+_TINY_POS = 1e-12
+_BELOW_1 = math.nextafter(1.0, 0.0)
+
+CONFIG_BOUNDS = [
+    # (field, accepted values, refused values, the other fields needed for the row)
+    ("steps", [1, 2], [0, -1], dict(warmup=0)),
+    ("schedule_steps", [None, 1, 9, 10], [0, 11], dict(steps=10, warmup=1)),
+    ("batch_size", [1, 2], [0, -1], dict(accum=1)),
+    ("lr", [_TINY_POS, 1.0, 1e3], [0.0, -_TINY_POS, -0.5, -1.0, math.inf, math.nan], dict(min_lr=0.0)),
+    ("min_lr", [0.0, _TINY_POS, 1e-3], [-_TINY_POS, -0.5, math.nextafter(1e-3, 1.0), 1e-2], dict(lr=1e-3)),
+    ("warmup", [0, 1, 10], [-1, 11], dict(steps=10)),
+    ("weight_decay", [0.0, 1.0], [-_TINY_POS, -1.0], {}),
+    ("grad_clip", [None, _TINY_POS, 1.0], [0.0, -_TINY_POS, -1.0], {}),
+    ("eval_interval", [0, 1], [-1], {}),
+    ("eval_batches", [None, 1, 2], [0, -1], {}),
+    ("log_interval", [1, 2], [0, -1], {}),
+    ("checkpoint_interval", [0, 1], [-1], {}),
+    ("checkpoint_minutes", [0.0, _TINY_POS, 10.0], [-_TINY_POS, -0.5, -1.0], {}),
+    ("vocab_size", [300, 512], [0, -1], {}),
+    ("seed", [0, 1], [-1], {}),
+    ("label_smoothing", [0.0, 0.5, _BELOW_1], [-_TINY_POS, 1.0, 1.5], {}),
+    ("z_loss", [0.0, _TINY_POS, 1.0], [-_TINY_POS, -1.0], {}),
+]
+
+
+@pytest.mark.parametrize("field_, accepted, refused, others", CONFIG_BOUNDS, ids=[r[0] for r in CONFIG_BOUNDS])
+def test_train_config_bounds_both_sides(train, tmp_path, field_, accepted, refused, others):
+    """Each numeric TrainConfig field accepts the values just inside its documented range and refuses (naming it) those just outside."""
+    base = {**dict(steps=100, warmup=10, out_dir=str(tmp_path)), **others}
+    for value in accepted:
+        try:
+            config = train.TrainConfig(**{**base, field_: value})
+        except (ValueError, TypeError) as err:
+            raise AssertionError(f"TrainConfig({field_}={value!r}) is inside the documented range, "
+                                 f"but it was refused: {type(err).__name__}: {err}") from None
+        assert_equal(getattr(config, field_), value, what=f"TrainConfig({field_}={value!r}).{field_}")
+    for value in refused:
+        with raises_clear((ValueError, TypeError), field_):
+            train.TrainConfig(**{**base, field_: value})
+
+
+@pytest.mark.parametrize("batch_size, accum, divides", [
+    (6, 1, True), (6, 2, True), (6, 3, True), (6, 6, True), (12, 4, True), (5, 5, True),
+    (6, 4, False), (6, 5, False), (4, 8, False), (4, 3, False), (5, 2, False)])
+def test_train_config_accum_must_divide_batch_size(train, tmp_path, batch_size, accum, divides):
+    """accum is accepted exactly when it divides batch_size (accum > batch_size never does); otherwise a ValueError naming accum."""
+    kw = dict(steps=10, warmup=1, out_dir=str(tmp_path), batch_size=batch_size, accum=accum)
+    if divides:
+        config = train.TrainConfig(**kw)
+        assert_equal((config.batch_size, config.accum), (batch_size, accum), what="(batch_size, accum)")
+    else:
+        with raises_clear(ValueError, "accum"):
+            train.TrainConfig(**kw)
+    with raises_clear((ValueError, TypeError), "accum"):
+        train.TrainConfig(**{**kw, "accum": 0})
+
+
+def test_train_config_betas_are_a_pair_in_0_1(train, tmp_path):
+    """betas: exactly two numbers, each in [0, 1) (0 accepted, 1 refused); others are errors naming betas."""
+    ok = dict(steps=10, warmup=1, out_dir=str(tmp_path))
+    for betas in [(0.0, 0.0), (0.9, 0.95), (_BELOW_1, _BELOW_1), (0.0, _BELOW_1), [0.5, 0.5]]:
+        try:
+            config = train.TrainConfig(**ok, betas=betas)
+        except (ValueError, TypeError) as err:
+            raise AssertionError(f"TrainConfig(betas={betas!r}) is a pair in [0, 1), but it was refused: "
+                                 f"{type(err).__name__}: {err}") from None
+        assert_equal(tuple(config.betas), tuple(betas), what=f"TrainConfig(betas={betas!r}).betas")
+    for betas in [(1.0, 0.95), (0.9, 1.0), (-_TINY_POS, 0.95), (0.9, -_TINY_POS), (1.5, 0.95), (0.9, 1.5),
+                  (-0.5, 0.9), (0.9, -0.5), (0.9,), (0.9, 0.95, 0.99), ()]:
+        with raises_clear((ValueError, TypeError), "betas"):
+            train.TrainConfig(**ok, betas=betas)
+
+
+def test_train_config_device_names(train, tmp_path):
+    """device "cpu", "cuda" and "cuda:N" are accepted (compared by value, CUDA not needed to construct); any other name is a ValueError naming device."""
+    from .support import fresh
+    ok = dict(steps=10, warmup=1, out_dir=str(tmp_path))
+    for device in ["cpu", "cuda", "cuda:0", "cuda:1", "cuda:12", fresh("cpu"), fresh("cuda")]:
+        try:
+            config = train.TrainConfig(**ok, device=device)
+        except (ValueError, TypeError) as err:
+            raise AssertionError(f"TrainConfig(device={device!r}) is a documented device name, but it was "
+                                 f"refused: {type(err).__name__}: {err}") from None
+        assert_equal(config.device, device, what=f"TrainConfig(device={device!r}).device")
+    for device in ["", "a", "cp", "cpv", "ane", "cud", "cpu0", "cudax", "tpu", "mps", "0:cuda", "x:cuda", ":cuda"]:
+        with raises_clear(ValueError, "device"):
+            train.TrainConfig(**ok, device=device)
+    with raises_clear((ValueError, TypeError), "device"):
+        train.TrainConfig(**ok, device=0)
