@@ -961,3 +961,40 @@ def test_model_non_finite_logits_while_decoding(gen, bad, batch, stop_ids, t):
             for token in it:
                 yielded.append(token)
         assert not yielded, f"stream yielded {yielded!r} from non-finite logits (at the first step)"
+
+
+# --- defaults of stream and stream_text -------------------------------------------------------------
+
+@settings(max_examples=2)
+@given(n=sizes(8, 5), seed=seeds)
+def test_stream_and_stream_text_defaults(gen, model_mod, n, seed):
+    """stream and stream_text default to temperature 1, no top-k / top-p / stop ids, seed None (the global RNG),
+    the cache on and no compilation: after the same torch.manual_seed they give generate's explicit tokens, the
+    prompt fed once then one token a step, and torch.compile traces nothing. (A model of 128 ids: ASCII, so
+    the text shows every id.)"""
+    lm = _build(model_mod, seed, vocab_size=128, context_length=10, n_layers=1)
+    tok, prompt = ByteTokenizer(), "ab"
+    ids = tok.encode(prompt)
+    torch.manual_seed(seed)
+    explicit = gen.generate(lm, ids, n, temperature=1.0, top_k=None, top_p=None, stop_ids=(), seed=None,
+                            use_cache=True, compile=False)
+    widths, compiling = [], []
+
+    def record(module, args, out):
+        widths.append(args[0].shape[-1])
+        compiling.append(torch.compiler.is_compiling())
+    hook = lm.register_forward_hook(record)
+    try:
+        torch.manual_seed(seed)
+        streamed = list(gen.stream(lm, ids, n))
+        stream_widths, widths[:] = list(widths), []
+        torch.manual_seed(seed)
+        text = "".join(gen.stream_text(lm, tok, prompt, n))
+    finally:
+        hook.remove()
+    assert_equal(streamed, explicit, what="stream(lm, ids, n) vs generate with the explicit defaults")
+    assert_equal(text, tok.decode(explicit), what="stream_text(lm, tok, prompt, n) vs decode(generate(explicit defaults))")
+    for name, got in (("stream", stream_widths), ("stream_text", widths)):
+        assert_equal(got, [len(ids)] + [1] * (n - 1), what=f"widths fed to the model by {name} by default "
+                     "(cache on: the prompt once, then one new token per step)")
+    assert not any(compiling), "stream / stream_text ran the model under torch.compile by default (compile must default to False)"
