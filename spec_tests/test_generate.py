@@ -7,6 +7,7 @@ Decoding is checked with small ``TransformerLM`` models of the same implementati
 scripted stand-in models and a byte-level stand-in tokenizer.
 """
 
+import math
 import re
 
 import pytest
@@ -998,3 +999,39 @@ def test_stream_and_stream_text_defaults(gen, model_mod, n, seed):
         assert_equal(got, [len(ids)] + [1] * (n - 1), what=f"widths fed to the model by {name} by default "
                      "(cache on: the prompt once, then one new token per step)")
     assert not any(compiling), "stream / stream_text ran the model under torch.compile by default (compile must default to False)"
+
+
+# --- the top-p rounding boundary --------------------------------------------------------------------
+
+def _robust_two_token_logits():
+    """Logits [0, d] whose float64 softmax is exact whatever the exp's last bit: e = exp(d) in [0.25, 0.5) is a
+    multiple of 2^-52, so 1 + e (and 1 + e +- 1 ulp) rounds to the same sum S, and p_0 = 1 / S in any order."""
+    for i in range(4000):
+        d = -1.0 - i * 1e-9
+        e = float(torch.tensor(d, dtype=torch.float64).exp())
+        if e == math.exp(d) and 0.25 <= e < 0.5 and (e * 2.0 ** 52).is_integer():
+            return d, 1.0 / (1.0 + e)
+    raise AssertionError("no robust logit found")   # never: about 1 in 4 candidates qualifies
+
+
+def test_top_p_rounding_boundary(gen):
+    """top-p keeps i iff (the mass above i) < top_p * (1 - TOP_P_RTOL) in float64: for probs [p_0, 1 - p_0] the
+    second token is dropped at the top_p where top_p * (1 - TOP_P_RTOL) == p_0 exactly (and just below it), kept
+    at the next float up."""
+    d, p0 = _robust_two_token_logits()
+    logits = torch.tensor([0.0, d], dtype=torch.float64)
+    c = 1.0 - gen.TOP_P_RTOL
+    at = p0 / c
+    while at * c < p0:
+        at = math.nextafter(at, 2.0)
+    while math.nextafter(at, 0.0) * c >= p0:
+        at = math.nextafter(at, 0.0)
+    assert at * c == p0, f"test setup: no float top_p with top_p * (1 - TOP_P_RTOL) == p_0 = {p0!r}"   # it exists
+    above = math.nextafter(at, 2.0)
+    while above * c <= p0:
+        above = math.nextafter(above, 2.0)
+    for top_p, kept in ((math.nextafter(at, 0.0), False), (at, False), (above, True)):
+        probs = gen.sampling_distribution(logits, top_p=top_p)
+        assert bool(probs[1] > 0) == kept, (
+            f"probs {[p0, 1 - p0]}, top_p={top_p!r} (top_p * (1 - TOP_P_RTOL) {'>' if kept else '<='} p_0 = {p0!r}): "
+            f"the second token must be {'kept' if kept else 'dropped'}, got probs {probs.tolist()}")
