@@ -973,3 +973,123 @@ def test_reset_parameters_reinitialises(model, impl):
         assert abs(got - std) < 0.25 * std, f"std of {name} after reset_parameters: expected {std:.4g}, got {got:.4g}"
         assert abs(p.detach().mean().item()) < 0.25 * std, \
             f"mean of {name} after reset_parameters: expected 0, got {p.detach().mean().item():.4g}"
+
+
+# --- TransformerLM.forward: its signature and its errors, both sides of each bound ---------------
+
+def _names_number(message: str, n: int) -> bool:
+    """Whether ``message`` holds the integer ``n`` as a whole number (not a part of another one)."""
+    return re.search(rf"(?<![\w.-]){re.escape(str(n))}(?![\w.])", message) is not None
+
+
+def test_forward_signature(model):
+    """forward(idx, targets=None, *, padding_mask=None, kv_cache=None): idx and targets by position or keyword; padding_mask and kv_cache keyword only (a TypeError by position)."""
+    lm = _build(model, BASE, 0)
+    idx = randint(0, BASE["vocab_size"], (2, 5), 1)
+    targets = randint(0, BASE["vocab_size"], (2, 5), 2)
+    logits, loss = lm(idx, targets)
+    for name, call in (("forward(idx, targets=targets)", lambda: lm(idx, targets=targets)),
+                       ("forward(idx=idx, targets=targets)", lambda: lm(idx=idx, targets=targets))):
+        got_logits, got_loss = call()
+        assert_close(got_logits, logits, what=f"logits of {name} vs forward(idx, targets)")
+        assert_close(got_loss, loss, what=f"loss of {name} vs forward(idx, targets)")
+    assert lm(idx=idx)[1] is None, "forward(idx=idx): the loss must be None without targets"
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(TypeError):
+        lm(idx, None, mask)                                   # padding_mask is keyword-only
+    with pytest.raises(TypeError):
+        lm(idx, None, None, lm.new_kv_cache(2))               # kv_cache is keyword-only
+
+
+def test_forward_idx_errors(model):
+    """idx of rank 3 or with no token per row is a ValueError naming idx; an id outside [0, vocab_size) is a ValueError naming idx, the first bad id (row-major) and vocab_size."""
+    lm = _build(model, BASE, 0)
+    v = BASE["vocab_size"]
+    for shape in ((1, 2, 3), (2, 0), (1, 0)):
+        with raises_clear(ValueError, "idx"):
+            lm(torch.zeros(shape, dtype=torch.long))
+    for ids, first in (([[0, v]], v), ([[1, v + 1]], v + 1), ([[-1, 2]], -1), ([[3, -2]], -2),
+                       ([[v + 7, 0, -3], [v, 1, 2]], v + 7), ([[0, 1, 2], [-5, v + 2, 1]], -5)):
+        with raises_clear(ValueError, "idx", f"vocab_size={v}"):
+            try:
+                lm(torch.tensor(ids))
+            except ValueError as err:
+                assert _names_number(str(err), first), \
+                    f"the error for idx {ids} should name the first id outside [0, {v}), {first}: {err}"
+                raise
+    for ids in ([[0, v - 1]], [[v - 1, 0, 5]]):                 # the bounds themselves: accepted
+        assert_equal(tuple(lm(torch.tensor(ids))[0].shape), (len(ids), len(ids[0]), v),
+                     what=f"logits shape for idx {ids} (ids 0 and vocab_size - 1 are in range)")
+
+
+def test_compiled_forward_checks_ids_in_the_graph(model):
+    """Compiled (dynamo, eager backend, one graph), forward gives the eager logits for ids in [0, vocab_size) and refuses an id outside with a RuntimeError naming idx and vocab_size."""
+    v = BASE["vocab_size"]
+    lm = _build(model, {**BASE, "n_layers": 1}, 0)
+    idx = torch.tensor([[0, v - 1, 3], [5, 1, 0]])
+    expected, _ = lm(idx)                                   # eager first: a stub reads as not started
+    torch._dynamo.reset()
+    compiled = torch.compile(lm, backend="eager", fullgraph=True)
+    assert_close(compiled(idx)[0], expected, what="compiled logits for ids in [0, vocab_size) vs eager")
+    for bad in ([[0, v, 3], [5, 1, 0]], [[0, 1, 3], [-1, 1, 0]], [[0, 1, 3], [5, v + 40, 0]]):
+        with raises_clear(RuntimeError, "idx", f"vocab_size={v}"):
+            compiled(torch.tensor(bad))
+
+
+def test_kv_cache_list_length(model):
+    """kv_cache must be a list of exactly one cache per layer: one short, one long or a bare cache is a ValueError naming kv_cache; the right length works, also past 256 layers."""
+    seed_all(0)
+    lm = model.TransformerLM(model.ModelConfig(**{**BASE, "n_layers": 3})).eval()
+    idx = torch.zeros(1, 2, dtype=torch.long)
+    caches = lm.new_kv_cache(1)
+    for bad in (caches[:2], caches + lm.new_kv_cache(1)[:1], caches[0]):
+        with raises_clear(ValueError, "kv_cache"):
+            lm(idx, kv_cache=bad)
+    c = dict(vocab_size=5, context_length=4, n_layers=257, d_model=2, n_heads=1, bias=False)
+    deep = model.TransformerLM(model.ModelConfig(**c)).eval()
+    caches = deep.new_kv_cache(1)
+    with torch.no_grad():
+        deep(torch.zeros(1, 1, dtype=torch.long), kv_cache=caches)
+    assert_equal({cache.length for cache in caches}, {1}, what="lengths of 257 caches after one token")
+
+
+def test_cached_positions_continue_from_the_first_cache(model):
+    """With kv_cache, the new tokens' positions are caches[0].length + 0..T-1 (sublayers zeroed: logits = head(ln_f(E[idx] + P[positions])))."""
+    c = {**BASE, "positional": "learned", "n_layers": 2}
+    lm = _build(model, c, 0)
+    _zero_sublayer_outputs(lm)
+    caches = lm.new_kv_cache(1)
+    lm(randint(0, c["vocab_size"], (1, 3), 1), kv_cache=caches)
+    caches = [caches[0], lm.new_kv_cache(1)[1]]               # caches[0] holds 3 positions, caches[1] none
+    idx = randint(0, c["vocab_size"], (1, 2), 2)
+    logits, _ = lm(idx, kv_cache=caches)
+    h = lm.token_embedding.weight[idx] + lm.position_embedding.weight[3:5]
+    expected = _norm("layernorm", h, lm.ln_f) @ lm.lm_head.weight.T
+    assert_close(logits, expected, what="logits of 2 new tokens after caches[0].length = 3 (positions 3, 4)")
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope"])
+def test_context_length_bound_with_a_cache(model, positional):
+    """Cached plus new tokens: exactly context_length is accepted, one more is a ValueError naming context_length and the total, for every split."""
+    c = {**BASE, "positional": positional, "n_layers": 1}
+    ctx = c["context_length"]
+    lm = _build(model, c, 0)
+    for start in range(ctx + 1):
+        for t, ok in ((ctx - start + 1, False), (ctx - start, True)):
+            if t == 0:
+                continue
+            caches = lm.new_kv_cache(1, max_len=3 * ctx)
+            if start:
+                lm(torch.zeros(1, start, dtype=torch.long), kv_cache=caches)
+            idx = torch.zeros(1, t, dtype=torch.long)
+            if ok:
+                lm(idx, kv_cache=caches)
+                assert_equal(caches[0].length, ctx, what=f"cache length after {start} cached + {t} new tokens")
+                continue
+            with raises_clear(ValueError, "context_length"):
+                try:
+                    lm(idx, kv_cache=caches)
+                except ValueError as err:
+                    assert _names_number(str(err), start + t), \
+                        f"{start} cached + {t} new tokens: the error should name the total {start + t}: {err}"
+                    raise
