@@ -704,3 +704,165 @@ def test_train_config_device_names(train, tmp_path):
             train.TrainConfig(**ok, device=device)
     with raises_clear((ValueError, TypeError), "device"):
         train.TrainConfig(**ok, device=0)
+
+
+# --- train_step's gradients, finite checks and objective results ------------------------------------
+
+class _TwoParams(torch.nn.Module):
+    """A model whose second parameter is used only when x[0] > 0: model(x, y) -> (None, loss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.tensor([0.3, 0.7, -1.1], dtype=torch.float64))
+
+    def forward(self, x, y=None):
+        loss = ((self.a * x).sum() - 1.0) ** 2
+        if x[0] > 0:
+            loss = loss + ((self.b * x).sum() + 2.0) ** 2
+        return None, loss
+
+
+def test_train_step_leaves_an_unused_parameter_alone(train):
+    """A parameter that gets no gradient in a step is not updated by it (gradients reset to None: no momentum step on a zero gradient)."""
+    model = _TwoParams()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    on, off = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64)
+    train.train_step(model, opt, [(on, None)])                       # a and b both get a gradient
+    b = model.b.detach().clone()
+    a = model.a.detach().clone()
+    train.train_step(model, opt, [(off, None)])                      # only a does
+    assert not torch.equal(model.a.detach(), a), "the parameter with a gradient must move"
+    assert_equal(model.b.detach(), b, what="a parameter that got no gradient in the step (it must not move)")
+    assert model.b.grad is None, f"after a step that gave b no gradient, b.grad should be None, got {model.b.grad}"
+
+
+@pytest.mark.parametrize("case", ["infinite loss, finite gradients", "finite loss, NaN gradients"])
+def test_train_step_refuses_either_non_finite_value(train, impl, case):
+    """train_step raises DivergenceError when the loss OR the gradient norm is not finite, the other one finite; nothing is updated."""
+    model = _model(impl, 2).double()
+    before = _weights(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    x, y = randint(0, 64, (2, 16), 5), randint(0, 64, (2, 16), 6)
+    if case.startswith("infinite"):
+        def loss_fn(logits, targets):
+            return logits.mean() + float("inf")                      # inf, d/dlogits = 1/n everywhere
+    else:
+        def loss_fn(logits, targets):
+            return torch.sqrt(logits.sum() * 0.0)                    # 0, d/dlogits = 0 * inf = NaN
+    with raises_clear(train.DivergenceError, "finite"):
+        train.train_step(model, opt, [(x, y)], loss_fn=loss_fn)
+    after = _weights(model)
+    assert not [k for k in before if not torch.equal(after[k], before[k])], f"{case}: a refused step changed weights"
+    assert_equal(len(opt.state), 0, what=f"{case}: optimizer states after a refused step")
+
+
+def test_train_step_drops_the_gradients_of_a_refused_step(train, impl):
+    """After a DivergenceError no gradient is left behind: the caller's optimizer.step() (weight decay on) changes nothing."""
+    model = _model(impl, 2).double()
+    before = _weights(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
+    x, y = randint(0, 64, (2, 16), 5), randint(0, 64, (2, 16), 6)
+    with raises_clear(train.DivergenceError, "finite"):
+        train.train_step(model, opt, [(x, y)], loss_fn=lambda logits, targets: logits.mean() + float("inf"))
+    opt.step()
+    after = _weights(model)
+    moved = [k for k in before if not torch.equal(after[k], before[k])]
+    assert not moved, f"optimizer.step() after a refused step moved {moved}: the divergent gradients were left (as zeros?)"
+
+
+@pytest.mark.parametrize("result", [1.5, None, "loss"], ids=["float", "None", "str"])
+def test_train_step_loss_fn_must_return_a_tensor(train, impl, result):
+    """A loss_fn returning something that is not a tensor (a float, None, a str) is a ValueError naming loss_fn."""
+    model = _model(impl, 0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = [(randint(0, 64, (2, 16), 1), randint(0, 64, (2, 16), 2))]
+    with raises_clear(ValueError, "loss_fn"):
+        train.train_step(model, opt, batch, loss_fn=lambda logits, targets: result)
+
+
+# --- evaluate: no autograd, eval mode, max_batches -----------------------------------------------------
+
+@pytest.mark.parametrize("max_batches", [None, 1, 2])
+def test_evaluate_runs_without_autograd_in_eval_mode(train, impl, max_batches):
+    """evaluate's forwards run in eval mode with autograd off (no graph), one per batch, max_batches of them when given."""
+    data = impl.component("data")
+    model = _model(impl, 1, dropout=0.5)
+    model.train()
+    seen = []
+    model.register_forward_hook(lambda m, inputs, out: seen.append((m.training, torch.is_grad_enabled(),
+                                                                    any(t.requires_grad for t in out
+                                                                        if isinstance(t, torch.Tensor)))))
+    stream = randint(0, 64, (80,), 3)
+    nats, n = train.evaluate(model, stream, batch_size=2, max_batches=max_batches)
+    batches = data.evaluation_batches(stream, 2, TINY["context_length"])
+    chosen = batches if max_batches is None else batches[:max_batches]
+    assert_equal(len(seen), len(chosen), what=f"forward passes of evaluate(max_batches={max_batches})")
+    assert_equal(n, sum(int((y != -100).sum()) for _, y in chosen), what="number of targets counted")
+    for training, grad, requires_grad in seen:
+        assert not training, "evaluate must run the model in eval mode"
+        assert not grad and not requires_grad, "evaluate must run without autograd (torch.no_grad): a graph was built"
+    assert model.training, "evaluate must put the model back in train mode"
+
+
+# --- TrainConfig.from_dict, data_fingerprint, find_special_text ----------------------------------------
+
+def test_train_config_from_dict_fills_absent_fields_with_defaults(train, tmp_path):
+    """from_dict inverts to_dict; absent fields take their defaults (an older checkpoint's config); unknown keys are a ValueError naming them."""
+    full = train.TrainConfig(steps=12, warmup=3, lr=2e-3, min_lr=1e-4, betas=(0.8, 0.9), out_dir=str(tmp_path),
+                             label_smoothing=0.1, z_loss=1e-4)
+    assert_equal(train.TrainConfig.from_dict(full.to_dict()), full, what="from_dict(to_dict(config))")
+    for partial in [{}, {"steps": 12, "warmup": 3}, {k: v for k, v in full.to_dict().items()
+                                                     if k not in ("label_smoothing", "z_loss", "compile")}]:
+        try:
+            got = train.TrainConfig.from_dict(dict(partial))
+        except (ValueError, TypeError) as err:
+            raise AssertionError(f"from_dict({sorted(partial)}) (known fields only, some absent) was refused: "
+                                 f"{type(err).__name__}: {err}") from None
+        assert_equal(got, train.TrainConfig(**partial), what=f"from_dict of the fields {sorted(partial)}")
+    with raises_clear(ValueError, "bogus_field"):
+        train.TrainConfig.from_dict({**full.to_dict(), "bogus_field": 1})
+    with raises_clear(ValueError, "bogus_field"):
+        train.TrainConfig.from_dict({"steps": 12, "warmup": 3, "bogus_field": 1})
+
+
+def _documented_fingerprint(train_docs, val_docs):
+    """The contract's framing: for "train" then "val", the name, the document count (8 bytes little-endian),
+    then each document's UTF-8 length (8 bytes little-endian) and bytes; SHA-256 hex."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, docs in ((b"train", train_docs), (b"val", val_docs)):
+        h.update(name + len(docs).to_bytes(8, "little"))
+        for doc in docs:
+            data = doc.encode("utf-8")
+            h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("train_docs, val_docs", [
+    (["hello world", "second doc"], ["val"]),
+    (["", "a"], ["b", ""]),
+    (["naïve café — ☃ 🦜", "x" * 300], ["日本語\n"]),
+    (["only one"], ["v1", "v2", "v3"]),
+])
+def test_data_fingerprint_is_the_documented_sha256(train, train_docs, val_docs):
+    """data_fingerprint is the SHA-256 of the length-prefixed documents (8-byte little-endian counts and lengths), so checkpoints are portable."""
+    assert_equal(train.data_fingerprint(train_docs, val_docs), _documented_fingerprint(train_docs, val_docs),
+                 what=f"data_fingerprint({train_docs!r:.60}, {val_docs!r:.60})")
+    changed = [train_docs[0] + "!"] + train_docs[1:]                 # same counts, one document's text differs
+    assert train.data_fingerprint(changed, val_docs) != train.data_fingerprint(train_docs, val_docs), \
+        "data_fingerprint must depend on every document's text, not only on the counts"
+
+
+@pytest.mark.parametrize("docs, specials, expected", [
+    (["abc", "x\n\ny <|endoftext|>"], ["<|endoftext|>"], (1, 3, "<|endoftext|>")),
+    (["\n<|endoftext|>"], ["<|endoftext|>"], (0, 2, "<|endoftext|>")),
+    (["\n\n\n<|endoftext|>\n"], ["<|endoftext|>"], (0, 4, "<|endoftext|>")),
+    (["<|endoftext|>\n"], ["<|endoftext|>"], (0, 1, "<|endoftext|>")),
+    (["plain", "\n\n<|a|> then <|b|>"], ["<|b|>", "<|a|>"], (1, 3, "<|a|>")),
+    (["no special\nat all"], ["<|endoftext|>"], None),
+])
+def test_find_special_text_reports_the_first_hit_and_its_line(train, docs, specials, expected):
+    """find_special_text: the first document holding a special token's text, the 1-based line of its first occurrence (1 + newlines before it), the token."""
+    got = train.find_special_text(docs, specials)
+    assert_equal(None if got is None else tuple(got), expected, what=f"find_special_text({docs!r}, {specials!r})")
