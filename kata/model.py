@@ -216,7 +216,8 @@ class TransformerLM(nn.Module):
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: every ``Linear``, ``TokenEmbedding`` and ``LearnedPositionalEmbedding``
         weight ~ ``N(0, INIT_STD^2)``, their biases 0; then every block's ``attn.out_proj.weight`` and
-        ``ffn.w2.weight`` ~ ``N(0, (INIT_STD / sqrt(2 n_layers))^2)``. Norms keep gain 1, bias 0.
+        ``ffn.w2.weight`` ~ ``N(0, (INIT_STD / sqrt(2 n_layers))^2)``; every norm's gain 1 and bias 0
+        (``fill_(1.0)``, ``zero_()``: a reset after training restores them too).
         Under ``torch.no_grad()``, with ``tensor.normal_(0.0, std)`` and ``tensor.zero_()``."""
         raise NotImplementedError("TransformerLM.reset_parameters: N(0, 0.02^2), residual projections / sqrt(2 n_layers)")
 

@@ -45,7 +45,7 @@ from .embedding import TokenEmbedding
 from .feedforward import ACTIVATIONS, FeedForward
 from .linear import INIT_STD, Linear
 from .loss import IGNORE_INDEX, cross_entropy
-from .norm import NORMS, build_norm
+from .norm import NORMS, LayerNorm, RMSNorm, build_norm
 from .norm import build_norm as _build_norm
 from .positional import POSITIONAL, ROPE_PAIRINGS, LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
@@ -278,6 +278,10 @@ class TransformerLM(nn.Module):
                     module.weight.normal_(0.0, INIT_STD)
                     if getattr(module, "bias", None) is not None:
                         module.bias.zero_()
+                elif isinstance(module, (LayerNorm, RMSNorm)):
+                    module.weight.fill_(1.0)                   # gain 1
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()                    # shift 0
             for block in self.blocks:
                 block.attn.out_proj.weight.normal_(0.0, residual_std)
                 block.ffn.w2.weight.normal_(0.0, residual_std)

@@ -942,7 +942,7 @@ def test_every_linear_follows_config_fast(model, impl, fast):
 
 
 def test_reset_parameters_reinitialises(model, impl):
-    """reset_parameters() on a model whose weights changed draws them again: Linear and embedding weights ~ N(0, 0.02^2), out_proj / w2 ~ N(0, (0.02 / sqrt(2 n_layers))^2), biases 0.
+    """reset_parameters() on a model whose weights changed draws them again: Linear and embedding weights ~ N(0, 0.02^2), out_proj / w2 ~ N(0, (0.02 / sqrt(2 n_layers))^2), biases 0, norm gains 1 and norm biases 0.
 
     False-failure rate: every matrix has n >= 1,024 draws; the sample std is within 25% of sigma
     (11 standard errors sigma / sqrt(2n)) and the mean within 0.25 sigma (8 standard errors) except
@@ -962,7 +962,9 @@ def test_reset_parameters_reinitialises(model, impl):
     residual = {id(b.attn.out_proj.weight) for b in lm.blocks} | {id(b.ffn.w2.weight) for b in lm.blocks}
     biases = {id(m.bias) for m in lm.modules() if isinstance(m, linear) and m.bias is not None}
     for name, p in lm.named_parameters():
-        if id(p) in norms:
+        if id(p) in norms:  # gains 1, biases 0 (LayerNorm's bias, ln_f's too)
+            expected = torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p)
+            assert_close(p.detach(), expected, what=f"{name} after reset_parameters (norm gain 1, bias 0)")
             continue
         if id(p) in biases:
             assert_close(p.detach(), torch.zeros_like(p), what=f"{name} after reset_parameters (bias 0)")
