@@ -866,3 +866,47 @@ def test_find_special_text_reports_the_first_hit_and_its_line(train, docs, speci
     """find_special_text: the first document holding a special token's text, the 1-based line of its first occurrence (1 + newlines before it), the token."""
     got = train.find_special_text(docs, specials)
     assert_equal(None if got is None else tuple(got), expected, what=f"find_special_text({docs!r}, {specials!r})")
+
+
+# --- train's arguments: the signature, the documents, out_dir, the progress bar -------------------------
+
+def test_train_signature_config_by_keyword_rest_keyword_only(train, corpus_docs, tmp_path):
+    """train(config=..., model_config=...) may be called by keyword; train_docs and the rest are keyword-only (TypeError positionally)."""
+    config = _config(train, tmp_path, steps=2)
+    with raises_clear(ValueError, "train_docs"):     # by keyword: accepted, then the empty train_docs refused
+        train.train(config=config, model_config=dict(TINY), train_docs=[], val_docs=corpus_docs[1])
+    with pytest.raises(TypeError):
+        train.train(config, dict(TINY), corpus_docs[0], corpus_docs[1])
+    assert not (tmp_path / "checkpoint").exists(), "a refused call must not write a checkpoint"
+
+
+@pytest.mark.parametrize("which, empty", [("train_docs", []), ("train_docs", None), ("val_docs", []),
+                                          ("val_docs", None)])
+def test_train_needs_both_document_lists(train, corpus_docs, tokenizer, tmp_path, which, empty):
+    """train_docs and val_docs are both required: either one empty or missing (the other given) is a ValueError naming it."""
+    kw = dict(_kw(corpus_docs, tokenizer), **{which: empty})
+    with raises_clear(ValueError, which):
+        train.train(_config(train, tmp_path, steps=2), dict(TINY), **kw)
+    assert not (tmp_path / "checkpoint").exists(), f"{which}={empty!r}: a refused run must not write a checkpoint"
+
+
+def test_train_creates_out_dir_with_its_parents(train, corpus_docs, tokenizer, tmp_path):
+    """An out_dir whose parents do not exist yet is created with them (like `mkdir -p`)."""
+    out = tmp_path / "not" / "yet" / "there"
+    result = train.train(_config(train, out, steps=2), dict(TINY), **_kw(corpus_docs, tokenizer))
+    assert_equal(result.step, 2, what="step of a run into a new nested out_dir")
+    assert (out / "checkpoint").exists() and (out / "log.jsonl").exists(), \
+        f"the checkpoint and the log must be written in the new {out}"
+
+
+@pytest.mark.parametrize("progress", [None, False, True], ids=["default", "False", "True"])
+def test_train_progress_bar_only_when_asked(train, corpus_docs, tokenizer, tmp_path, capfd, progress):
+    """progress=True shows a tqdm bar counting the steps (on stderr, ending at 3/3); the default (False) writes nothing there."""
+    kw = _kw(corpus_docs, tokenizer) if progress is None else dict(_kw(corpus_docs, tokenizer), progress=progress)
+    capfd.readouterr()
+    train.train(_config(train, tmp_path, steps=3), dict(TINY), **kw)
+    err = capfd.readouterr().err
+    if progress:
+        assert "3/3" in err, f"progress=True: expected a tqdm bar ending at 3/3 steps on stderr, got {err[-300:]!r}"
+    else:
+        assert err == "", f"progress={progress}: nothing should be written to stderr, got {err[-300:]!r}"
