@@ -910,3 +910,69 @@ def test_train_progress_bar_only_when_asked(train, corpus_docs, tokenizer, tmp_p
         assert "3/3" in err, f"progress=True: expected a tqdm bar ending at 3/3 steps on stderr, got {err[-300:]!r}"
     else:
         assert err == "", f"progress={progress}: nothing should be written to stderr, got {err[-300:]!r}"
+
+
+# --- the run directory, the data check, the objective and the validation metrics --------------------------
+
+def test_overwrite_starts_a_fresh_log(train, corpus_docs, tokenizer, tmp_path):
+    """overwrite=True replaces the old run: its log then holds exactly the new run's records (the old ones are gone)."""
+    kw = _kw(corpus_docs, tokenizer)
+    train.train(_config(train, tmp_path, steps=3, lr=2e-2), dict(TINY), **kw)
+    result = train.train(_config(train, tmp_path, steps=2), dict(TINY), overwrite=True, **kw)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines() if line.strip()]
+    assert_equal([r["step"] for r in records], [1, 2], what="steps in the log after overwrite=True (old run: 1..3)")
+    assert_equal([r["loss"] for r in records], [r["loss"] for r in result.history],
+                 what="losses in the log after overwrite=True vs the new run's history")
+
+
+def test_resume_on_other_data_names_both_fingerprints(train, corpus_docs, tokenizer, tmp_path):
+    """Resuming on other documents: ValueError naming allow_new_data and both fingerprints (first 12 hex digits, then "...")."""
+    kw = _kw(corpus_docs, tokenizer)
+    config = _config(train, tmp_path, steps=3)
+    train.train(config, dict(TINY), stop_after=1, **kw)
+    other = corpus_docs[0][1:] + corpus_docs[0][:1]                  # the same documents in another order
+    saved = _documented_fingerprint(corpus_docs[0], corpus_docs[1])
+    new = _documented_fingerprint(other, corpus_docs[1])
+    with raises_clear(ValueError, "allow_new_data", saved[:12] + "...", new[:12] + "..."):
+        train.train(config, dict(TINY), resume=True, **dict(kw, train_docs=other))
+
+
+@pytest.mark.parametrize("eps, coef", [(0.2, 0.0), (0.0, 0.05)])
+def test_either_objective_field_alone_is_used(train, impl, corpus_docs, tokenizer, tmp_path, eps, coef):
+    """label_smoothing alone, or z_loss alone (the other 0), already trains on loss.objective(label_smoothing, z_loss)."""
+    config = _config(train, tmp_path, steps=2, label_smoothing=eps, z_loss=coef)
+    result = train.train(config, dict(TINY), stop_after=1, **_kw(corpus_docs, tokenizer))
+    expected = _first_step_loss(impl, train, corpus_docs, tokenizer, config, eps, coef)
+    plain = _first_step_loss(impl, train, corpus_docs, tokenizer, config, 0.0, 0.0)
+    assert abs(expected - plain) > 1e-3, "the two objectives must differ for this test to mean anything"
+    assert_close(torch.tensor(result.history[0]["loss"]), torch.tensor(expected),
+                 what=f"step 1's logged loss with label_smoothing={eps}, z_loss={coef} (plain CE: {plain:.5f})", rtol=1e-5)
+
+
+def test_val_metrics_of_a_one_target_stream(train, impl, corpus_docs, tokenizer, tmp_path):
+    """val_docs=[""] (stream: two end-of-texts, ONE target): val_loss is that target's loss, val_bpc it / ln 2 / 1 character."""
+    eot = tokenizer.special_tokens[impl.component("tokenizer").ENDOFTEXT]
+    result = train.train(_config(train, tmp_path, steps=1, warmup=1), dict(TINY), train_docs=corpus_docs[0],
+                         val_docs=[""], tokenizer=tokenizer)
+    model = result.model.eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([[eot]]))[0][0]                 # (1, V): the prediction after the first eot
+    expected = float(torch.nn.functional.cross_entropy(logits.double(), torch.tensor([eot])))
+    assert_close(torch.tensor(result.val_loss), torch.tensor(expected), what="val_loss of a one-target stream", rtol=1e-5)
+    assert_close(torch.tensor(result.val_bpc), torch.tensor(expected / math.log(2) / 1),
+                 what="val_bpc of a one-target stream (1 character: the end-of-text)", rtol=1e-5)
+
+
+def test_val_bpc_prorates_the_characters_of_a_partial_evaluation(train, impl, corpus_docs, tokenizer, tmp_path):
+    """At every evaluation (periodic over eval_batches, or final) val_bpc = val_loss * targets / ln 2 / characters of the whole val text."""
+    data = impl.component("data")
+    cfg = dict(steps=2, eval_interval=1, eval_batches=1, batch_size=2, checkpoint_interval=0, checkpoint_minutes=0)
+    result = train.train(_config(train, tmp_path, **cfg), dict(TINY), **_kw(corpus_docs, tokenizer))
+    eot = tokenizer.special_tokens[impl.component("tokenizer").ENDOFTEXT]
+    targets = data.token_stream(data.tokenize_documents(corpus_docs[1], tokenizer), eot).numel() - 1
+    chars = sum(len(d) + 1 for d in corpus_docs[1])
+    assert targets > 2 * TINY["context_length"], "one evaluation batch must not cover the whole stream here"
+    for r in result.history:
+        expected = r["val_loss"] * targets / math.log(2) / chars
+        assert_close(torch.tensor(r["val_bpc"]), torch.tensor(expected), rtol=1e-9,
+                     what=f"val_bpc at step {r['step']} ({'periodic, 1 batch' if r['step'] == 1 else 'final'})")
