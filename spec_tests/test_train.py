@@ -225,8 +225,10 @@ def _differences(got: dict, expected: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(DOCUMENTED_PRESETS))
-def test_presets_are_the_documented_sizes(train, name):
-    """PRESETS[name] holds exactly the documented model and train fields (the sizes `--preset` runs)."""
+def test_presets_are_the_documented_sizes(train, impl, name):
+    """PRESETS[name] holds exactly the documented model and train fields (the sizes `--preset` runs), each a valid config."""
+    impl.component("model").ModelConfig(vocab_size=300, **train.PRESETS[name]["model"])
+    train.TrainConfig(**train.PRESETS[name]["train"])
     for part in ("model", "train"):
         wrong = _differences(dict(train.PRESETS[name][part]), DOCUMENTED_PRESETS[name][part])
         assert not wrong, f"PRESETS[{name!r}][{part!r}] differs from the contract: " + "; ".join(wrong)
@@ -976,3 +978,42 @@ def test_val_bpc_prorates_the_characters_of_a_partial_evaluation(train, impl, co
         expected = r["val_loss"] * targets / math.log(2) / chars
         assert_close(torch.tensor(r["val_bpc"]), torch.tensor(expected), rtol=1e-9,
                      what=f"val_bpc at step {r['step']} ({'periodic, 1 batch' if r['step'] == 1 else 'final'})")
+
+
+# --- throughput: tokens_per_s on a clock that only moves with the optimizer steps ---------------------
+
+class _StepClock:
+    """A stand-in for time.perf_counter (and time.monotonic): 1 "second" per optimizer step taken, so the
+    time spent in the training steps is known exactly (evaluation, saving and tokenizing take 0)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def tick(self, *args):
+        self.now += 1.0
+
+
+def test_tokens_per_s_is_tokens_over_training_time(train, corpus_docs, tokenizer, tmp_path, monkeypatch):
+    """tokens_per_s (each record, and the result's) = the tokens this call trained on / its time in the steps: batch_size * T per step."""
+    import time
+    clock = _StepClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    monkeypatch.setattr(time, "monotonic", clock)
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    handle = register_optimizer_step_post_hook(clock.tick)          # every optimizer.step(), any optimizer
+    try:
+        config = _config(train, tmp_path, steps=4, batch_size=4, accum=2, eval_interval=2, checkpoint_interval=0,
+                         checkpoint_minutes=0)
+        per_step = 4 * TINY["context_length"]                        # the tokens of one optimizer step (x of (4, T))
+        first = train.train(config, dict(TINY), stop_after=2, **_kw(corpus_docs, tokenizer))
+        resumed = train.train(config, dict(TINY), resume=True, **_kw(corpus_docs, tokenizer))
+    finally:
+        handle.remove()
+    for name, result in (("the first 2 steps", first), ("the resumed steps 3-4", resumed)):
+        assert_equal([r["tokens_per_s"] for r in result.history], [float(per_step)] * 2,
+                     what=f"tokens_per_s of the records of {name} (1 s per step, {per_step} tokens a step)")
+        assert_equal(result.tokens_per_s, float(per_step), what=f"result.tokens_per_s of {name}")
+
