@@ -1,5 +1,6 @@
 """Spec of ``train``: ``train_step`` (accumulation, clipping), ``evaluate``, ``train`` (loop, log, exact resume)."""
 
+import contextlib
 import json
 import math
 
@@ -983,37 +984,97 @@ def test_val_bpc_prorates_the_characters_of_a_partial_evaluation(train, impl, co
 # --- throughput: tokens_per_s on a clock that only moves with the optimizer steps ---------------------
 
 class _StepClock:
-    """A stand-in for time.perf_counter (and time.monotonic): 1 "second" per optimizer step taken, so the
-    time spent in the training steps is known exactly (evaluation, saving and tokenizing take 0)."""
+    """A stand-in for time.perf_counter and time.monotonic that moves only with the optimizer steps: it starts
+    at 0.5 and gains 0.75 s at each optimizer.step() (binary-exact values), so the time spent in the training
+    steps is known exactly (evaluation, saving and tokenizing take 0 s)."""
 
-    def __init__(self):
-        self.now = 0.0
+    def __init__(self, start=0.5, tick=0.75):
+        self.now, self.step_seconds = start, tick
 
     def __call__(self):
         return self.now
 
     def tick(self, *args):
-        self.now += 1.0
+        self.now += self.step_seconds
+
+
+@contextlib.contextmanager
+def _step_clock(monkeypatch, **kw):
+    """Install a _StepClock as time.perf_counter and time.monotonic for the duration of the block."""
+    import time
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    clock = _StepClock(**kw)
+    monkeypatch.setattr(time, "perf_counter", clock)
+    monkeypatch.setattr(time, "monotonic", clock)
+    handle = register_optimizer_step_post_hook(clock.tick)          # every optimizer.step(), any optimizer
+    try:
+        yield clock
+    finally:
+        handle.remove()
+        monkeypatch.undo()
 
 
 def test_tokens_per_s_is_tokens_over_training_time(train, corpus_docs, tokenizer, tmp_path, monkeypatch):
-    """tokens_per_s (each record, and the result's) = the tokens this call trained on / its time in the steps: batch_size * T per step."""
-    import time
-    clock = _StepClock()
-    monkeypatch.setattr(time, "perf_counter", clock)
-    monkeypatch.setattr(time, "monotonic", clock)
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-    handle = register_optimizer_step_post_hook(clock.tick)          # every optimizer.step(), any optimizer
-    try:
-        config = _config(train, tmp_path, steps=4, batch_size=4, accum=2, eval_interval=2, checkpoint_interval=0,
-                         checkpoint_minutes=0)
-        per_step = 4 * TINY["context_length"]                        # the tokens of one optimizer step (x of (4, T))
+    """tokens_per_s = the tokens this call trained on / its seconds in the steps; elapsed_s = seconds since the call began (records and result)."""
+    config = _config(train, tmp_path, steps=4, batch_size=4, accum=2, eval_interval=2, checkpoint_interval=0,
+                     checkpoint_minutes=0)
+    per_step = 4 * TINY["context_length"]                            # the tokens of one optimizer step (x of (4, T))
+    with _step_clock(monkeypatch):
         first = train.train(config, dict(TINY), stop_after=2, **_kw(corpus_docs, tokenizer))
         resumed = train.train(config, dict(TINY), resume=True, **_kw(corpus_docs, tokenizer))
-    finally:
-        handle.remove()
     for name, result in (("the first 2 steps", first), ("the resumed steps 3-4", resumed)):
-        assert_equal([r["tokens_per_s"] for r in result.history], [float(per_step)] * 2,
-                     what=f"tokens_per_s of the records of {name} (1 s per step, {per_step} tokens a step)")
-        assert_equal(result.tokens_per_s, float(per_step), what=f"result.tokens_per_s of {name}")
+        assert_equal([r["tokens_per_s"] for r in result.history], [per_step / 0.75, 2 * per_step / 1.5],
+                     what=f"tokens_per_s of the records of {name} (0.75 s a step, {per_step} tokens a step)")
+        assert_equal(result.tokens_per_s, 2 * per_step / 1.5, what=f"result.tokens_per_s of {name}")
+        assert_equal([r["elapsed_s"] for r in result.history], [0.75, 1.5],
+                     what=f"elapsed_s of the records of {name} (seconds since this call began)")
 
+
+def test_every_evaluation_step_is_logged(train, corpus_docs, tokenizer, tmp_path):
+    """An evaluation step is logged (with val_loss) even when log_interval does not divide it: steps 2, 3, 4, 5 for log 2, eval 3, 5 steps."""
+    config = _config(train, tmp_path, steps=5, log_interval=2, eval_interval=3, checkpoint_interval=0)
+    result = train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    assert_equal([(r["step"], "val_loss" in r) for r in result.history], [(2, False), (3, True), (4, False), (5, True)],
+                 what="(step, evaluated) of the records (log_interval=2, eval_interval=3, last step 5)")
+
+
+@pytest.mark.parametrize("minutes, expected", [
+    (1 / 32, [None, None, 2, 2, 4, 4]),          # 1.875 s: exactly 2 steps of 0.9375 s, reached exactly (>=)
+    (0.0234375, [None, None, 2, 2, 4, 4]),       # 1.40625 s: 1.5 steps, passed at the 2nd step
+    (0.0315, [None, None, None, 3, 3, 3]),       # 1.89 s: just over 2 steps, passed at the 3rd
+    (0.031, [None, None, 2, 2, 4, 4]),           # 1.86 s: just under 2 steps
+], ids=["exactly-2-steps", "1.5-steps", "just-over-2-steps", "just-under-2-steps"])
+def test_timed_checkpoints_follow_checkpoint_minutes(train, impl, corpus_docs, tokenizer, tmp_path, monkeypatch,
+                                                     minutes, expected):
+    """A checkpoint is saved once 60 * checkpoint_minutes seconds (or more) have passed since the last save; shown while steps 1..6 are evaluated."""
+    ckpt_mod = impl.component("checkpoint")
+    seen = []
+
+    def look(line):
+        try:
+            seen.append(ckpt_mod.load_checkpoint(tmp_path / "checkpoint").step)
+        except FileNotFoundError:
+            seen.append(None)
+
+    config = _config(train, tmp_path, steps=6, eval_interval=1, checkpoint_interval=0, checkpoint_minutes=minutes)
+    with _step_clock(monkeypatch, start=0.5, tick=0.9375):
+        train.train(config, dict(TINY), print_fn=look, **_kw(corpus_docs, tokenizer))
+    assert_equal(seen[:6], expected, what=f"checkpoint step on disk while steps 1..6 are evaluated "
+                 f"(0.9375 s a step, checkpoint_minutes={minutes} = {60 * minutes:g} s)")
+
+
+def test_a_run_resumed_past_step_256_still_ends_with_its_final_evaluation(train, impl, corpus_docs, tokenizer, tmp_path):
+    """The last step is recognised by value at any step number: a run resumed at step 300 (of 302) evaluates and saves at step 302."""
+    ckpt_mod = impl.component("checkpoint")
+    config = _config(train, tmp_path, steps=302, warmup=2, log_interval=1, checkpoint_interval=0, checkpoint_minutes=0)
+    early = _config(train, tmp_path, steps=2, warmup=2, log_interval=1, checkpoint_interval=0, checkpoint_minutes=0)
+    train.train(early, dict(TINY), stop_after=1, **_kw(corpus_docs, tokenizer))
+    ckpt = ckpt_mod.load_checkpoint(tmp_path / "checkpoint")
+    ckpt_mod.save_checkpoint(tmp_path / "checkpoint", ckpt.model, step=300, tokenizer=ckpt.tokenizer,
+                             rng_state=ckpt.rng_state, data_state={**ckpt.data_state, "step": 300},
+                             train_config={**ckpt.train_config, "steps": 302}, extra=ckpt.extra)
+    result = train.train(config, dict(TINY), resume=True, **_kw(corpus_docs, tokenizer))
+    assert_equal(result.step, 302, what="result.step of the run resumed at 300")
+    assert_equal([(r["step"], "val_loss" in r) for r in result.history], [(301, False), (302, True)],
+                 what="(step, evaluated) of the records after resuming at step 300 (the last is 302)")
+    assert_equal(ckpt_mod.load_checkpoint(tmp_path / "checkpoint").step, 302, what="step of the final checkpoint")
