@@ -1020,13 +1020,13 @@ def test_tokens_per_s_is_tokens_over_training_time(train, corpus_docs, tokenizer
                      checkpoint_minutes=0)
     per_step = 4 * TINY["context_length"]                            # the tokens of one optimizer step (x of (4, T))
     with _step_clock(monkeypatch):
-        first = train.train(config, dict(TINY), stop_after=2, **_kw(corpus_docs, tokenizer))
+        first = train.train(config, dict(TINY), stop_after=1, **_kw(corpus_docs, tokenizer))
         resumed = train.train(config, dict(TINY), resume=True, **_kw(corpus_docs, tokenizer))
-    for name, result in (("the first 2 steps", first), ("the resumed steps 3-4", resumed)):
-        assert_equal([r["tokens_per_s"] for r in result.history], [per_step / 0.75, 2 * per_step / 1.5],
+    for name, result, n in (("the first step", first, 1), ("the resumed steps 2-4", resumed, 3)):
+        assert_equal([r["tokens_per_s"] for r in result.history], [k * per_step / (0.75 * k) for k in range(1, n + 1)],
                      what=f"tokens_per_s of the records of {name} (0.75 s a step, {per_step} tokens a step)")
-        assert_equal(result.tokens_per_s, 2 * per_step / 1.5, what=f"result.tokens_per_s of {name}")
-        assert_equal([r["elapsed_s"] for r in result.history], [0.75, 1.5],
+        assert_equal(result.tokens_per_s, n * per_step / (0.75 * n), what=f"result.tokens_per_s of {name}")
+        assert_equal([r["elapsed_s"] for r in result.history], [0.75 * k for k in range(1, n + 1)],
                      what=f"elapsed_s of the records of {name} (seconds since this call began)")
 
 
@@ -1078,3 +1078,298 @@ def test_a_run_resumed_past_step_256_still_ends_with_its_final_evaluation(train,
     assert_equal([(r["step"], "val_loss" in r) for r in result.history], [(301, False), (302, True)],
                  what="(step, evaluated) of the records after resuming at step 300 (the last is 302)")
     assert_equal(ckpt_mod.load_checkpoint(tmp_path / "checkpoint").step, 302, what="step of the final checkpoint")
+
+
+# --- special token text: where it is named; the run directory; the log kept on resume -----------------------
+
+@pytest.mark.parametrize("val_index", [0, 3])
+def test_special_token_text_in_val_docs_is_named_by_its_val_index(train, corpus_docs, tokenizer, tmp_path, val_index):
+    """Special token text in val_docs[j] is a ValueError naming val_docs[j] (its index among val_docs, not among all documents)."""
+    from .support import fresh
+    train_docs = list(corpus_docs[0][:2])
+    val_docs = ["one", "two", "three", "four"]
+    val_docs[val_index] = "clean line\nthen <|endoftext|> here"
+    with raises_clear(ValueError, f"val_docs[{val_index}]", "line 2"):
+        train.train(_config(train, tmp_path, steps=2), dict(TINY), train_docs=train_docs, val_docs=val_docs,
+                    tokenizer=tokenizer, special_in_text=fresh("error"))
+
+
+def test_special_in_text_text_trains_on_it_as_plain_text(train, corpus_docs, tokenizer, tmp_path):
+    """special_in_text="text": documents holding a special token's text train without error (the text encoded as plain text)."""
+    docs = list(corpus_docs[0][:20])
+    docs[3] = "a line\nanother <|endoftext|> here"
+    result = train.train(_config(train, tmp_path, steps=2), dict(TINY), train_docs=docs, val_docs=corpus_docs[1],
+                         tokenizer=tokenizer, special_in_text="text")
+    assert_equal(result.step, 2, what="steps done with special_in_text='text'")
+
+
+@pytest.mark.parametrize("content, holds", [(None, False), ("", False), ("x", True), ("\n", True)],
+                         ids=["no-log", "empty-log", "1-byte-log", "newline-log"])
+def test_what_counts_as_an_existing_run(train, corpus_docs, tokenizer, tmp_path, content, holds):
+    """A fresh run is refused (FileExistsError) over a non-empty log.jsonl, even of 1 byte; an empty or missing log is no run."""
+    tmp_path.mkdir(exist_ok=True)
+    if content is not None:
+        (tmp_path / "log.jsonl").write_text(content)
+    config = _config(train, tmp_path, steps=2)
+    if holds:
+        with raises_clear(FileExistsError, str(tmp_path)):
+            train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    else:
+        assert_equal(train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer)).step, 2,
+                     what=f"steps of a fresh run over a directory with log {content!r}")
+
+
+def test_a_checkpoint_without_its_log_is_still_a_run(train, corpus_docs, tokenizer, tmp_path):
+    """A directory holding a checkpoint but no log (deleted) still holds a run: a fresh run there is a FileExistsError."""
+    config = _config(train, tmp_path, steps=2)
+    train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    (tmp_path / "log.jsonl").unlink()
+    with raises_clear(FileExistsError, str(tmp_path)):
+        train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+
+
+def test_resume_keeps_every_complete_record_up_to_the_checkpoint(train, corpus_docs, tokenizer, tmp_path):
+    """On resume the log keeps its complete records of steps <= the checkpoint's, past a broken line in the middle; a record without a step goes."""
+    config = _config(train, tmp_path, steps=5, checkpoint_interval=0, checkpoint_minutes=0)
+    train.train(config, dict(TINY), stop_after=3, **_kw(corpus_docs, tokenizer))
+    lines = (tmp_path / "log.jsonl").read_text().splitlines(keepends=True)
+    assert_equal(len(lines), 3, what="records in the log of steps 1..3")
+    broken = lines[:1] + ["{not json\n", json.dumps({"note": "no step here"}) + "\n"] + lines[1:]
+    (tmp_path / "log.jsonl").write_text("".join(broken))
+    train.train(config, dict(TINY), resume=True, **_kw(corpus_docs, tokenizer))
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert_equal([r.get("step") for r in records], [1, 2, 3, 4, 5],
+                 what="steps in the log after resuming (a broken line after step 1, a step-less record)")
+
+
+def test_resuming_a_finished_run_does_nothing_more(train, corpus_docs, tokenizer, tmp_path):
+    """Resuming a run already at its last step is no error: no step, the result reports the step and a full validation of the final model."""
+    config = _config(train, tmp_path, steps=2)
+    done = train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    again = train.train(config, dict(TINY), resume=True, **_kw(corpus_docs, tokenizer))
+    assert_equal(again.step, 2, what="step of a finished run resumed")
+    assert_equal(again.history, [], what="records of a resumed finished run")
+    assert_close(torch.tensor(again.val_loss), torch.tensor(done.val_loss), what="val_loss of the finished run, again",
+                 rtol=1e-6)
+    assert_close(torch.tensor(again.val_bpc), torch.tensor(done.val_bpc), what="val_bpc of the finished run, again",
+                 rtol=1e-6)
+
+
+# --- a failed log write, the signal named, the divergence message ----------------------------------------
+
+@contextlib.contextmanager
+def _file_size_limit(limit):
+    """RLIMIT_FSIZE = limit bytes for the block (SIGXFSZ ignored): a write past it fails with OSError EFBIG."""
+    resource = pytest.importorskip("resource")
+    import signal
+    if not hasattr(signal, "SIGXFSZ"):
+        pytest.skip("needs SIGXFSZ to turn the size limit into an OSError")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["checkpoint-at-step-1", "no-checkpoint"])
+def test_a_failed_log_write_is_a_run_write_error(train, corpus_docs, tokenizer, tmp_path, kept):
+    """A log write that fails (EFBIG: a file size limit) is a RunWriteError naming the log and what is left (the step-1 checkpoint, or none)."""
+    kw = _kw(corpus_docs, tokenizer)
+    config = _config(train, tmp_path, steps=3, checkpoint_interval=0, checkpoint_minutes=0)
+    train.train(config, dict(TINY), stop_after=1, **kw)                # checkpoint at step 1, token cache built
+    size = (tmp_path / "log.jsonl").stat().st_size
+    if kept:                                                             # resume: the log is kept, step 2's record fails
+        with _file_size_limit(size + 8), raises_clear(train.RunWriteError, "log", "step 1"):
+            train.train(config, dict(TINY), resume=True, **kw)
+    else:                                                                # a fresh run over it: no checkpoint left yet
+        with _file_size_limit(8), raises_clear(train.RunWriteError, "log", "no checkpoint"):
+            train.train(config, dict(TINY), overwrite=True, **kw)
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_training_interrupted_names_the_signal(train, corpus_docs, tokenizer, tmp_path, name):
+    """TrainingInterrupted after SIGINT/SIGTERM has signal_name and a message naming that signal, and checkpoint = out_dir/checkpoint."""
+    import os
+    import signal
+    config = _config(train, tmp_path, steps=3, eval_interval=1, checkpoint_interval=0, checkpoint_minutes=0)
+    with pytest.raises(train.TrainingInterrupted) as info:
+        train.train(config, dict(TINY), print_fn=lambda line: os.kill(os.getpid(), getattr(signal, name)),
+                    **_kw(corpus_docs, tokenizer))
+    assert_equal(info.value.signal_name, name, what="TrainingInterrupted.signal_name")
+    assert name in str(info.value), f"the message should name {name}: {info.value}"
+    assert_equal(info.value.step, 1, what="step of the interruption")
+    assert_equal(str(info.value.checkpoint), str(tmp_path / "checkpoint"), what="TrainingInterrupted.checkpoint")
+
+
+def test_divergence_message_names_the_checkpoint_left(train, impl, corpus_docs, tokenizer, tmp_path):
+    """DivergenceError names the checkpoint left (its path; checkpoint_step = its step) or, before any save, says no checkpoint was written."""
+    config = _config(train, tmp_path / "late", steps=30, lr=1e6, min_lr=0.0, warmup=0, checkpoint_interval=1,
+                     checkpoint_minutes=0)
+    with pytest.raises(train.DivergenceError) as info:
+        train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    ckpt = impl.component("checkpoint").load_checkpoint(tmp_path / "late" / "checkpoint")
+    assert_equal(info.value.checkpoint_step, ckpt.step, what="DivergenceError.checkpoint_step")
+    assert str(tmp_path / "late" / "checkpoint") in str(info.value), f"the message should name the checkpoint left: {info.value}"
+    config = _config(train, tmp_path / "first", steps=3, lr=1e39, min_lr=0.0, warmup=0, checkpoint_interval=1,
+                     checkpoint_minutes=0)
+    with pytest.raises(train.DivergenceError) as info:
+        train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    assert_equal(info.value.checkpoint_step, None, what="DivergenceError.checkpoint_step before any save")
+    assert "no checkpoint" in str(info.value), f"the message should say no checkpoint was written: {info.value}"
+
+
+# --- generated-mutant properties: the run's plumbing (second pass) ---
+
+def _cache_file(impl, out, docs, tokenizer):
+    """The token cache file of ``docs`` in the run directory ``out``: out/tokens/tokens-<data.cache_key>.npz."""
+    return out / "tokens" / f"tokens-{impl.component('data').cache_key(list(docs), tokenizer)}.npz"
+
+
+def _write_token_cache(file, token_docs):
+    """A cache file in data's format: ``tokens`` int32 (all documents concatenated), ``offsets`` int64."""
+    import numpy as np
+    file.parent.mkdir(parents=True, exist_ok=True)
+    offsets = np.cumsum([0] + [len(t) for t in token_docs], dtype=np.int64)
+    tokens = np.array([i for t in token_docs for i in t], dtype=np.int32)
+    with open(file, "wb") as f:
+        np.savez(f, tokens=tokens, offsets=offsets)
+
+
+def _corrupt_cache(kind, file, token_docs, vocab_size):
+    """Write a cache file at ``file`` that fails to load or does not fit the documents, as ``kind`` says."""
+    import numpy as np
+    file.parent.mkdir(parents=True, exist_ok=True)
+    bad = [list(t) for t in token_docs]
+    if kind == "empty-file":                         # np.load: EOFError
+        file.write_bytes(b"")
+    elif kind == "not-numpy":                        # np.load: ValueError (neither zip nor .npy)
+        file.write_bytes(b"these are not the tokens you are looking for")
+    elif kind == "no-offsets":                       # a zip without the offsets array: KeyError
+        with open(file, "wb") as f:
+            np.savez(f, tokens=np.zeros(3, np.int32))
+    elif kind == "a-directory":                      # a link to a directory: reading it is an OSError
+        target = file.parent / "a-directory"
+        target.mkdir()
+        file.symlink_to(target, target_is_directory=True)
+    elif kind == "one-document-short":
+        _write_token_cache(file, bad[:-1])
+    elif kind == "one-document-more":
+        _write_token_cache(file, bad + [[1, 2, 3]])
+    else:                                            # an id outside [0, vocab_size), the others valid
+        bad[1][0] = {"id--1": -1, "id-V": vocab_size, "id-V+1": vocab_size + 1}[kind]
+        _write_token_cache(file, bad)
+
+
+@pytest.mark.parametrize("kind", ["empty-file", "not-numpy", "no-offsets", "a-directory", "one-document-short",
+                                  "one-document-more", "id--1", "id-V", "id-V+1"])
+def test_a_corrupt_token_cache_is_rebuilt_with_a_warning(train, impl, corpus_docs, tokenizer, tmp_path, kind):
+    """A token cache file that fails to load (EOF, not numpy, a missing array, an OSError) or does not fit (document count, an id outside [0, V)) is rebuilt, with a warning naming it."""
+    train_docs = list(corpus_docs[0][:20])
+    encoded = [tokenizer.encode(d) for d in train_docs]
+    file = _cache_file(impl, tmp_path, train_docs, tokenizer)
+    _corrupt_cache(kind, file, encoded, tokenizer.vocab_size)
+    lines = []
+    result = train.train(_config(train, tmp_path, steps=1, warmup=1), dict(TINY), train_docs=train_docs,
+                         val_docs=corpus_docs[1], tokenizer=tokenizer, print_fn=lines.append)
+    assert_equal(result.step, 1, what=f"steps done over a token cache that is {kind}")
+    warned = [line for line in lines if "warning" in str(line).lower() and file.name in str(line)]
+    assert warned, f"a token cache that is {kind}: expected a warning through print_fn naming {file.name}, got {lines}"
+    assert file.is_file() and not file.is_symlink(), f"the token cache {file} should have been rebuilt as a file"
+    reread = impl.component("data").tokenize_documents(train_docs, tokenizer, cache_dir=tmp_path / "tokens")
+    assert_equal([t.tolist() for t in reread], encoded, what=f"the rebuilt token cache (it was {kind})")
+
+
+def test_a_sound_token_cache_of_many_documents_is_used_without_warning(train, impl, corpus_docs, tokenizer, tmp_path):
+    """Documents with id 0, an empty document, more than 256 documents: their cache is sound (no warning), written once and read back."""
+    docs = ["\x00 a zero byte", ""] + [f"document number {i}" for i in range(298)]
+    assert 0 in tokenizer.encode(docs[0]), "the first document must hold the id 0 for this test to mean anything"
+    file = _cache_file(impl, tmp_path, docs, tokenizer)
+    config = _config(train, tmp_path, steps=2, warmup=1, checkpoint_interval=0, checkpoint_minutes=0)
+    for attempt, kw in (("fresh", dict(stop_after=1)), ("resumed", dict(resume=True))):
+        lines = []
+        try:
+            result = train.train(config, dict(TINY), train_docs=docs, val_docs=corpus_docs[1], tokenizer=tokenizer,
+                                 print_fn=lines.append, **kw)
+        except Exception as err:
+            raise AssertionError(f"{attempt} run on 300 sound documents (one empty, one with id 0) failed: "
+                                 f"{type(err).__name__}: {err}") from None
+        assert not [line for line in lines if file.name in str(line)], \
+            f"{attempt} run: a sound token cache must not be warned about, got {lines}"
+        assert file.is_file(), f"{attempt} run: the token cache {file} should exist"
+    assert_equal(result.step, 2, what="step of the resumed run over the cached documents")
+
+
+@pytest.mark.parametrize("first, second, stopped", [
+    ("SIGINT", "SIGINT", False), ("SIGTERM", "SIGINT", False), ("SIGTERM", "SIGTERM", True), ("SIGINT", "SIGTERM", True),
+])
+def test_a_second_signal(train, corpus_docs, tokenizer, tmp_path, first, second, stopped):
+    """After a first SIGINT/SIGTERM, a second SIGINT interrupts at once (a plain KeyboardInterrupt); a second SIGTERM is ignored (the first is named)."""
+    import os
+    import signal
+
+    def two_signals(line):
+        os.kill(os.getpid(), getattr(signal, first))
+        os.kill(os.getpid(), getattr(signal, second))
+
+    config = _config(train, tmp_path, steps=3, eval_interval=1, checkpoint_interval=0, checkpoint_minutes=0)
+    with pytest.raises(KeyboardInterrupt) as info:
+        train.train(config, dict(TINY), print_fn=two_signals, **_kw(corpus_docs, tokenizer))
+    if stopped:
+        assert isinstance(info.value, train.TrainingInterrupted), \
+            f"{first} then {second}: expected TrainingInterrupted after the step, got {type(info.value).__name__}"
+        assert_equal(info.value.signal_name, first, what=f"signal_name after {first} then {second}")
+        assert_equal(info.value.step, 1, what=f"step of the interruption after {first} then {second}")
+    else:
+        assert type(info.value) is KeyboardInterrupt, \
+            f"{first} then {second}: expected a plain KeyboardInterrupt at once, got {type(info.value).__name__}"
+
+
+def test_signal_handlers_are_restored_after_a_run(train, corpus_docs, tokenizer, tmp_path):
+    """train installs its SIGINT/SIGTERM handlers only for the call: afterwards (returned or interrupted) the previous handlers are back."""
+    import os
+    import signal
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    mine = {signal.SIGINT: lambda *a: None, signal.SIGTERM: lambda *a: None}
+    try:
+        for s, handler in mine.items():
+            signal.signal(s, handler)
+        train.train(_config(train, tmp_path / "done", steps=1, warmup=1), dict(TINY), **_kw(corpus_docs, tokenizer))
+        for s, handler in mine.items():
+            assert signal.getsignal(s) is handler, f"{signal.Signals(s).name}'s handler was not restored after a run"
+        with pytest.raises(train.TrainingInterrupted):
+            train.train(_config(train, tmp_path / "stopped", steps=3, eval_interval=1), dict(TINY),
+                        print_fn=lambda line: os.kill(os.getpid(), signal.SIGTERM), **_kw(corpus_docs, tokenizer))
+        for s, handler in mine.items():
+            assert signal.getsignal(s) is handler, \
+                f"{signal.Signals(s).name}'s handler was not restored after an interrupted run"
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("clip", [None, 0.25])
+def test_divergence_message_suggests_a_clip(train, corpus_docs, tokenizer, tmp_path, clip):
+    """The DivergenceError message suggests a lower lr (naming it) and, without a clip, "a gradient clip", else a smaller grad_clip naming the current one."""
+    config = _config(train, tmp_path, steps=3, lr=1e39, min_lr=0.0, warmup=0, grad_clip=clip, checkpoint_interval=1,
+                     checkpoint_minutes=0)
+    with pytest.raises(train.DivergenceError) as info:
+        train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    message = str(info.value)
+    assert "1e+39" in message, f"the message should name the lr (1e+39): {message}"
+    if clip is None:
+        assert "gradient clip" in message and "now None" not in message, \
+            f"grad_clip=None: the message should suggest a gradient clip: {message}"
+    else:
+        assert "grad_clip" in message and "0.25" in message, \
+            f"grad_clip=0.25: the message should suggest a smaller grad_clip than 0.25: {message}"
+
+
+def test_resume_with_a_shorter_schedule_is_refused(train, corpus_docs, tokenizer, tmp_path):
+    """Resuming with a schedule total below the run's (steps kept, schedule_steps smaller) is a ValueError naming resume."""
+    kw = _kw(corpus_docs, tokenizer)
+    train.train(_config(train, tmp_path, steps=6), dict(TINY), stop_after=2, **kw)
+    with raises_clear(ValueError, "resume"):
+        train.train(_config(train, tmp_path, steps=6, schedule_steps=4), dict(TINY), resume=True, **kw)
