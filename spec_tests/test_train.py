@@ -1373,3 +1373,34 @@ def test_resume_with_a_shorter_schedule_is_refused(train, corpus_docs, tokenizer
     train.train(_config(train, tmp_path, steps=6), dict(TINY), stop_after=2, **kw)
     with raises_clear(ValueError, "resume"):
         train.train(_config(train, tmp_path, steps=6, schedule_steps=4), dict(TINY), resume=True, **kw)
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_second_signal(train, corpus_docs, tokenizer, tmp_path, name):
+    """A second SIGINT interrupts at once (a plain KeyboardInterrupt); a second SIGTERM still lets the step finish (TrainingInterrupted)."""
+    import os
+    import signal
+    config = _config(train, tmp_path, steps=3, eval_interval=1, checkpoint_interval=0, checkpoint_minutes=0)
+
+    def twice(line):
+        os.kill(os.getpid(), getattr(signal, name))
+        os.kill(os.getpid(), getattr(signal, name))
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        train.train(config, dict(TINY), print_fn=twice, **_kw(corpus_docs, tokenizer))
+    if name == "SIGINT":
+        assert not isinstance(info.value, train.TrainingInterrupted), \
+            f"a second SIGINT must interrupt at once (KeyboardInterrupt), got TrainingInterrupted: {info.value}"
+    else:
+        assert isinstance(info.value, train.TrainingInterrupted), \
+            f"a second SIGTERM must still finish the step and raise TrainingInterrupted, got {type(info.value).__name__}"
+        assert_equal(info.value.signal_name, "SIGTERM", what="signal_name after two SIGTERMs")
+
+
+def test_train_restores_the_signal_handlers(train, corpus_docs, tokenizer, tmp_path):
+    """After train returns, SIGINT's and SIGTERM's handlers are the ones it found (its deferral is only for the run)."""
+    import signal
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    train.train(_config(train, tmp_path, steps=1, warmup=1), dict(TINY), **_kw(corpus_docs, tokenizer))
+    after = {s: signal.getsignal(s) for s in before}
+    assert_equal(after, before, what="signal handlers after train (SIGINT, SIGTERM)")
