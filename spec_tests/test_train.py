@@ -1404,3 +1404,88 @@ def test_train_restores_the_signal_handlers(train, corpus_docs, tokenizer, tmp_p
     train.train(_config(train, tmp_path, steps=1, warmup=1), dict(TINY), **_kw(corpus_docs, tokenizer))
     after = {s: signal.getsignal(s) for s in before}
     assert_equal(after, before, what="signal handlers after train (SIGINT, SIGTERM)")
+
+
+@pytest.mark.parametrize("what", ["log", "checkpoint"])
+def test_a_failed_write_gives_the_os_reason_and_what_is_left(train, corpus_docs, tokenizer, tmp_path, what):
+    """A failed log or checkpoint write is a RunWriteError with the OS error's errno, its description in parentheses, and what is left (an unreadable checkpoint: "cannot be read")."""
+    import errno
+    import os
+    import shutil
+    ckpt, log = tmp_path / "checkpoint", tmp_path / "log.jsonl"
+
+    def break_it(line):
+        if not str(line).startswith("step 2"):
+            return
+        if what == "log":                            # the checkpoint of step 1 unreadable, the log not writable
+            (ckpt / "CURRENT").write_text("not a version\n")
+            log.unlink()
+            log.mkdir()
+        else:                                        # the checkpoint directory cannot be created
+            shutil.rmtree(ckpt)
+            ckpt.symlink_to(tmp_path / "nowhere", target_is_directory=True)
+
+    code = errno.EISDIR if what == "log" else errno.EEXIST
+    words = [f"({os.strerror(code)})"] + (["log", "cannot be read"] if what == "log" else ["checkpoint"])
+    config = _config(train, tmp_path, steps=3, eval_interval=1, checkpoint_interval=1, checkpoint_minutes=0)
+    with pytest.raises(train.RunWriteError) as info:
+        train.train(config, dict(TINY), print_fn=break_it, **_kw(corpus_docs, tokenizer))
+    assert_equal(info.value.errno, code, what=f"RunWriteError.errno of a failed {what} write")
+    missing = [w for w in words if w.lower() not in str(info.value).lower()]
+    assert not missing, f"a failed {what} write: the message should contain {missing}: {info.value}"
+
+
+def test_resume_refuses_another_schedule_total_and_steps_below_the_checkpoint(train, corpus_docs, tokenizer, tmp_path):
+    """Resume: a schedule total smaller or larger than the run's is refused (naming it); steps below the checkpoint's step is refused; steps equal to it is accepted."""
+    kw = _kw(corpus_docs, tokenizer)
+    train.train(_config(train, tmp_path, steps=6, warmup=1, schedule_steps=2), dict(TINY), stop_after=5, **kw)
+    for total in (1, 3):                             # the run's schedule total is 2
+        with raises_clear(ValueError, "resume", "schedule"):
+            train.train(_config(train, tmp_path, steps=6, warmup=1, schedule_steps=total), dict(TINY), resume=True, **kw)
+    with raises_clear(ValueError, "resume", "steps", "5"):   # steps 3 < the checkpoint's step 5 (same schedule total)
+        train.train(_config(train, tmp_path, steps=3, warmup=1, schedule_steps=2), dict(TINY), resume=True, **kw)
+    result = train.train(_config(train, tmp_path, steps=5, warmup=1, schedule_steps=2), dict(TINY), resume=True, **kw)
+    assert_equal((result.step, result.history), (5, []), what="(step, records) of a resume with steps = its step 5")
+
+
+def test_train_runs_where_fcntl_cannot_be_imported(train, corpus_docs, tokenizer, tmp_path, monkeypatch):
+    """Where fcntl is missing (not POSIX: `import fcntl` fails) train runs without the lock."""
+    import sys
+    monkeypatch.setitem(sys.modules, "fcntl", None)          # `import fcntl` now raises ImportError
+    result = train.train(_config(train, tmp_path, steps=1, warmup=1), dict(TINY), **_kw(corpus_docs, tokenizer))
+    assert_equal(result.step, 1, what="steps done where fcntl cannot be imported")
+
+
+def test_progress_bar_follows_the_terminal_width(train, corpus_docs, tokenizer, tmp_path, capfd, monkeypatch):
+    """progress=True: the bar is redrawn at the terminal's current width (it grows when the terminal does)."""
+    import os
+    import re
+    width = {"columns": 40}
+    monkeypatch.setattr(os, "get_terminal_size", lambda *a: os.terminal_size((width["columns"], 24)))
+    config = _config(train, tmp_path, steps=3, eval_interval=1)
+    capfd.readouterr()
+    train.train(config, dict(TINY), progress=True, print_fn=lambda line: width.update(columns=120),
+                **_kw(corpus_docs, tokenizer))
+    err = capfd.readouterr().err
+    drawn = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", s) for s in re.split(r"[\r\n]", err)]
+    last = [s for s in drawn if "3/3" in s]
+    assert last, f"expected a bar ending at 3/3 on stderr, got {err[-300:]!r}"
+    assert len(last[-1].rstrip()) > 40, \
+        f"the terminal grew from 40 to 120 columns during the run; the last bar is still {len(last[-1])} wide: {last[-1]!r}"
+
+
+def test_resume_from_a_step_0_checkpoint_keeps_no_record(train, impl, corpus_docs, tokenizer, tmp_path):
+    """Resuming from a checkpoint of step 0 keeps no record of the log: not a step-less one, not those of later steps."""
+    ckpt_mod = impl.component("checkpoint")
+    config = _config(train, tmp_path, steps=2, checkpoint_interval=0, checkpoint_minutes=0)
+    train.train(config, dict(TINY), stop_after=1, **_kw(corpus_docs, tokenizer))
+    ckpt = ckpt_mod.load_checkpoint(tmp_path / "checkpoint")
+    ckpt_mod.save_checkpoint(tmp_path / "checkpoint", ckpt.model, step=0, tokenizer=ckpt.tokenizer,
+                             rng_state=ckpt.rng_state, data_state={**ckpt.data_state, "step": 0},
+                             train_config=ckpt.train_config, extra=ckpt.extra)
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write(json.dumps({"note": "no step here"}) + "\n")
+    train.train(config, dict(TINY), resume=True, **_kw(corpus_docs, tokenizer))
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert_equal([r.get("step") for r in records], [1, 2],
+                 what="steps in the log after resuming from a step-0 checkpoint (it held step 1 and a step-less record)")
