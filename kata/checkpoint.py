@@ -131,7 +131,8 @@ def save_checkpoint(path, model: torch.nn.Module, *, step: int, optimizer=None, 
     ``meta_sha256`` last), each file fsynced, then the directories; the pointer to a temporary file,
     fsynced, ``os.replace``d onto ``CURRENT`` (the commit); then ``remove_leftovers(path, keep=version)``.
     Never delete or change anything ``CURRENT`` names before the commit.
-    Errors: ``checks.non_negative_int("step", step)``; ``path`` a file -> ValueError naming it.
+    Errors: ``checks.non_negative_int("step", step)``; ``path`` a file -> ValueError naming it; a
+    file that cannot be written -> OSError (catch safetensors' ``SafetensorError`` and raise one).
     """
     raise NotImplementedError("save_checkpoint: write a new version dir, fsync, then os.replace the CURRENT pointer")
 

@@ -262,7 +262,10 @@ def _to_json(value, prefix: str, tensors: dict):
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
-    save_file(tensors, str(file))
+    try:
+        save_file(tensors, str(file))
+    except SafetensorError as err:  # safetensors' own I/O error (a full disk, a file size limit)
+        raise OSError(f"cannot write {file}: {err}") from None
     with open(file, "rb+") as f:
         os.fsync(f.fileno())
 

@@ -1350,3 +1350,41 @@ def test_distinct_zero_size_tensors_are_not_aliases(checkpoint, impl, tmp_path):
     model.register_buffer("empty_b", torch.zeros(0))
     checkpoint.save_checkpoint(tmp_path / "c", model, step=1, rng_state=_RNG)
     _assert_each_shared_tensor_once(tmp_path / "c", model, ["lm_head.weight"])
+
+
+# --- a write that fails -----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _file_size_limit(limit):
+    """RLIMIT_FSIZE = limit bytes for the block (SIGXFSZ ignored): a write past it fails with EFBIG."""
+    resource = pytest.importorskip("resource")
+    import signal
+    if not hasattr(signal, "SIGXFSZ"):
+        pytest.skip("needs SIGXFSZ to turn the size limit into an OSError")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_failed_tensor_write_is_an_os_error_and_keeps_the_checkpoint(checkpoint, impl, tmp_path):
+    """A save whose files cannot be written (a full disk; here a 64-byte file size limit) raises an OSError, and the checkpoint already there still loads."""
+    checkpoint.save_checkpoint(tmp_path / "c", _tiny(impl, 1), step=1, rng_state=_RNG)
+    try:
+        with _file_size_limit(64):
+            checkpoint.save_checkpoint(tmp_path / "c", _tiny(impl, 2), step=2, rng_state=_RNG)
+    except OSError:
+        pass
+    except NotImplementedError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the property is the type
+        raise AssertionError(f"a failed write must raise an OSError (what a full disk gives), "
+                             f"got {type(err).__name__}: {err}") from None
+    else:
+        raise AssertionError("the save under a 64-byte file size limit did not fail")
+    assert_equal(checkpoint.load_checkpoint(tmp_path / "c").step, 1, what="step of the checkpoint kept after the failed save")
+

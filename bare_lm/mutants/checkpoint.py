@@ -20,8 +20,9 @@ MUTANTS = [
            r'_LEFTOVER = re.compile(r"v-[0-9a-f]{16}")'),
     Mutant("checkpoint-tensors-not-fsynced", "checkpoint.py",
            "the tensor files are not fsynced: a power cut after the commit can leave them empty",
-           '    save_file(tensors, str(file))\n    with open(file, "rb+") as f:\n        os.fsync(f.fileno())\n',
-           "    save_file(tensors, str(file))\n"),
+           '        raise OSError(f"cannot write {file}: {err}") from None\n    with open(file, "rb+") as f:\n'
+           '        os.fsync(f.fileno())\n',
+           '        raise OSError(f"cannot write {file}: {err}") from None\n'),
     Mutant("checkpoint-version-dir-not-fsynced", "checkpoint.py",
            "the new version directory is not fsynced: its entries may not be on disk when CURRENT names it",
            '    _write_bytes(directory / JSON_FILE, json.dumps(meta, indent=1).encode("utf-8"))\n    _fsync_dir(directory)\n',
