@@ -1305,7 +1305,7 @@ def test_a_sound_token_cache_of_many_documents_is_used_without_warning(train, im
 @pytest.mark.parametrize("first, second, stopped", [
     ("SIGINT", "SIGINT", False), ("SIGTERM", "SIGINT", False), ("SIGTERM", "SIGTERM", True), ("SIGINT", "SIGTERM", True),
 ])
-def test_a_second_signal(train, corpus_docs, tokenizer, tmp_path, first, second, stopped):
+def test_a_second_signal_after_either_first_one(train, corpus_docs, tokenizer, tmp_path, first, second, stopped):
     """After a first SIGINT/SIGTERM, a second SIGINT interrupts at once (a plain KeyboardInterrupt); a second SIGTERM is ignored (the first is named)."""
     import os
     import signal
