@@ -259,3 +259,23 @@ def windowed_lm_logits(lm, idx: torch.Tensor) -> torch.Tensor:
         x = x + F.linear(out.transpose(1, 2).reshape(b, t, h_n * d), a.out_proj.weight, a.out_proj.bias)
         x = x + block.ffn(norm(block.ln_2, x))
     return F.linear(norm(lm.ln_f, x), lm.lm_head.weight)                  # (B, T, V)
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """RLIMIT_FSIZE = ``limit`` bytes for the block (SIGXFSZ ignored): a write past it fails with
+    OSError EFBIG, as on a full disk. Skips the test where the platform has neither."""
+    import signal
+
+    import pytest
+    resource = pytest.importorskip("resource")
+    if not hasattr(signal, "SIGXFSZ"):
+        pytest.skip("needs SIGXFSZ to turn the size limit into an OSError")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)

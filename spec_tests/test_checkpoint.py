@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .support import assert_equal, randint, raises_clear, seed_all, seeds
+from .support import assert_equal, file_size_limit, randint, raises_clear, seed_all, seeds
 
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 4
 
@@ -1354,28 +1354,11 @@ def test_distinct_zero_size_tensors_are_not_aliases(checkpoint, impl, tmp_path):
 
 # --- a write that fails -----------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _file_size_limit(limit):
-    """RLIMIT_FSIZE = limit bytes for the block (SIGXFSZ ignored): a write past it fails with EFBIG."""
-    resource = pytest.importorskip("resource")
-    import signal
-    if not hasattr(signal, "SIGXFSZ"):
-        pytest.skip("needs SIGXFSZ to turn the size limit into an OSError")
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
-
-
 def test_failed_tensor_write_is_an_os_error_and_keeps_the_checkpoint(checkpoint, impl, tmp_path):
     """A save whose files cannot be written (a full disk; here a 64-byte file size limit) raises an OSError, and the checkpoint already there still loads."""
     checkpoint.save_checkpoint(tmp_path / "c", _tiny(impl, 1), step=1, rng_state=_RNG)
     try:
-        with _file_size_limit(64):
+        with file_size_limit(64):
             checkpoint.save_checkpoint(tmp_path / "c", _tiny(impl, 2), step=2, rng_state=_RNG)
     except OSError:
         pass

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .support import assert_close, assert_equal, randint, raises_clear, seed_all, seeds
+from .support import assert_close, assert_equal, file_size_limit, randint, raises_clear, seed_all, seeds
 
 TINY = dict(context_length=16, n_layers=1, d_model=16, n_heads=2)
 
@@ -1157,23 +1157,6 @@ def test_resuming_a_finished_run_does_nothing_more(train, corpus_docs, tokenizer
 
 # --- a failed log write, the signal named, the divergence message ----------------------------------------
 
-@contextlib.contextmanager
-def _file_size_limit(limit):
-    """RLIMIT_FSIZE = limit bytes for the block (SIGXFSZ ignored): a write past it fails with OSError EFBIG."""
-    resource = pytest.importorskip("resource")
-    import signal
-    if not hasattr(signal, "SIGXFSZ"):
-        pytest.skip("needs SIGXFSZ to turn the size limit into an OSError")
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
-
-
 @pytest.mark.parametrize("kept", [True, False], ids=["checkpoint-at-step-1", "no-checkpoint"])
 def test_a_failed_log_write_is_a_run_write_error(train, corpus_docs, tokenizer, tmp_path, kept):
     """A log write that fails (EFBIG: a file size limit) is a RunWriteError naming the log and what is left (the step-1 checkpoint, or none)."""
@@ -1182,10 +1165,10 @@ def test_a_failed_log_write_is_a_run_write_error(train, corpus_docs, tokenizer, 
     train.train(config, dict(TINY), stop_after=1, **kw)                # checkpoint at step 1, token cache built
     size = (tmp_path / "log.jsonl").stat().st_size
     if kept:                                                             # resume: the log is kept, step 2's record fails
-        with _file_size_limit(size + 8), raises_clear(train.RunWriteError, "log", "step 1"):
+        with file_size_limit(size + 8), raises_clear(train.RunWriteError, "log", "step 1"):
             train.train(config, dict(TINY), resume=True, **kw)
     else:                                                                # a fresh run over it: no checkpoint left yet
-        with _file_size_limit(8), raises_clear(train.RunWriteError, "log", "no checkpoint"):
+        with file_size_limit(8), raises_clear(train.RunWriteError, "log", "no checkpoint"):
             train.train(config, dict(TINY), overwrite=True, **kw)
 
 
