@@ -870,25 +870,40 @@ def test_softmax_default_dim_is_the_last(attention):
                      what=f"softmax(x) of shape {shape} with the default dim vs torch.softmax(x, -1)")
 
 
+def _assert_draws_nothing(calls):
+    """Each call leaves torch's global RNG where it found it."""
+    for name, call in calls.items():
+        torch.manual_seed(123)
+        expected_draws = torch.rand(8)
+        torch.manual_seed(123)
+        call()
+        assert_equal(torch.rand(8), expected_draws, what=f"torch's RNG after {name} (expected untouched)")
+
+
+def _layers_without_dropout(attention, fast):
+    """A layer in eval mode (whatever its dropout) and one in training mode with dropout 0, as calls."""
+    layers = {f"dropout={p}, fast={fast}, {mode} mode": attention.MultiHeadAttention(8, 2, dropout=p, fast=fast).train(
+              mode == "training") for p, mode in ((0.5, "eval"), (0.0, "training"))}
+    return {name: (lambda layer=layer: layer(randn((2, 5, 8), 4))) for name, layer in layers.items()}
+
+
 def test_dropout_zero_returns_x_and_draws_nothing(attention):
     """dropout(x, 0) returns x itself and draws nothing from torch's global RNG; nor does SDPA with
     dropout_p=0, nor a layer in eval mode (whatever its dropout) or in training mode with dropout 0."""
     x = randn((4, 6), 0)
     q, k, v = randn((2, 3, 4), 1), randn((2, 5, 4), 2), randn((2, 5, 4), 3)
-    layers = {f"dropout={p}, fast={fast}, {mode} mode": attention.MultiHeadAttention(8, 2, dropout=p, fast=fast).train(
-              mode == "training") for p, mode in ((0.5, "eval"), (0.0, "training")) for fast in (False, True)}
-    calls = {"dropout(x, 0.0)": lambda: attention.dropout(x, 0.0),
-             "scaled_dot_product_attention(q, k, v, dropout_p=0.0)":
-                 lambda: attention.scaled_dot_product_attention(q, k, v, dropout_p=0.0),
-             **{name: (lambda layer=layer: layer(randn((2, 5, 8), 4))) for name, layer in layers.items()}}
-    for name, call in calls.items():
-        torch.manual_seed(123)
-        expected_draws = torch.rand(8)
-        torch.manual_seed(123)
-        got = call()
-        assert_equal(torch.rand(8), expected_draws, what=f"torch's RNG after {name} (expected untouched)")
-        if name.startswith("dropout("):
-            assert got is x, "dropout(x, 0.0) must return x itself (p = 0 returns x)"
+    torch.manual_seed(123)
+    assert attention.dropout(x, 0.0) is x, "dropout(x, 0.0) must return x itself (p = 0 returns x)"
+    _assert_draws_nothing({"dropout(x, 0.0)": lambda: attention.dropout(x, 0.0),
+                           "scaled_dot_product_attention(q, k, v, dropout_p=0.0)":
+                               lambda: attention.scaled_dot_product_attention(q, k, v, dropout_p=0.0),
+                           **_layers_without_dropout(attention, fast=False)})
+
+
+def test_fast_path_without_dropout_draws_nothing(attention):
+    """With fast=True, a layer in eval mode (whatever its dropout) or in training mode with dropout 0 draws
+    nothing from torch's global RNG either."""
+    _assert_draws_nothing(_layers_without_dropout(attention, fast=True))
 
 
 @given(seed=seeds, p=st.sampled_from([0.1, 0.25, 0.5, 0.75]), dtype=st.sampled_from([torch.float32, torch.float64]))
@@ -1080,17 +1095,17 @@ def test_fast_path_calls_an_overridden_attend(attention):
                      what=f"fast=True, {t} tokens, with attend returning zeros (expected out_proj.bias everywhere)")
 
 
-def test_attend_need_weights_defaults_to_false(attention):
+@pytest.mark.parametrize("fast", [False, True])
+def test_attend_need_weights_defaults_to_false(attention, fast):
     """attend(q, k, v, mask, bias) is attend(..., need_weights=False): the same output, weights None or not alike."""
     q, k, v = randn((2, 2, 3, 4), 0), randn((2, 2, 3, 4), 1), randn((2, 2, 3, 4), 2)
     mask = torch.ones(3, 3, dtype=torch.bool).tril()
-    for fast in (False, True):
-        layer = attention.MultiHeadAttention(8, 2, fast=fast).eval()
-        out, weights = layer.attend(q, k, v, mask, None)
-        out_false, weights_false = layer.attend(q, k, v, mask, None, need_weights=False)
-        assert (weights is None) == (weights_false is None), \
-            f"fast={fast}: attend's weights by default {type(weights)}, with need_weights=False {type(weights_false)}"
-        assert_close(out, out_false, what=f"fast={fast}: attend by default vs need_weights=False")
+    layer = attention.MultiHeadAttention(8, 2, fast=fast).eval()
+    out, weights = layer.attend(q, k, v, mask, None)
+    out_false, weights_false = layer.attend(q, k, v, mask, None, need_weights=False)
+    assert (weights is None) == (weights_false is None), \
+        f"fast={fast}: attend's weights by default {type(weights)}, with need_weights=False {type(weights_false)}"
+    assert_close(out, out_false, what=f"fast={fast}: attend by default vs need_weights=False")
 
 
 def test_fast_switch_chooses_torch_sdpa(attention):

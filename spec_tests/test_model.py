@@ -852,7 +852,7 @@ def test_from_dict_fills_every_default(model):
 # --- dropout: p = 0 draws nothing, the mask is u >= p ----------------------------------------------
 
 def test_dropout_at_zero_draws_nothing(model):
-    """dropout(x, 0, training) and dropout(x, p, False) return x itself and draw nothing from torch's global RNG; so does a dropout-0 model's train-mode forward."""
+    """dropout(x, 0, training) and dropout(x, p, False) return x itself and draw nothing from torch's global RNG."""
     x = randn((4, 5), 0)
     calls = [("dropout(x, 0.0, True)", lambda: model.dropout(x, 0.0, True)),
              ("dropout(x, 0.5, False)", lambda: model.dropout(x, 0.5, False))]
@@ -863,15 +863,19 @@ def test_dropout_at_zero_draws_nothing(model):
         got = call()
         assert_equal(torch.rand(8), expected_draws, what=f"torch's RNG after {name} (expected untouched)")
         assert got is x, f"{name} must return x itself (the identity)"
-    for fast in (False, True):
-        lm = _build(model, {**BASE, "fast": fast}, 0, torch.float32).train()
-        idx = randint(0, BASE["vocab_size"], (2, 6), 1)
-        torch.manual_seed(123)
-        expected_draws = torch.rand(8)
-        torch.manual_seed(123)
-        lm(idx, randint(0, BASE["vocab_size"], (2, 6), 2))
-        assert_equal(torch.rand(8), expected_draws,
-                     what=f"torch's RNG after a train-mode forward of a dropout-0 model (fast={fast}; expected untouched)")
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_dropout_zero_model_draws_nothing(model, fast):
+    """A dropout-0 model's train-mode forward draws nothing from torch's global RNG (fast=False and fast=True)."""
+    lm = _build(model, {**BASE, "fast": fast}, 0, torch.float32).train()
+    idx = randint(0, BASE["vocab_size"], (2, 6), 1)
+    torch.manual_seed(123)
+    expected_draws = torch.rand(8)
+    torch.manual_seed(123)
+    lm(idx, randint(0, BASE["vocab_size"], (2, 6), 2))
+    assert_equal(torch.rand(8), expected_draws,
+                 what=f"torch's RNG after a train-mode forward of a dropout-0 model (fast={fast}; expected untouched)")
 
 
 @given(seed=seeds, p=st.sampled_from([0.1, 0.25, 0.5, 0.75]), dtype=st.sampled_from([torch.float32, torch.float64]))
