@@ -100,7 +100,8 @@ class Tokenizer:
            their new ones); a heap with stale entries skipped finds the best pair quickly.
 
         Errors: ``vocab_size`` not an int (TypeError) or ``< 256 + len(special_tokens)`` (ValueError
-        naming vocab_size); a lone surrogate in the data (ValueError). ``progress``: a tqdm bar.
+        naming vocab_size and that minimum); a lone surrogate in the data (ValueError). ``progress``: a
+        tqdm bar on stderr counting the merges (it ends at n/n); without it nothing is written.
         """
         raise NotImplementedError("Tokenizer.train: count pre-tokens once, then merge the best pair and update counts")
 
@@ -164,7 +165,8 @@ class Tokenizer:
         raise NotImplementedError("Tokenizer.from_dict: validate the fields, then cls(merges, specials, pattern)")
 
     def save(self, path) -> None:
-        """Write ``to_dict()`` as readable JSON (may add ``tokens``: the merged tokens as text)."""
+        """Write ``to_dict()`` as readable UTF-8 JSON (may add ``tokens``: the merged tokens as text);
+        non-ASCII characters as themselves (``json.dumps(..., ensure_ascii=False)``)."""
         raise NotImplementedError("Tokenizer.save: json of to_dict()")
 
     @classmethod

@@ -238,19 +238,37 @@ def _large_corpus(n_chars):
     return "".join(parts)
 
 
-@pytest.mark.parametrize("shape", ["one long document", "many documents with specials"])
+@pytest.mark.parametrize("shape", ["one long document", "many documents with specials", "no newline",
+                                   "starting with newlines"])
 def test_large_input_merges_equal_brute_force(tokenizer, shape):
     """On more than 1 MB of text (past any batching of the counting), training until no pair is left
-    learns exactly the merges of the recount-everything definition."""
+    learns exactly the merges of the recount-everything definition: one long document (with newlines
+    every 50,000 characters), many documents with specials, one without any newline (ending in two
+    spaces), one that starts with newlines."""
     text = _large_corpus(1_100_000)
+    specials = []
     if shape == "one long document":
-        docs, specials = [text], []
-    else:
+        docs = [text]
+    elif shape == "many documents with specials":
         docs, specials = [text[i:i + 99_991] + EOT + "zz" for i in range(0, len(text), 99_991)], [EOT]
+    elif shape == "no newline":
+        docs = [text.replace("\n", "q") + "  "]
+    else:
+        docs = ["\n\n" + text.replace("\n", "q") + "\n \n"]
     tok = tokenizer.Tokenizer.train(docs, 256 + 1000 + len(specials), special_tokens=specials)
     expected = brute_force_merges(docs, 1000, specials=specials)
     assert len(expected) < 1000, "the corpus runs out of pairs before 1000 merges"
     assert_equal([tuple(m) for m in tok.merges], expected, what=f"merges on {sum(map(len, docs))} characters ({shape})")
+
+
+def test_large_input_on_one_cpu(tokenizer, monkeypatch):
+    """On a machine with one CPU (os.cpu_count() == 1), training on 2.2 MB of text (several batches of any
+    counting) learns exactly the merges of the definition, as with more CPUs."""
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    docs = [_large_corpus(1_100_000), _large_corpus(1_100_000)[::-1]]
+    tok = tokenizer.Tokenizer.train(docs, 256 + 1000)
+    assert_equal([tuple(m) for m in tok.merges], brute_force_merges(docs, 1000),
+                 what=f"merges on {sum(map(len, docs))} characters with one CPU")
 
 
 def test_defaults(tokenizer):
@@ -710,3 +728,181 @@ def test_corrupt_file_raises(tokenizer, trained, tmp_path):
     path.write_text("[1, 2, 3]", encoding="utf-8")
     with raises_clear(ValueError, "tok.json"):
         tokenizer.Tokenizer.load(path)
+
+
+# --- the file format's constants, keyword-only arguments ------------------------------------------
+
+def test_format_and_version_constants(tokenizer, trained):
+    """FORMAT is "bare-lm-tokenizer" and VERSION is 1; to_dict() and the saved file carry exactly these."""
+    assert_equal((tokenizer.FORMAT, tokenizer.VERSION), ("bare-lm-tokenizer", 1), what="(FORMAT, VERSION)")
+    d = trained.to_dict()
+    assert_equal((d["format"], d["version"]), ("bare-lm-tokenizer", 1), what="to_dict()['format'], ['version']")
+
+
+@pytest.mark.parametrize("field, value", [("version", 0), ("version", 2), ("version", "1"), ("version", None),
+                                          ("format", "zzz"), ("format", "a"), ("format", None)])
+def test_from_dict_refuses_another_format_or_version(tokenizer, trained, field, value):
+    """Tokenizer data of another format or version (below or above 1, or not the int 1) is refused naming the field."""
+    d = trained.to_dict()
+    if value is None:
+        del d[field]
+    else:
+        d[field] = value
+    with raises_clear(ValueError, field):
+        tokenizer.Tokenizer.from_dict(d)
+
+
+def test_encode_keywords_are_keyword_only(trained):
+    """allowed_special and disallowed_special are keyword-only: passing them by position is a TypeError."""
+    with pytest.raises(TypeError):
+        trained.encode("abc", "all")
+    with pytest.raises(TypeError):
+        list(trained.encode_iterable(["abc"], "all"))
+
+
+def test_all_compares_by_value(trained):
+    """"all" is recognised by value (a str built at run time works), for both arguments; any other bare str,
+    however it sorts against "all", is a TypeError naming the argument."""
+    built = "".join(["a", "ll"])
+    text = "x" + EOT + "y"
+    assert_equal(trained.encode(text, allowed_special=built), trained.encode(text, allowed_special="all"),
+                 what="encode(..., allowed_special=<'all' built at run time>)")
+    with raises_clear(ValueError, EOT):
+        trained.encode(text, disallowed_special=built)
+    for word in ("zzz", "allx", "b"):
+        with raises_clear(TypeError, "allowed_special"):
+            trained.encode("abc", allowed_special=word)
+        with raises_clear(TypeError, "disallowed_special"):
+            trained.encode("abc", disallowed_special=word)
+
+
+def test_special_arguments_of_the_wrong_type(trained):
+    """allowed_special / disallowed_special that are not collections (an int, a float) are a TypeError naming them."""
+    with raises_clear(TypeError, "allowed_special"):
+        trained.encode("abc", allowed_special=5)
+    with raises_clear(TypeError, "disallowed_special"):
+        trained.encode("abc", disallowed_special=3.5)
+
+
+# --- sizes past 256: many merges, many specials, long pre-tokens ----------------------------------
+
+def _many_merges():
+    """400 distinct merges: 200 pairs of letters, then 200 that each extend an earlier merge by 'a'."""
+    letters = [ord(c) for c in "abcdefghijklmnopqrst"]
+    merges = [(a, b) for a in letters for b in letters[:10]]           # 200 byte pairs
+    merges += [(n + 56, 97) for n in range(200, 400)]                  # ids 256..455, each < 256 + n
+    return merges
+
+
+def test_more_than_256_merges_and_specials(tokenizer, tmp_path):
+    """With 400 merges and 300 specials (ids past 512): vocab[256 + n] is merge n's bytes, the specials follow
+    at 656 + i, vocab_size is 956, encode equals the rank oracle, and save/load and to_dict/from_dict keep it all."""
+    merges = _many_merges()
+    specials = [f"<|s{i}|>" for i in range(300)]
+    tok = tokenizer.Tokenizer(merges, special_tokens=specials)
+    vocab = {b: bytes([b]) for b in range(256)}
+    for n, (a, b) in enumerate(merges):
+        vocab[256 + n] = vocab[a] + vocab[b]
+    for i, s in enumerate(specials):
+        vocab[656 + i] = s.encode()
+    assert_equal(tok.vocab, vocab, what="vocab of 400 merges and 300 specials")
+    assert_equal(tok.special_tokens, {s: 656 + i for i, s in enumerate(specials)}, what="special_tokens")
+    assert_equal(tok.vocab_size, 956, what="vocab_size")
+    rng = random.Random(0)
+    text = " ".join("".join(rng.choice("abcdefghijklmnopqrst") for _ in range(rng.randint(1, 9))) + "a" * rng.randint(0, 6)
+                    for _ in range(300)) + "<|s299|>" + "<|s7|>ab"
+    expected = rank_encode(merges, specials, GPT2, text)
+    assert_equal(tok.encode(text, allowed_special="all"), expected, what="encode with 400 merges (rank oracle)")
+    tok.save(tmp_path / "tok.json")
+    for how, back in (("load(save())", lambda: tokenizer.Tokenizer.load(tmp_path / "tok.json")),
+                      ("from_dict(to_dict())", lambda: tokenizer.Tokenizer.from_dict(json.loads(json.dumps(tok.to_dict()))))):
+        other = back()
+        assert_equal((other.merges, other.special_tokens, other.vocab), (tok.merges, tok.special_tokens, tok.vocab),
+                     what=f"merges, specials and vocab after {how}")
+        assert_equal(other.encode(text, allowed_special="all"), expected, what=f"encode after {how}")
+
+
+def test_training_more_than_256_merges(tokenizer):
+    """train to vocab_size 558 (300 merges, 2 specials) on a rich corpus learns the brute-force definition's 300 merges."""
+    rng = random.Random(1)
+    text = "".join(rng.choice("abcdefghij kl") for _ in range(20_000))
+    tok = tokenizer.Tokenizer.train(text, 558, special_tokens=["<s>", "</s>"])
+    assert_equal([tuple(m) for m in tok.merges], brute_force_merges([text], 300), what="300 merges")
+    assert_equal(tok.special_tokens, {"<s>": 556, "</s>": 557}, what="special_tokens after 300 merges")
+
+
+def test_a_pre_token_longer_than_256_bytes(tokenizer):
+    """A pre-token of 301 bytes (with pattern=None, or 'a' * 301 under GPT-2's pattern) encodes as the rank
+    oracle says and round-trips; training on it merges left to right to the very end."""
+    tok = tokenizer.Tokenizer([(97, 97), (256, 256)])
+    for text in ("a" * 301, "a" * 300, " " + "a" * 301):
+        assert_equal(tok.encode(text), rank_encode(tok.merges, [], GPT2, text), what=f"encode of {len(text)} chars")
+        assert_equal(tok.decode(tok.encode(text)), text, what=f"decode(encode()) of {len(text)} chars")
+    word = "ab" * 150 + "a"
+    trained = tokenizer.Tokenizer.train(word, 256 + 3, pattern=None)
+    assert_equal([tuple(m) for m in trained.merges], brute_force_merges([word], 3, pattern=None),
+                 what="merges of one 301-byte pre-token")
+
+
+def test_256_specials_vocab_size_bound(tokenizer):
+    """With 256 specials, vocab_size must be >= 512: 511 is refused naming vocab_size and 512, 512 accepted."""
+    specials = [f"<{i}>" for i in range(256)]
+    with raises_clear(ValueError, "vocab_size", "512"):
+        tokenizer.Tokenizer.train("hello", 511, special_tokens=specials)
+    tok = tokenizer.Tokenizer.train("hello", 512, special_tokens=specials)
+    assert_equal((tok.merges, tok.vocab_size), ([], 512), what="merges and vocab_size with 256 specials, vocab_size 512")
+
+
+def test_vocab_size_error_names_the_minimum(tokenizer):
+    """vocab_size below the minimum names the minimum, 256 + len(special_tokens) (259 with three specials)."""
+    with raises_clear(ValueError, "vocab_size", "259"):
+        tokenizer.Tokenizer.train("hello", 100, special_tokens=["<a>", "<b>", "<c>"])
+
+
+# --- merges and decode errors: the boundaries ------------------------------------------------------
+
+@pytest.mark.parametrize("merges, words", [
+    ([(256, 97)], ["merges[0]", "256", "0..255"]),                 # merge 0 may use 0..255 only
+    ([(97, 98), (257, 97)], ["merges[1]", "257", "0..256"]),       # merge 1 may use 0..256
+    ([(97, 98, 99)], ["merges[0]"]),                               # three ids
+    ([5], ["merges[0]"]),                                          # not a pair at all
+    ([(97, 98), (97, 98)], ["merges", "repeat"]),
+])
+def test_bad_merges_raise(tokenizer, merges, words):
+    """A merge that uses an id not older than itself, is not a pair, or repeats one raises ValueError saying which."""
+    with raises_clear(ValueError, *words):
+        tokenizer.Tokenizer(merges)
+
+
+def test_decode_names_the_unknown_id_not_its_neighbours(trained):
+    """decode of known ids followed by an unknown one names the unknown one (99999, -3, 2.5, 'a')."""
+    for bad in (99999, -3, 2.5, "a"):
+        with raises_clear(ValueError, repr(bad)):
+            trained.decode([104, 105, bad])
+
+
+# --- save: readable UTF-8 ------------------------------------------------------------------------
+
+def test_saved_file_is_readable_utf8(tokenizer, tmp_path):
+    """save writes non-ASCII special tokens and merged tokens as themselves (UTF-8), not as \\u escapes."""
+    e = list("é".encode())
+    tok = tokenizer.Tokenizer([(e[0], e[1])], special_tokens=["<|é|>"])
+    tok.save(tmp_path / "tok.json")
+    text = (tmp_path / "tok.json").read_text(encoding="utf-8")
+    assert '"<|é|>"' in text, f"the special token '<|é|>' should appear as itself in the file:\n{text}"
+    assert '"é"' in text, f"the merged token 'é' should appear as itself in 'tokens':\n{text}"
+    assert "\\u" not in text, f"the file should hold no \\u escapes:\n{text}"
+
+
+# --- the progress bar -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_merges", [1, 5])
+def test_training_progress_bar(tokenizer, capfd, n_merges):
+    """train(progress=True) shows a bar that counts the merges to n/n (one merge included); without
+    progress (the default) nothing is written."""
+    capfd.readouterr()
+    tokenizer.Tokenizer.train("ab ab cd cd ef", 256 + n_merges)
+    assert_equal(capfd.readouterr().err, "", what="stderr of train() without progress")
+    tokenizer.Tokenizer.train("ab ab cd cd ef", 256 + n_merges, progress=True)
+    err = capfd.readouterr().err
+    assert f"{n_merges}/{n_merges}" in err, f"train(progress=True) should end its bar at {n_merges}/{n_merges}:\n{err!r}"
