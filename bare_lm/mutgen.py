@@ -35,7 +35,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -298,11 +298,18 @@ class Session:
             self.db.execute("ALTER TABLE bare_lm_runs ADD COLUMN parent_cpu REAL")
             self.db.execute("ALTER TABLE bare_lm_runs ADD COLUMN child_cpu REAL")
 
-    def retry(self, modules: list[str]) -> int:
-        """Make the survivors of these modules pending again (the spec has changed since they ran)."""
+    def retry(self, modules: list[str], listed: list["Listed"] = ()) -> int:
+        """Make the survivors of these modules pending again (the spec has changed since they ran), except
+        those that an ``[[equivalent]]`` entry of ``listed`` names: rerunning them could only confirm it."""
         marks = ",".join("?" * len(modules))
-        jobs = [r[0] for r in self.db.execute(
-            f"SELECT job_id FROM bare_lm_mutants WHERE status = 'survived' AND module IN ({marks})", modules)]
+        cur = self.db.execute(
+            f"SELECT job_id, module, operator, occurrence, original, mutated FROM bare_lm_mutants "
+            f"WHERE status = 'survived' AND module IN ({marks})", modules)
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, row)) for row in cur.fetchall()]
+        entries = [replace(e, matched=0) for e in listed if e.kind == "equivalent"]
+        covered = match_listed(entries, rows)
+        jobs = [r["job_id"] for i, r in enumerate(rows) if i not in covered]
         self.db.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in jobs])
         self.db.executemany("UPDATE bare_lm_mutants SET status = NULL, caught_by = NULL, seconds = NULL "
                             "WHERE job_id = ?", [(j,) for j in jobs])
@@ -829,7 +836,8 @@ def run(args: argparse.Namespace) -> int:
             f"AND module IN ({','.join('?' * len(modules))})", modules).fetchall()
         session.unskip([j for j, mod, d, c in was_skipped if not any(e.skips(mod, d, c) for e in listed)])
         if args.retry_survivors:
-            print(f"{session.retry(modules)} survivors to run again against the current spec")
+            print(f"{session.retry(modules, listed)} survivors to run again against the current spec "
+                  f"(those listed as equivalent stay as they are)")
         pending = session.mutants(modules, pending_only=True)
         skipped = [m for m in pending if any(e.skips(m.module, m.definition, m.context) for e in listed)]
         for m in skipped:

@@ -656,11 +656,14 @@ def test_vocab_size_too_small_raises(tokenizer):
 
 
 def test_lone_surrogate_raises(trained, tokenizer):
-    """A str that cannot be UTF-8 encoded (lone surrogate) raises a clear ValueError."""
-    with raises_clear(ValueError, "surrogate"):
+    """A str that cannot be UTF-8 encoded (lone surrogate) raises a clear ValueError naming the argument
+    (text, data, special_tokens) and the surrogate."""
+    with raises_clear(ValueError, "surrogate", "text"):
         trained.encode("ab\ud800cd")
-    with raises_clear(ValueError, "surrogate"):
+    with raises_clear(ValueError, "surrogate", "data"):
         tokenizer.Tokenizer.train(["ok", "x\udfffy"], 300)
+    with raises_clear(ValueError, "surrogate", "special_tokens"):
+        tokenizer.Tokenizer([], special_tokens=["<\udc00>"])
 
 
 def _saved(trained, tmp_path):
@@ -906,3 +909,50 @@ def test_training_progress_bar(tokenizer, capfd, n_merges):
     tokenizer.Tokenizer.train("ab ab cd cd ef", 256 + n_merges, progress=True)
     err = capfd.readouterr().err
     assert f"{n_merges}/{n_merges}" in err, f"train(progress=True) should end its bar at {n_merges}/{n_merges}:\n{err!r}"
+
+
+def test_both_allowed_and_disallowed_names_only_the_overlap(tokenizer):
+    """A special both allowed and disallowed is named in the ValueError; a special only allowed is not."""
+    tok = tokenizer.Tokenizer([], special_tokens=["<a>", "<b>"])
+    try:
+        tok.encode("x", allowed_special={"<a>", "<b>"}, disallowed_special={"<a>"})
+    except ValueError as err:
+        message = str(err)
+    else:
+        raise AssertionError("allowed_special={'<a>', '<b>'}, disallowed_special={'<a>'}: expected a ValueError")
+    assert "<a>" in message and "<b>" not in message, \
+        f"the message should name '<a>' (in both) and not '<b>' (only allowed): {message!r}"
+
+
+@pytest.mark.parametrize("merges, words", [
+    ([(97,)], ["merges[0]"]),                                      # one id
+    ([(-1, 97)], ["merges[0]", "-1"]),                             # below 0
+])
+def test_more_bad_merges_raise(tokenizer, merges, words):
+    """A merge of one id, or one using a negative id, raises ValueError naming the merge."""
+    with raises_clear(ValueError, *words):
+        tokenizer.Tokenizer(merges)
+
+
+def test_merges_may_use_id_0_and_the_newest_id(tokenizer):
+    """Merge n may use any id in 0..255+n: byte 0, and the merge just before it."""
+    tok = tokenizer.Tokenizer([(0, 97), (256, 0), (257, 257)], pattern=None)
+    assert_equal(tok.vocab[258], b"\x00a\x00" * 2, what="vocab[258] of merges (0, 97), (256, 0), (257, 257)")
+    assert_equal(tok.encode("\x00a\x00\x00a\x00"), [258], what="encode('\\x00a\\x00\\x00a\\x00')")
+
+
+@pytest.mark.parametrize("merges", [5, "ab", {"a": 1}])
+def test_from_dict_merges_not_a_list(tokenizer, trained, merges):
+    """Tokenizer data whose merges is not a list (an int, a str, a dict) is a ValueError naming merges."""
+    d = trained.to_dict()
+    d["merges"] = merges
+    with raises_clear(ValueError, "merges"):
+        tokenizer.Tokenizer.from_dict(d)
+
+
+def test_train_data_of_the_wrong_type(tokenizer):
+    """train's data must be a str, a path or an iterable of str: an int is a TypeError naming data."""
+    with raises_clear(TypeError, "data"):
+        tokenizer.Tokenizer.train(5, 300)
+    with raises_clear(TypeError, "data"):
+        tokenizer.Tokenizer.train(["ok", 5], 300)

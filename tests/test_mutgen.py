@@ -185,7 +185,7 @@ def test_session_resumes_and_regenerates_a_changed_module(fake):
 def test_a_fresh_session_takes_committed_verdicts_of_unchanged_modules(fake):
     """results.json's verdicts seed a new session for a module whose source has the recorded sha256
     (a fresh checkout continues the committed run); a changed module starts over; --retry-survivors
-    makes the survivors pending again."""
+    makes the survivors pending again, except those listed as equivalent."""
     import hashlib
     impl, target, tmp = fake
     first = mutgen.Session(tmp / "one" / "session.sqlite")
@@ -213,6 +213,10 @@ def test_a_fresh_session_takes_committed_verdicts_of_unchanged_modules(fake):
         assert {k: (r["status"], r["caught_by"], r["mutated"]) for k, r in seeded.items()} == \
             {(r["operator"], r["occurrence"]): (r["status"], r["caught_by"], r["mutated"]) for r in rows}
         pending = {m.job_id for m in second.mutants(["calc"], pending_only=True)}
+        surv = next(r for r in second.results(["calc"]) if r["status"] == "survived")
+        listed = [mutgen.Listed(kind="equivalent", module="calc", reason="listed", operator=surv["operator"],
+                                occurrence=surv["occurrence"], original=surv["original"], mutated=surv["mutated"])]
+        assert second.retry(["calc"], listed) == 0     # a survivor listed as equivalent is not rerun
         assert second.retry(["calc"]) == 1
         again = {m.job_id for m in second.mutants(["calc"], pending_only=True)} - pending
         assert [m.mutated for m in second.mutants(["calc"]) if m.job_id in again] == ['return "=" * 4']
