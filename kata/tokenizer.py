@@ -100,8 +100,9 @@ class Tokenizer:
            their new ones); a heap with stale entries skipped finds the best pair quickly.
 
         Errors: ``vocab_size`` not an int (TypeError) or ``< 256 + len(special_tokens)`` (ValueError
-        naming vocab_size and that minimum); a lone surrogate in the data (ValueError). ``progress``: a
-        tqdm bar on stderr counting the merges (it ends at n/n); without it nothing is written.
+        naming vocab_size and that minimum); a lone surrogate in the data (ValueError naming data).
+        ``progress``: a tqdm bar on stderr counting the merges (it ends at n/n); without it nothing is
+        written.
         """
         raise NotImplementedError("Tokenizer.train: count pre-tokens once, then merge the best pair and update counts")
 
@@ -124,8 +125,8 @@ class Tokenizer:
 
         Every other piece is pre-tokenized; each pre-token starts as its UTF-8 bytes and, while some
         adjacent pair is a merge, the pair of LOWEST rank is merged everywhere (left to right). Cache
-        pre-token -> ids. A lone surrogate raises ValueError ("cannot be encoded as UTF-8: lone
-        surrogate ..."); a non-str raises TypeError naming text.
+        pre-token -> ids. A lone surrogate raises ValueError naming text ("text cannot be encoded as
+        UTF-8: lone surrogate ..."); a non-str raises TypeError naming text.
         """
         raise NotImplementedError("Tokenizer.encode: cut out specials, pre-tokenize, merge lowest rank first")
 
