@@ -239,33 +239,37 @@ def _large_corpus(n_chars):
 
 
 @pytest.mark.parametrize("shape", ["one long document", "many documents with specials", "no newline",
-                                   "starting with newlines"])
+                                   "starting with newlines", "pre-tokens across newlines"])
 def test_large_input_merges_equal_brute_force(tokenizer, shape):
     """On more than 1 MB of text (past any batching of the counting), training until no pair is left
     learns exactly the merges of the recount-everything definition: one long document (with newlines
     every 50,000 characters), many documents with specials, one without any newline (ending in two
-    spaces), one that starts with newlines."""
+    spaces), one that starts with newlines, and one long document under a pattern whose pre-tokens
+    hold newlines (a word with the whitespace after it)."""
     text = _large_corpus(1_100_000)
-    specials = []
+    specials, pattern = [], GPT2
     if shape == "one long document":
         docs = [text]
     elif shape == "many documents with specials":
         docs, specials = [text[i:i + 99_991] + EOT + "zz" for i in range(0, len(text), 99_991)], [EOT]
+    elif shape == "pre-tokens across newlines":
+        docs, pattern = [text], r"\S+\s*"
     elif shape == "no newline":
         docs = [text.replace("\n", "q") + "  "]
     else:
         docs = ["\n\n" + text.replace("\n", "q") + "\n \n"]
-    tok = tokenizer.Tokenizer.train(docs, 256 + 1000 + len(specials), special_tokens=specials)
-    expected = brute_force_merges(docs, 1000, specials=specials)
+    tok = tokenizer.Tokenizer.train(docs, 256 + 1000 + len(specials), special_tokens=specials, pattern=pattern)
+    expected = brute_force_merges(docs, 1000, specials=specials, pattern=pattern)
     assert len(expected) < 1000, "the corpus runs out of pairs before 1000 merges"
     assert_equal([tuple(m) for m in tok.merges], expected, what=f"merges on {sum(map(len, docs))} characters ({shape})")
 
 
 def test_large_input_on_one_cpu(tokenizer, monkeypatch):
-    """On a machine with one CPU (os.cpu_count() == 1), training on 2.2 MB of text (several batches of any
-    counting) learns exactly the merges of the definition, as with more CPUs."""
+    """On a machine with one CPU (os.cpu_count() == 1), training on one document of 3.3 MB (three batches
+    or more of any counting that batches by the megabyte, a piece cut more than once) learns exactly the
+    merges of the definition, as with more CPUs."""
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    docs = [_large_corpus(1_100_000), _large_corpus(1_100_000)[::-1]]
+    docs = [_large_corpus(3_300_000)]
     tok = tokenizer.Tokenizer.train(docs, 256 + 1000)
     assert_equal([tuple(m) for m in tok.merges], brute_force_merges(docs, 1000),
                  what=f"merges on {sum(map(len, docs))} characters with one CPU")
@@ -826,12 +830,16 @@ def test_more_than_256_merges_and_specials(tokenizer, tmp_path):
 
 
 def test_training_more_than_256_merges(tokenizer):
-    """train to vocab_size 558 (300 merges, 2 specials) on a rich corpus learns the brute-force definition's 300 merges."""
+    """train to vocab_size 658 (400 merges, 2 specials) on 6,000 words drawn from 150 learns the brute-force
+    definition's 400 merges, the later ones built on merges past id 511."""
     rng = random.Random(1)
-    text = "".join(rng.choice("abcdefghij kl") for _ in range(20_000))
-    tok = tokenizer.Tokenizer.train(text, 558, special_tokens=["<s>", "</s>"])
-    assert_equal([tuple(m) for m in tok.merges], brute_force_merges([text], 300), what="300 merges")
-    assert_equal(tok.special_tokens, {"<s>": 556, "</s>": 557}, what="special_tokens after 300 merges")
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(6, 12))) for _ in range(150)]
+    text = " ".join(rng.choice(words) for _ in range(6000))
+    tok = tokenizer.Tokenizer.train(text, 658, special_tokens=["<s>", "</s>"])
+    expected = brute_force_merges([text], 400)
+    assert any(max(m) > 511 for m in expected), "the corpus should give merges of ids past 511"
+    assert_equal([tuple(m) for m in tok.merges], expected, what="400 merges")
+    assert_equal(tok.special_tokens, {"<s>": 656, "</s>": 657}, what="special_tokens after 400 merges")
 
 
 def test_a_pre_token_longer_than_256_bytes(tokenizer):
