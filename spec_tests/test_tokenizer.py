@@ -239,25 +239,28 @@ def _large_corpus(n_chars):
 
 
 @pytest.mark.parametrize("shape", ["one long document", "many documents with specials", "no newline",
-                                   "starting with newlines", "pre-tokens across newlines"])
+                                   "starting with newlines", "pre-tokens across newlines", "shifted by one"])
 def test_large_input_merges_equal_brute_force(tokenizer, shape):
     """On more than 1 MB of text (past any batching of the counting), training until no pair is left
     learns exactly the merges of the recount-everything definition: one long document (with newlines
     every 50,000 characters), many documents with specials, one without any newline (ending in two
-    spaces), one that starts with newlines, and one long document under a pattern whose pre-tokens
-    hold newlines (a word with the whitespace after it)."""
+    spaces), one that starts with newlines (and ends in a letter), the long document shifted by one
+    character, and one under a pattern whose pre-tokens hold newlines (a word with the whitespace
+    after it)."""
     text = _large_corpus(1_100_000)
     specials, pattern = [], GPT2
     if shape == "one long document":
         docs = [text]
     elif shape == "many documents with specials":
         docs, specials = [text[i:i + 99_991] + EOT + "zz" for i in range(0, len(text), 99_991)], [EOT]
+    elif shape == "shifted by one":
+        docs = ["a" + text]
     elif shape == "pre-tokens across newlines":
         docs, pattern = [text], r"\S+\s*"
     elif shape == "no newline":
         docs = [text.replace("\n", "q") + "  "]
     else:
-        docs = ["\n\n" + text.replace("\n", "q") + "\n \n"]
+        docs = ["\n\n" + text.replace("\n", "q") + "x"]
     tok = tokenizer.Tokenizer.train(docs, 256 + 1000 + len(specials), special_tokens=specials, pattern=pattern)
     expected = brute_force_merges(docs, 1000, specials=specials, pattern=pattern)
     assert len(expected) < 1000, "the corpus runs out of pairs before 1000 merges"
