@@ -15,7 +15,8 @@
   timeout is killed (outcome ``timeout``, reported apart from ``killed``).
 - **Which spec runs**: the mutated module's own component spec; for ``checks.py``, the specs of
   cheap components that use it (``CHECKS_SPECS``), except its functions that only heavier components
-  call, or that only they reach at a boundary (``CHECKS_SPECS_BY_DEFINITION``).
+  call, or that only they reach at a boundary (``CHECKS_SPECS_BY_DEFINITION``); for ``train()`` and
+  its loop, the distributed spec as well (``TRAIN_SPECS_BY_DEFINITION``: several ranks).
 - **Equivalent mutants** are listed with a reason in ``docs/mutation/equivalent.toml``; a mutant is
   identified by module, operator, occurrence and the original and mutated line, so an edit elsewhere
   in the file never re-points an entry silently: an entry that matches nothing is reported stale.
@@ -56,6 +57,9 @@ CHECKS_SPECS = ("linear", "embedding", "norm", "feedforward", "positional", "los
 CHECKS_SPECS_BY_DEFINITION = {"compile_backend": ("generate",), "compiled": ("generate",),
                               "tensor": (*CHECKS_SPECS, "attention", "generate"),
                               "number_in_range": (*CHECKS_SPECS, "train")}
+# train() and the loop it runs behave differently on several ranks (who logs, locks, writes, shards the
+# data): their mutants also run the distributed spec, which trains on 2 processes.
+TRAIN_SPECS_BY_DEFINITION = {"train": ("train", "distributed"), "_train_locked": ("train", "distributed")}
 CI_SAMPLE_SIZE = 300
 CI_SAMPLE_SEED = 20261202
 STATUSES = ("killed", "timeout", "survived", "equivalent", "incompetent")
@@ -618,7 +622,8 @@ def bare_lm_target(profile: str = "mutants") -> Target:
                    "--assert=plain", f"--hypothesis-profile={profile}",
                    "--rootdir", str(REPO_ROOT), "-c", str(REPO_ROOT / "pyproject.toml")],
                   {"checks": CHECKS_SPECS},
-                  {("checks", d): s for d, s in CHECKS_SPECS_BY_DEFINITION.items()})
+                  {**{("checks", d): s for d, s in CHECKS_SPECS_BY_DEFINITION.items()},
+                   **{("train", d): s for d, s in TRAIN_SPECS_BY_DEFINITION.items()}})
 
 
 def warm_up(target: Target, modules: list[str], components: tuple[str, ...] = (), also: tuple[str, ...] = ()) -> None:
