@@ -272,12 +272,14 @@ class Session:
         source, taken = path.read_text(), 0
         for r in recorded.get("mutants", []):
             m = by_key.get((r["module"], r["operator"], r["occurrence"]))
-            if m is None or r["status"] not in STATUSES or r["status"] == "equivalent":
+            if m is None or r["status"] not in STATUSES:
                 continue
             if r.get("original") is None and mutate_source(source, m) is None:
                 continue
             m.original, m.mutated = r.get("original", m.original), r.get("mutated", m.mutated)
-            self.record(m, Outcome(r["status"], r.get("caught_by") or "", r.get("seconds") or 0.0,
+            # a survivor that the list calls equivalent was recorded as such: its verdict is "survived"
+            status = "survived" if r["status"] == "equivalent" else r["status"]
+            self.record(m, Outcome(status, r.get("caught_by") or "", r.get("seconds") or 0.0,
                                    tuple(recorded.get("specs", {}).get(module, (module,))), r.get("cpu")))
             taken += 1
         return taken
@@ -286,10 +288,9 @@ class Session:
         """Take results.json's run records (wall seconds, jobs, CPU) whose modules were all seeded, so
         that the report's measured wall time covers the seeded verdicts too."""
         self._runs_table()
-        if self.db.execute("SELECT COUNT(*) FROM bare_lm_runs").fetchone()[0]:
-            return
+        have = {(at, mods) for at, mods in self.db.execute("SELECT at, modules FROM bare_lm_runs")}
         for r in recorded.get("runs", []):
-            if set(r["modules"].split(",")) <= set(modules):
+            if set(r["modules"].split(",")) <= set(modules) and (r["at"], r["modules"]) not in have:
                 self.db.execute("INSERT INTO bare_lm_runs VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 (r["at"], r["modules"], r["mutants"], r["seconds"], r["jobs"], r.get("parent_cpu"),
                                  r.get("child_cpu")))
