@@ -15,3 +15,14 @@ def test_failures_are_counted_per_test_over_concurrent_runs(tmp_path, capsys):
     (line,) = [row for row in out.splitlines() if row.startswith("test_fake.py::test_fails")]
     assert "3/3" in line
     assert "test_passes" not in out
+
+
+def test_only_the_specs_profiles_are_accepted(capsys):
+    """Hypothesis's own "default" profile keeps a 200 ms deadline: the check refuses it by name and
+    lists the spec's profiles, instead of silently measuring the machine's load."""
+    import pytest
+    with pytest.raises(SystemExit) as exit_info:
+        flake.main(["--profile", "default", "--runs", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--profile" in err and "'default'" in err and "'dev'" in err and "'thorough'" in err
