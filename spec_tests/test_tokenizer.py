@@ -239,14 +239,16 @@ def _large_corpus(n_chars):
 
 
 @pytest.mark.parametrize("shape", ["one long document", "many documents with specials", "no newline",
-                                   "starting with newlines", "pre-tokens across newlines", "shifted by one"])
+                                   "starting with newlines", "pre-tokens across newlines", "shifted by one",
+                                   "newlines only after spaces"])
 def test_large_input_merges_equal_brute_force(tokenizer, shape):
     """On more than 1 MB of text (past any batching of the counting), training until no pair is left
     learns exactly the merges of the recount-everything definition: one long document (with newlines
     every 50,000 characters), many documents with specials, one without any newline (ending in two
     spaces), one that starts with newlines (and ends in a letter), the long document shifted by one
-    character, and one under a pattern whose pre-tokens hold newlines (a word with the whitespace
-    after it)."""
+    character, one under a pattern whose pre-tokens hold newlines (a word with the whitespace
+    after it), and one whose every newline follows a space (no newline there is a safe place to cut:
+    a counter that looks for one must give up, not loop or count text twice)."""
     text = _large_corpus(1_100_000)
     specials, pattern = [], GPT2
     if shape == "one long document":
@@ -257,6 +259,8 @@ def test_large_input_merges_equal_brute_force(tokenizer, shape):
         docs = ["a" + text]
     elif shape == "pre-tokens across newlines":
         docs, pattern = [text], r"\S+\s*"
+    elif shape == "newlines only after spaces":
+        docs = [text.replace("x\n", "xq")]
     elif shape == "no newline":
         docs = [text.replace("\n", "q") + "  "]
     else:
