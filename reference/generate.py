@@ -100,14 +100,13 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
 def _draw(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
     """``sample`` without the argument checks (the decoding loop checks them once per call)."""
     probs = _distribution(logits, temperature, top_k, top_p)          # (..., V)
-    v = probs.shape[-1]
-    flat = probs.reshape(-1, v)                                          # (N, V)
+    flat = probs if probs.dim() == 2 else probs.reshape(-1, probs.shape[-1])   # (N, V)
     # The exponential race: with E_i ~ Exp(1) independent, argmax_i p_i / E_i is i with probability
     # p_i. It is how torch.multinomial(flat, 1) draws (the same random numbers, the same ids),
     # without re-validating a distribution that is valid by construction.
     race = flat / torch.empty_like(flat).exponential_(1.0, generator=generator)   # (N, V)
     ids = race.argmax(dim=-1)                                            # (N,)
-    return ids.reshape(probs.shape[:-1])                                 # (...) long
+    return ids if probs.dim() == 2 else ids.reshape(probs.shape[:-1])    # (...) long
 
 
 def _check_sampling_args(logits, temperature, top_k, top_p) -> None:
@@ -138,21 +137,23 @@ def _top_p_mask(probs: torch.Tensor, p: float, candidates: torch.Tensor | None =
     ``candidates (..., k)``: after top-k, the ids of the k largest (descending); every other token
     has zero probability or ties with the k-th, so the masses above the kept tokens are sums over
     the candidates alone, and only they need sorting.
+
+    The kept set is the most probable tokens down to a threshold: with ``desc`` the probabilities
+    in descending order and ``before[r]`` the mass of the ``r`` most probable (``before[0] = 0``),
+    the first ``r`` with ``before[r] >= p`` ends the tokens kept one by one, so ``n_kept`` is the
+    number of ``before`` entries below ``p`` (at least 1), and a token is kept iff its probability
+    is at least ``desc[n_kept - 1]``: the ties of that last one come with it, and every token with
+    as much mass above it as a token left out is left out too (``before`` grows).
     """
     if candidates is None:
         desc = probs.sort(dim=-1, descending=True).values                     # (..., V)
     else:
         desc = probs.gather(-1, candidates)                                    # (..., k) already descending
-    n = desc.shape[-1]
-    before = F.pad(desc.cumsum(dim=-1)[..., :-1], (1, 0))                       # (..., n)
-    # before[r] = mass of the r most probable tokens; a token with n_greater strictly larger ones
-    # sees exactly before[n_greater], whatever order the sort gave its ties. -desc ascends, and
-    # the number of its entries below -p is the number of probabilities above p.
-    n_greater = torch.searchsorted(desc.neg(), probs.neg())                    # (..., V)
-    # a token outside the top k (probability 0) may count all n candidates above it: its keep
-    # value does not matter, so clamp it to a valid index
-    above = before.gather(-1, n_greater.clamp_(max=n - 1))                     # (..., V)
-    return above < p * (1.0 - TOP_P_RTOL)   # rounding: a mass within TOP_P_RTOL of p has reached it
+    # before[r] = cumsum[r - 1] for r >= 1, and before[0] = 0 < p: n_kept - 1 of the cumulative
+    # sums (the last left out) are below p; rounding: a mass within TOP_P_RTOL of p has reached it
+    more = (desc.cumsum(dim=-1)[..., :-1] < p * (1.0 - TOP_P_RTOL)).sum(dim=-1, keepdim=True)   # (..., 1) n_kept - 1
+    threshold = desc.gather(-1, more)                                          # (..., 1) desc[n_kept - 1]
+    return probs >= threshold
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +319,10 @@ def _decode(model, tokens, single, max_new_tokens, temperature, top_k, top_p, st
         b, t = tokens.shape
         stop_tensor = torch.tensor(stops, dtype=torch.long, device=tokens.device)
         done = torch.zeros(b, dtype=torch.bool, device=tokens.device)   # (B,) rows that have stopped
+        # every token so far, written in place (allocated once): seq[:, :n]
+        seq = torch.empty(b, t + max_new_tokens, dtype=torch.long, device=tokens.device)   # (B, T + max_new_tokens)
+        seq[:, :t] = tokens
+        n = t
         caches = None
         # a sliding-window model with relative positions keeps decoding past the context with its
         # rolling caches (window slots each): no recomputation
@@ -326,20 +331,21 @@ def _decode(model, tokens, single, max_new_tokens, temperature, top_k, top_p, st
             caches = model.new_kv_cache(b, t + max_new_tokens if rolls else min(context, t + max_new_tokens))
         new = tokens                                      # (B, T_new) the tokens not in the cache yet
         for _ in range(max_new_tokens):
-            if caches is not None and (rolls or tokens.shape[1] <= context):
+            if caches is not None and (rolls or n <= context):
                 logits = _forward(model, new, caches)                   # (B, V)
             else:
-                logits = _forward(model, tokens[:, -context:], None)    # (B, V) full pass, sliding window
+                logits = _forward(model, seq[:, max(0, n - context):n], None)   # (B, V) full pass, sliding window
             next_ids = _checked_draw(logits, temperature, top_k, top_p, generator)   # (B,)
             finite = torch.isfinite(logits).all()                       # () checked with the step's sync
             if stops:
                 emitted = torch.where(done, PAD_ID, next_ids)
-                next_ids = torch.where(done, tokens[:, -1], next_ids)   # stopped rows repeat a valid id
+                next_ids = torch.where(done, new[:, -1], next_ids)      # stopped rows repeat a valid id
                 done = done | torch.isin(next_ids, stop_tensor)
             else:
                 emitted = next_ids
+            seq[:, n] = next_ids
+            n += 1
             new = next_ids[:, None]                                     # (B, 1)
-            tokens = torch.cat([tokens, new], dim=1)                    # (B, T + 1)
             if single:
                 token = int(torch.where(finite, emitted, _NOT_FINITE))  # the step's one host sync
                 if token == _NOT_FINITE:
