@@ -139,6 +139,30 @@ def test_dropout_on_adapter_input_only(lora, impl):
     assert_close(layer(x) - base, full * (1 - p), what="eval mode: no dropout on the update")
 
 
+def test_defaults(lora, impl):
+    """The documented defaults, with no argument given: LoRALinear(base) has rank 8, alpha 16,
+    dropout 0 (scaling 2, lora_A (8, in), lora_B (out, 8), training mode draws no mask); apply_lora(model)
+    wraps DEFAULT_TARGETS = ("q", "v") of every block with those settings."""
+    base = _linear(impl, 6, 5)
+    layer = lora.LoRALinear(base)
+    assert_equal((layer.rank, layer.alpha, layer.dropout, layer.scaling), (8, 16.0, 0.0, 2.0),
+                 what="LoRALinear(base): (rank, alpha, dropout, scaling)")
+    assert_equal((tuple(layer.lora_A.shape), tuple(layer.lora_B.shape)), ((8, 6), (5, 8)),
+                 what="LoRALinear(base): lora_A and lora_B shapes")
+    with torch.no_grad():
+        layer.lora_B.copy_(randn((5, 8), 3, layer.lora_B.dtype))
+    x = randn((4, 6), 4, torch.float64)
+    expected = base(x) + 2.0 * (x @ layer.lora_A.T @ layer.lora_B.T)
+    assert_close(layer.train()(x), expected, what="LoRALinear(base)(x) in training mode (default dropout 0)")
+    assert_equal(tuple(lora.DEFAULT_TARGETS), ("q", "v"), what="DEFAULT_TARGETS")
+    model = lora.apply_lora(_model(impl, dtype=torch.float32))
+    wrapped = lora.lora_layers(model)
+    assert_equal(sorted(wrapped), sorted(f"blocks.{i}.{PATHS[t]}" for i in range(TINY["n_layers"]) for t in "qv"),
+                 what="modules wrapped by apply_lora(model)")
+    for name, w in wrapped.items():
+        assert_equal((w.rank, w.alpha, w.dropout), (8, 16.0, 0.0), what=f"{name}: (rank, alpha, dropout) by default")
+
+
 # --- apply_lora on a TransformerLM ----------------------------------------------------------------
 
 @settings(max_examples=10, deadline=None)
@@ -300,13 +324,16 @@ def test_bad_layer_arguments(lora, impl):
 
 def test_bad_targets(lora, impl):
     """An unknown target name is a ValueError listing the allowed names; no targets, 'w3' without
-    swiglu, a second apply_lora, rank 0 and dropout 1 are clear errors too."""
+    swiglu (listing the targets that model allows), targets that are not a sequence, a second
+    apply_lora, rank 0 and dropout 1 are clear errors too."""
     with raises_clear(ValueError, "targets", "'q'", "'k'", "'v'", "'o'", "'w1'", "'w2'"):
         lora.apply_lora(_model(impl, dtype=torch.float32), targets=("q", "query"))
     with raises_clear(ValueError, "targets"):
         lora.apply_lora(_model(impl, dtype=torch.float32), targets=())
-    with raises_clear(ValueError, "w3", "swiglu"):
+    with raises_clear(ValueError, "w3", "swiglu", "'q'", "'k'", "'v'", "'o'", "'w1'", "'w2'"):
         lora.apply_lora(_model(impl, dtype=torch.float32), targets=("w3",))
+    with raises_clear(TypeError, "targets"):
+        lora.apply_lora(_model(impl, dtype=torch.float32), targets=5)
     with raises_clear(ValueError, "rank"):
         lora.apply_lora(_model(impl, dtype=torch.float32), rank=0)
     with raises_clear(ValueError, "dropout"):
@@ -314,3 +341,30 @@ def test_bad_targets(lora, impl):
     model = lora.apply_lora(_model(impl, dtype=torch.float32), targets=("q",))
     with raises_clear(ValueError, "LoRA"):
         lora.apply_lora(model, targets=("v",))
+
+
+@pytest.mark.parametrize("bad", [dict(alpha=0.0), dict(alpha=-1.0), dict(dropout=1.0), dict(dropout=-0.5),
+                                 dict(dropout=1.5), dict(rank=0), dict(targets=("q", "query")),
+                                 dict(targets=("q", "w3"))], ids=repr)
+def test_refused_apply_lora_leaves_the_model_as_it_was(lora, impl, bad):
+    """apply_lora checks every argument before it touches the model: a refused call (ValueError)
+    wraps nothing, freezes nothing and changes no tensor, so the model can be used or wrapped again."""
+    model = _model(impl, dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError):
+        lora.apply_lora(model, **bad)
+    assert_equal(lora.lora_layers(model), {}, what=f"adapters after a refused apply_lora({bad})")
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert_equal(frozen, [], what=f"parameters frozen by a refused apply_lora({bad})")
+    assert_equal(sorted(model.state_dict()), sorted(before), what=f"state_dict keys after a refused apply_lora({bad})")
+    for k, v in model.state_dict().items():
+        assert_equal(v, before[k], what=f"{k} after a refused apply_lora({bad})")
+
+
+def test_w3_target_with_swiglu_from_any_string(lora, impl):
+    """activation="swiglu" built at run time (as read from a config file, not a literal) allows the
+    "w3" target: the activation is compared by value."""
+    activation = "".join(["swi", "glu"])
+    model = lora.apply_lora(_model(impl, dtype=torch.float32, activation=activation), targets=("w3",), rank=2)
+    assert_equal(sorted(lora.lora_layers(model)), [f"blocks.{i}.ffn.w3" for i in range(TINY["n_layers"])],
+                 what='modules wrapped for targets ("w3",) with activation built at run time')
