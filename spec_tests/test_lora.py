@@ -368,3 +368,57 @@ def test_w3_target_with_swiglu_from_any_string(lora, impl):
     model = lora.apply_lora(_model(impl, dtype=torch.float32, activation=activation), targets=("w3",), rank=2)
     assert_equal(sorted(lora.lora_layers(model)), [f"blocks.{i}.ffn.w3" for i in range(TINY["n_layers"])],
                  what='modules wrapped for targets ("w3",) with activation built at run time')
+
+
+def test_bad_adapter_files(lora, impl, tmp_path):
+    """load_adapter refuses, naming the file: a missing path (FileNotFoundError), bytes that are not
+    safetensors, a safetensors file without the adapter metadata, an adapter of another format (its
+    tensors fitting the model), an adapter for more or fewer layers (naming a missing or an unexpected
+    tensor) and one for a narrower or a wider model (naming the tensor whose shape does not fit)."""
+    from safetensors.torch import save_file
+    missing = tmp_path / "missing.safetensors"
+    with raises_clear(FileNotFoundError, "missing.safetensors"):
+        lora.load_adapter(_model(impl, dtype=torch.float32), missing)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x07\x00\x00\x00\x00\x00\x00\x00not json")
+    with raises_clear(ValueError, "garbage.safetensors"):
+        lora.load_adapter(_model(impl, dtype=torch.float32), garbage)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    with raises_clear(ValueError, "plain.safetensors"):
+        lora.load_adapter(_model(impl, dtype=torch.float32), plain)
+    two = lora.save_adapter(lora.apply_lora(_model(impl, dtype=torch.float32), targets=("q",), rank=2),
+                            tmp_path / "two_layers.safetensors")
+    from safetensors import safe_open
+    with safe_open(str(two), framework="pt") as f:
+        tensors, settings_ = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["lora"])
+    for fmt in ("bare-lm-lora-0", "bare-lm-lora-2", "another-lora-9"):   # sorting before and after
+        other = tmp_path / f"format-{fmt}.safetensors"
+        save_file(tensors, str(other), metadata={"lora": json.dumps({**settings_, "format": fmt})})
+        with raises_clear(ValueError, other.name):
+            lora.load_adapter(_model(impl, dtype=torch.float32), other)
+    with pytest.raises(ValueError) as refused:
+        lora.load_adapter(_model(impl, dtype=torch.float32, n_layers=3), two)
+    message = str(refused.value)
+    assert "two_layers.safetensors" in message and "blocks.2.attn.q_proj.lora_A" in message, (
+        f"the error should name the file and the missing blocks.2.attn.q_proj.lora_A, got {message!r}")
+    assert "blocks.0.attn.q_proj.lora_A" not in message, (
+        f"the error should name what does not fit, not blocks.0.attn.q_proj.lora_A, which fits: {message!r}")
+    with raises_clear(ValueError, "two_layers.safetensors", "blocks.1.attn.q_proj.lora_A"):
+        lora.load_adapter(_model(impl, dtype=torch.float32, n_layers=1), two)
+    with raises_clear(ValueError, "two_layers.safetensors", "lora_A"):
+        lora.load_adapter(_model(impl, dtype=torch.float32, d_model=16), two)
+    wide = lora.save_adapter(lora.apply_lora(_model(impl, dtype=torch.float32, d_model=16), targets=("q",), rank=2),
+                             tmp_path / "wide.safetensors")
+    with raises_clear(ValueError, "wide.safetensors", "lora_A"):
+        lora.load_adapter(_model(impl, dtype=torch.float32), wide)
+
+
+def test_adapter_file_keeps_dropout_and_targets(lora, impl, tmp_path):
+    """The settings travel with the file: load_adapter wraps the saved targets with the saved rank,
+    alpha and dropout."""
+    model = lora.apply_lora(_model(impl, dtype=torch.float32), targets=("v", "w1"), rank=2, alpha=3.0, dropout=0.25)
+    fresh = lora.load_adapter(_model(impl, dtype=torch.float32), lora.save_adapter(model, tmp_path / "a.safetensors"))
+    got = {name: (layer.rank, layer.alpha, layer.dropout) for name, layer in lora.lora_layers(fresh).items()}
+    assert_equal(got, {name: (2, 3.0, 0.25) for name in lora.lora_layers(model)},
+                 what="(rank, alpha, dropout) of the layers load_adapter wraps")
