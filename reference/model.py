@@ -327,12 +327,14 @@ class TransformerLM(nn.Module):
         b, t = idx.shape
         if t == 0:
             raise ValueError(f"idx must hold at least one token per row, got shape {tuple(idx.shape)}")
-        outside = (idx < 0) | (idx >= config.vocab_size)                 # (B, T) bool
         if torch.compiler.is_compiling():   # traced by torch.compile: an assert in the graph, no host sync
+            outside = (idx < 0) | (idx >= config.vocab_size)             # (B, T) bool
             torch._assert_async(~outside.any(), f"idx holds a token id outside [0, vocab_size={config.vocab_size})")
-        elif bool(outside.any()):
-            bad = int(idx[outside][0])
-            raise ValueError(f"idx holds token id {bad}, outside [0, vocab_size={config.vocab_size})")
+        elif idx.numel():                  # (a batch of no rows has no id to check)
+            lowest, highest = (int(i) for i in torch.aminmax(idx))       # one reduction for both bounds
+            if lowest < 0 or highest >= config.vocab_size:
+                bad = int(idx[(idx < 0) | (idx >= config.vocab_size)][0])   # the first, row-major
+                raise ValueError(f"idx holds token id {bad}, outside [0, vocab_size={config.vocab_size})")
         start = 0
         if kv_cache is not None:
             if not isinstance(kv_cache, (list, tuple)) or len(kv_cache) != len(self.blocks):
