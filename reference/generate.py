@@ -40,6 +40,7 @@ A stop id ends its sequence and IS included in the output. Batches: rows that ha
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -113,7 +114,8 @@ def _check_sampling_args(logits, temperature, top_k, top_p) -> None:
     checks.tensor("logits", logits, min_dim=1, floating=True)
     if logits.shape[-1] < 1:
         raise ValueError(f"logits must have a non-empty last (vocabulary) dimension, got shape {tuple(logits.shape)}")
-    if not bool(torch.isfinite(logits).all()):
+    # the smallest and the largest logit are finite iff every logit is (both are NaN if any is)
+    if logits.numel() and not all(math.isfinite(bound) for bound in torch.aminmax(logits)):
         raise ValueError("logits must be finite (no NaN or inf)")
     checks.number_in_range("temperature", temperature, 0.0, None)
     if top_k is not None:
