@@ -44,7 +44,6 @@ import math
 from collections.abc import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from . import checks
 
