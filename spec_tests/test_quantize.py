@@ -395,3 +395,232 @@ def test_bad_arguments_raise(quantize, impl, tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with raises_clear(ValueError, "other.safetensors"):
         quantize.load_quantized(tmp_path / "other.safetensors")
+
+
+def test_defaults(quantize):
+    """The documented defaults hold when no argument is given.
+
+    bits 8 for compute_scales, quantize_tensor, quantize_weight and storage_bytes (whose scale dtype
+    is float32 and bias False), one group per row, DEFAULT_GROUP_SIZE 32; storage_bytes is an int."""
+    w = randn((3, 8), 5, torch.float32)
+    scale = quantize.compute_scales(w)
+    assert_equal(scale, quantize.compute_scales(w, 8, None), what="compute_scales(w) (bits 8, one group per row)")
+    assert_equal(scale, w.abs().amax(dim=1, keepdim=True) / 127, what="compute_scales(w): absmax / 127")
+    q = quantize.quantize_tensor(w * 200, scale)
+    assert_equal(q, quantize.quantize_tensor(w * 200, scale, 8), what="quantize_tensor(w, s) (bits 8: saturates at 127)")
+    assert_equal(int(q.abs().max()), 127, what="quantize_tensor(200 w, s).abs().max() by default")
+    q, s = quantize.quantize_weight(w)
+    q8, s8 = quantize.quantize_weight(w, 8, None)
+    assert_equal(q, q8, what="integers of quantize_weight(w) (bits 8, one group per row)")
+    assert_equal(s, s8, what="scales of quantize_weight(w) (bits 8, one group per row)")
+    assert_equal(quantize.DEFAULT_GROUP_SIZE, 32, what="DEFAULT_GROUP_SIZE")
+    n = quantize.storage_bytes(8, 3)
+    assert_equal(n, 3 * 8 + 3 * 4, what="storage_bytes(8, 3): int8 integers + one float32 scale per row, no bias")
+    assert type(n) is int, f"storage_bytes must return an int, got {type(n).__name__} {n!r}"
+    n = quantize.storage_bytes(6, 5, 4, 2, torch.float16, True)
+    assert_equal(n, 5 * 6 // 2 + 5 * 3 * 2 + 5 * 2, what="storage_bytes(6, 5, bits=4, group_size=2, float16, bias)")
+    assert type(n) is int, f"storage_bytes must return an int, got {type(n).__name__} {n!r}"
+
+
+def test_scale_shapes_that_do_not_fit_are_refused(quantize):
+    """A scale that does not fit the weight is refused by quantize_tensor and dequantize_tensor.
+
+    They take a scale (out, n_groups) with n_groups dividing in_features: more or fewer rows, no column, or a column count that does not divide in_features is
+    a ValueError naming scale (never a ZeroDivisionError or a silent broadcast); a fitting scale on
+    300 rows works (rows compared by value)."""
+    w = randn((4, 6), 0, torch.float32)
+    q = quantize.quantize_tensor(w, quantize.compute_scales(w))
+    for shape in [(5, 1), (3, 1), (4, 0), (4, 4), (5, 0)]:
+        bad = torch.ones(shape)
+        with raises_clear(ValueError, "scale"):
+            quantize.quantize_tensor(w, bad)
+        with raises_clear(ValueError, "scale"):
+            quantize.dequantize_tensor(q, bad)
+    big = randn((300, 4), 1, torch.float32)
+    scale = quantize.compute_scales(big, 8, 2)
+    assert_equal(tuple(quantize.dequantize_tensor(quantize.quantize_tensor(big, scale), scale).shape), (300, 4),
+                 what="dequantize(quantize(W, s), s) shape for 300 rows")
+
+
+def test_tensors_of_the_wrong_rank_or_dtype_are_refused(quantize):
+    """Tensor arguments of the wrong rank or dtype are refused, naming them.
+
+    Every tensor argument is a matrix: weight, scale, q and packed of 1 or 3 dimensions are a
+    ValueError naming them; q and packed must be integer (packed uint8), weight and scale floating
+    (TypeError naming them)."""
+    w = randn((4, 6), 0, torch.float32)
+    s = quantize.compute_scales(w)
+    q = quantize.quantize_tensor(w, s)
+    for shape in [(6,), (2, 4, 6)]:
+        with raises_clear(ValueError, "weight"):
+            quantize.compute_scales(randn(shape, 1, torch.float32))
+        with raises_clear(ValueError, "weight"):
+            quantize.quantize_tensor(randn(shape, 1, torch.float32), s)
+        with raises_clear(ValueError, "q"):
+            quantize.dequantize_tensor(torch.zeros(shape, dtype=torch.int8), s)
+        with raises_clear(ValueError, "q"):
+            quantize.pack_int4(torch.zeros(shape, dtype=torch.int8))
+        with raises_clear(ValueError, "packed"):
+            quantize.unpack_int4(torch.zeros(shape, dtype=torch.uint8))
+    for shape in [(4,), (4, 1, 1)]:
+        with raises_clear(ValueError, "scale"):
+            quantize.quantize_tensor(w, torch.ones(shape))
+        with raises_clear(ValueError, "scale"):
+            quantize.dequantize_tensor(q, torch.ones(shape))
+    with raises_clear(TypeError, "weight"):
+        quantize.compute_scales(torch.zeros(4, 6, dtype=torch.int8))
+    with raises_clear(TypeError, "q"):
+        quantize.dequantize_tensor(q.float(), s)
+    with raises_clear(TypeError, "packed"):
+        quantize.unpack_int4(torch.zeros(4, 3, dtype=torch.int8))
+
+
+def test_pack_int4_refuses_what_four_bits_cannot_hold(quantize):
+    """pack_int4 takes values in [-8, 7] and an even number of columns.
+
+    -8 and 7 pack and come back; -9, 8, 100, -128 or 3 columns are a ValueError."""
+    edge = torch.tensor([[-8, 7, 0, -1]], dtype=torch.int8)
+    assert_equal(quantize.unpack_int4(quantize.pack_int4(edge)), edge, what="unpack(pack([-8, 7, 0, -1]))")
+    for value in (-9, 8, 100, -128):
+        with pytest.raises(ValueError):
+            quantize.pack_int4(torch.tensor([[0, value]], dtype=torch.int8))
+    with pytest.raises(ValueError):
+        quantize.pack_int4(torch.zeros(2, 3, dtype=torch.int8))
+
+
+def test_layer_and_model_defaults(quantize, impl):
+    """QuantizedLinear(linear) and quantize_model(model) without arguments are INT8, one group per
+    row, written out (fast False)."""
+    layer = quantize.QuantizedLinear(_linear(impl, 8, 4, dtype=torch.float32))
+    assert_equal((layer.bits, layer.group_size, layer.fast), (8, 8, False), what="QuantizedLinear(linear): (bits, group_size, fast)")
+    assert_equal(layer.qweight.dtype, torch.int8, what="QuantizedLinear(linear).qweight dtype")
+    model = quantize.quantize_model(_model(impl, dtype=torch.float32))
+    got = {(m.bits, m.group_size, m.fast) for m in quantize.quantized_layers(model).values()}
+    assert_equal(got, {(8, m.in_features, False) for m in quantize.quantized_layers(model).values()},
+                 what="(bits, group_size, fast) of quantize_model(model)'s layers")
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_layer_refuses_a_scalar_input(quantize, impl, fast):
+    """x must have at least one dimension (its last is in_features): a 0-dim x is a ValueError naming x."""
+    layer = quantize.QuantizedLinear(_linear(impl, 1, 2, dtype=torch.float32), fast=fast)
+    with raises_clear(ValueError, "x"):
+        layer(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fast_path_follows_replaced_buffers(quantize, impl, bits):
+    """fast=True follows qweight and scale REPLACED by other tensors (not changed in place): swapping
+    back and forth between two layers' buffers, every output equals the written-out one of the layer
+    whose buffers it holds (a cache keyed so that it misses one swap serves a stale weight)."""
+    a, b, layer = (quantize.QuantizedLinear(_linear(impl, 8, 4, bias=False, dtype=torch.float32, seed=seed), bits=bits,
+                                            group_size=4, fast=fast) for seed, fast in [(1, False), (2, False), (1, True)])
+    x = randn((3, 8), 5, torch.float32)
+    for step, source in enumerate([b, a, b, a]):
+        layer.qweight = source.qweight.clone()
+        layer.scale = source.scale.clone()
+        assert_equal(layer(x).detach(), source(x).detach(), what=f"fast path after replacing the buffers (swap {step})")
+        layer.qweight, layer.scale = source.qweight, source.scale    # the very tensors, then the clones again
+        assert_equal(layer(x).detach(), source(x).detach(), what=f"fast path on the source's own buffers (swap {step})")
+    layer.scale = a.scale.to(torch.float64)
+    assert_equal(layer(x.double()).detach(), x.double() @ quantize.dequantize_tensor(a.integers(), a.scale.double()).T,
+                 what="fast path after the scale moved to float64")
+
+
+def _rewrite(src, dst, edit=None, meta_edit=None):
+    """Copy the safetensors file ``src`` to ``dst`` with its tensors passed through ``edit(dict)`` and
+    its "quantize" metadata through ``meta_edit(dict)``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(src), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    if edit:
+        edit(tensors)
+    if meta_edit:
+        meta = json.loads(metadata["quantize"])
+        meta_edit(meta)
+        metadata["quantize"] = json.dumps(meta)
+    save_file(tensors, str(dst), metadata=metadata)
+    return dst
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_checkpoint_keeps_the_float_dtype_and_fast(quantize, impl, tmp_path, dtype):
+    """A file of a float64 (or float32) model loads as a model of that dtype with its floats and
+    scales bit for bit; load_quantized is written out by default (fast False) and fast=True gives
+    fast layers with the same logits."""
+    model = quantize.quantize_model(_model(impl, dtype=dtype), bits=4, group_size=4)
+    path = quantize.save_quantized(model, tmp_path / "q.safetensors")
+    loaded, _ = quantize.load_quantized(path)
+    assert_equal(loaded.token_embedding.weight.dtype, dtype, what="token embedding dtype after load")
+    for name, t in model.state_dict().items():
+        assert_equal(loaded.state_dict()[name], t, what=f"{name} after load")
+    assert_equal({m.fast for m in quantize.quantized_layers(loaded).values()}, {False}, what="fast of the loaded layers by default")
+    fast, _ = quantize.load_quantized(path, fast=True)
+    assert_equal({m.fast for m in quantize.quantized_layers(fast).values()}, {True}, what="fast of the layers with fast=True")
+    assert_equal(_logits(fast, 1).detach(), _logits(model, 1).detach(), what="logits of load_quantized(fast=True)")
+
+
+def test_bad_checkpoint_files(quantize, impl, tmp_path):
+    """load_quantized refuses, naming the file: bytes that are not safetensors; another format
+    (its tensors fitting, sorting before or after the right name); a tensor missing and one
+    unexpected (named, and no tensor that fits is named), one missing, one unexpected; a tensor of a larger or smaller shape, a
+    float where integers belong, integers of another width."""
+    good = quantize.save_quantized(quantize.quantize_model(_model(impl, dtype=torch.float32), bits=8),
+                                   tmp_path / "good.safetensors")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x07\x00\x00\x00\x00\x00\x00\x00not json")
+    with raises_clear(ValueError, "garbage.safetensors"):
+        quantize.load_quantized(garbage)
+    for fmt in ("bare-lm-quantized-0", "bare-lm-quantized-2", "another-9"):
+        other = _rewrite(good, tmp_path / f"format-{fmt}.safetensors", meta_edit=lambda m: m.update(format=fmt))
+        with raises_clear(ValueError, other.name):
+            quantize.load_quantized(other)
+
+    def rename(t):
+        t["blocks.9.attn.q_proj.qweight"] = t.pop("blocks.1.attn.q_proj.qweight")
+    renamed = _rewrite(good, tmp_path / "renamed.safetensors", rename)
+    with pytest.raises(ValueError) as refused:
+        quantize.load_quantized(renamed)
+    message = str(refused.value)
+    for word in ("renamed.safetensors", "blocks.1.attn.q_proj.qweight", "blocks.9.attn.q_proj.qweight"):
+        assert word in message, f"the error should name {word}, got {message!r}"
+    assert "blocks.0.attn.q_proj.qweight" not in message, f"the error names a tensor that fits: {message!r}"
+    for what, edit in {"missing": lambda t: t.pop("blocks.1.ffn.w2.scale"),
+                       "unexpected": lambda t: t.update({"blocks.0.aaa": torch.zeros(2)})}.items():
+        bad = _rewrite(good, tmp_path / f"{what}.safetensors", edit)
+        with raises_clear(ValueError, bad.name, "blocks.1.ffn.w2.scale" if what == "missing" else "blocks.0.aaa"):
+            quantize.load_quantized(bad)
+
+    edits = {"larger": lambda t: t.update({"blocks.0.ffn.w1.qweight": torch.zeros(33, 8, dtype=torch.int8)}),
+             "smaller": lambda t: t.update({"blocks.0.ffn.w1.qweight": torch.zeros(31, 8, dtype=torch.int8)}),
+             "wider": lambda t: t.update({"blocks.0.ffn.w1.qweight": torch.zeros(32, 9, dtype=torch.int8)}),
+             "float": lambda t: t.update({"blocks.0.ffn.w1.qweight": t["blocks.0.ffn.w1.qweight"].float()}),
+             "int16": lambda t: t.update({"blocks.0.ffn.w1.qweight": t["blocks.0.ffn.w1.qweight"].to(torch.int16)})}
+    for what, edit in edits.items():
+        bad = _rewrite(good, tmp_path / f"{what}.safetensors", edit)
+        with raises_clear(ValueError, bad.name, "blocks.0.ffn.w1.qweight"):
+            quantize.load_quantized(bad)
+
+
+def test_refused_quantize_model_changes_nothing(quantize, impl):
+    """Every layer is checked before any is replaced: a group_size that divides the first layers'
+    in_features (16) but not a later one's (w2: d_ff = 24) is a ValueError naming group_size, and the
+    model keeps every float Linear."""
+    model = _model(impl, dtype=torch.float32, d_model=16, d_ff=24)
+    with raises_clear(ValueError, "group_size"):
+        quantize.quantize_model(model, bits=8, group_size=16)
+    assert_equal(quantize.quantized_layers(model), {}, what="quantized layers after a refused quantize_model")
+
+
+@pytest.mark.parametrize("mix", ["bits", "group_size"])
+def test_save_refuses_mixed_settings(quantize, impl, tmp_path, mix):
+    """The file records one (bits, group_size) for the whole model: a model whose layers were
+    quantized with different bits, or different group sizes, is a ValueError (never a file that
+    loads back with other settings)."""
+    model = quantize.quantize_model(_model(impl, dtype=torch.float32), bits=4, group_size=4)
+    block = model.blocks[0].attn
+    float_layer = impl.component("linear").Linear(8, 8)
+    block.q_proj = quantize.QuantizedLinear(float_layer, bits=8 if mix == "bits" else 4, group_size=4 if mix == "bits" else 2)
+    with pytest.raises(ValueError):
+        quantize.save_quantized(model, tmp_path / "mixed.safetensors")
