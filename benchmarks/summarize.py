@@ -5,7 +5,8 @@
 
 Each benchmark group (one size and mode) becomes a row: the mean time of every contender, and each
 contender's time over the baseline's (torch's own or a peer library where the group has one,
-otherwise its first contender), so "1.30x" reads as "30% slower than the baseline". Numeric
+otherwise its first contender), so "1.30x" reads as "30% slower than the baseline"; groups that
+record ``tokens_per_s`` (decoding) also give the speed, the baseline's time over theirs. Numeric
 ``extra_info`` (tokens/s, ratios measured in one run) is listed under the table.
 """
 
@@ -51,8 +52,10 @@ def summarize(paths: list[str]) -> str:
     for group, benches in groups.items():
         means = dict(zip(_labels(benches), (b["stats"]["mean"] for b in benches)))
         base = next((name for name in means if any(name.endswith(peer) for peer in BASELINES)), next(iter(means)))
-        cells = [f"{name} {_fmt_time(t)} ({t / means[base]:.2f}x)" if name != base else f"{name} {_fmt_time(t)}"
-                 for name, t in means.items()]
+        # decoding groups record tokens/s: their ratio also reads as speed (the baseline's time over theirs)
+        speed = all("tokens_per_s" in (b.get("extra_info") or {}) for b in benches)
+        cells = [f"{name} {_fmt_time(t)} ({t / means[base]:.2f}x" + (f", speed {means[base] / t:.2f}x)" if speed else ")")
+                 if name != base else f"{name} {_fmt_time(t)}" for name, t in means.items()]
         lines.append(f"| {group} | " + " / ".join(cells) + " |")
         for b in benches:
             info = {k: v for k, v in (b.get("extra_info") or {}).items() if isinstance(v, (int, float))}
