@@ -322,6 +322,31 @@ def test_non_finite_logits(gen, bad):
         gen.sampling_distribution(logits)
 
 
+@given(shape=st.sampled_from([(5,), (3, 4), (2, 2, 3)]),
+       dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+       bad=st.lists(st.sampled_from([float("nan"), float("inf"), float("-inf")]), min_size=1, max_size=3),
+       seed=seeds)
+def test_non_finite_logits_anywhere(gen, shape, dtype, bad, seed):
+    """Any NaN or infinity, anywhere, several mixed, in any floating dtype: sampling_distribution and
+    sample both raise a ValueError naming logits; the dtype's largest and smallest finite values are accepted."""
+    numel = math.prod(shape)
+    where = torch.randperm(numel, generator=torch.Generator().manual_seed(seed))[:len(bad)]
+    logits = randn(shape, seed, dtype).reshape(-1)
+    logits[where] = torch.tensor(bad[:len(where)], dtype=dtype)
+    logits = logits.reshape(shape)
+    with raises_clear(ValueError, "logits"):
+        gen.sampling_distribution(logits)
+    with raises_clear(ValueError, "logits"):
+        gen.sample(logits, generator=torch.Generator().manual_seed(seed))
+    info = torch.finfo(dtype)
+    extreme = torch.full((numel,), info.max, dtype=dtype)
+    extreme[where] = info.min                                   # finite, however large
+    probs = gen.sampling_distribution(extreme.reshape(shape))
+    assert bool(torch.isfinite(probs).all()), f"{dtype} logits at +-finfo.max: probs not finite: {probs.tolist()}"
+    ids = gen.sample(extreme.reshape(shape), generator=torch.Generator().manual_seed(seed))
+    assert tuple(ids.shape) == shape[:-1], f"sample of {shape} logits: shape {tuple(ids.shape)}"
+
+
 # --- the sampler --------------------------------------------------------------------------------
 
 def _p_value(counts, expected_probs, n):
