@@ -57,9 +57,10 @@ CHECKS_SPECS = ("linear", "embedding", "norm", "feedforward", "positional", "los
 CHECKS_SPECS_BY_DEFINITION = {"compile_backend": ("generate",), "compiled": ("generate",),
                               "tensor": (*CHECKS_SPECS, "attention", "generate"),
                               "number_in_range": (*CHECKS_SPECS, "train")}
-# train() and the loop it runs behave differently on several ranks (who logs, locks, writes, shards the
-# data): their mutants also run the distributed spec, which trains on 2 processes.
-TRAIN_SPECS_BY_DEFINITION = {"train": ("train", "distributed"), "_train_locked": ("train", "distributed")}
+# train(), the loop it runs and _world (rank and world size) behave differently on several ranks (who logs,
+# locks, writes, shards the data): their mutants also run the distributed spec, which trains on 2 processes.
+TRAIN_SPECS_BY_DEFINITION = {"train": ("train", "distributed"), "_train_locked": ("train", "distributed"),
+                             "_world": ("train", "distributed")}
 CI_SAMPLE_SIZE = 300
 CI_SAMPLE_SEED = 20261202
 STATUSES = ("killed", "timeout", "survived", "equivalent", "incompetent")

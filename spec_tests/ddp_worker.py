@@ -16,6 +16,8 @@ failed is stuck in a collective: the pool is killed and restarted by the next ``
 
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing
 import os
 import queue
@@ -209,7 +211,9 @@ def task_evaluate(impl, rank, world_size, p):
 def task_train(impl, rank, world_size, p):
     """``train.train`` runs in order (``p["runs"]``: kwargs of ``train`` plus ``config`` fields);
     ``p["tokenizer"]`` is a ``Tokenizer.to_dict()``; ``expect_error`` returns the
-    ``(type, message)`` of the ValueError/TypeError it raises; ``{"copy": (src, dst)}`` copies a run directory on rank 0 (the others wait)."""
+    ``(type, message)`` of the ValueError/TypeError it raises; ``{"copy": (src, dst)}`` copies a run directory on rank 0 (the others wait);
+    ``progress`` shows the progress bar, ``no_tokenizer`` lets train() make its own tokenizer. Each run
+    returns what this rank printed (``print_fn``) and wrote to stderr."""
     train = impl.component("train")
     tokenizer = impl.component("tokenizer").Tokenizer.from_dict(p["tokenizer"])
     out = []
@@ -230,11 +234,15 @@ def task_train(impl, rank, world_size, p):
             else:
                 out.append({"error": ("nothing", "train ran")})
             continue
-        result = train.train(config, p["model"], train_docs=p["train_docs"], val_docs=p["val_docs"],
-                             tokenizer=tokenizer, resume=run.get("resume", False),
-                             stop_after=run.get("stop_after"))
+        printed, stderr = [], io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            result = train.train(config, p["model"], train_docs=p["train_docs"], val_docs=p["val_docs"],
+                                 tokenizer=None if run.get("no_tokenizer") else tokenizer,
+                                 resume=run.get("resume", False), stop_after=run.get("stop_after"),
+                                 progress=run.get("progress", False), print_fn=printed.append)
         out.append({"weights": {k: v.detach().clone() for k, v in result.model.state_dict().items()},
-                    "val_loss": result.val_loss, "step": result.step})
+                    "val_loss": result.val_loss, "step": result.step, "printed": printed,
+                    "stderr": stderr.getvalue()})
     return out
 
 

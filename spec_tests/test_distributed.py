@@ -239,8 +239,9 @@ TRAIN_ATOL = 5e-5
 @pytest.fixture(scope="module")
 def train_runs(impl, pool, tmp_path_factory):
     """Single-process and 2-rank runs of ``train.train`` on a slice of the built-in corpus:
-    s6 (1 process, 6 steps), s3 (1 process, stopped at 3), d6 / d3 the same on 2 ranks, d3 resumed
-    on 2 ranks (d3r), d3 resumed in 1 process (d3s), s3 resumed on 2 ranks (s3d)."""
+    s6 (1 process, 6 steps), s3 (1 process, stopped at 3), d6 / d3 the same on 2 ranks (d6 with the
+    progress bar on), d3 resumed on 2 ranks (d3r), d3 resumed in 1 process (d3s), s3 resumed on 2
+    ranks (s3d), two refused sizes (odd, odd_accum), one step with no tokenizer given (own_tok)."""
     import shutil
 
     train, checkpoint = impl.component("train"), impl.component("checkpoint")
@@ -263,13 +264,16 @@ def train_runs(impl, pool, tmp_path_factory):
     runs = {"s6": single("s6"), "s3": single("s3", stop_after=3)}
     shutil.copytree(root / "s3", root / "s3d")
     ddp = pool.run("train", dict(model=TINY, train_docs=train_docs, val_docs=val_docs, tokenizer=tokenizer.to_dict(),
-                                 runs=[dict(config=config("d6")),
+                                 runs=[dict(config=config("d6"), progress=True),
                                        dict(config=config("d3"), stop_after=3),
                                        dict(copy=(str(root / "d3"), str(root / "d3s"))),
                                        dict(config=config("d3"), resume=True),
                                        dict(config=config("s3d"), resume=True),
-                                       dict(config=config("odd", batch_size=3), expect_error=True)]))
-    runs.update(d6=ddp[0][0], d6_rank1=ddp[1][0], d3=ddp[0][1], d3r=ddp[0][3], s3d=ddp[0][4], odd=ddp[0][5])
+                                       dict(config=config("odd", batch_size=3), expect_error=True),
+                                       dict(config=config("odd_accum", batch_size=6, accum=2), expect_error=True),
+                                       dict(config=config("own_tok", steps=1, warmup=0, vocab_size=300), no_tokenizer=True)]))
+    runs.update(d6=ddp[0][0], d6_rank1=ddp[1][0], d3=ddp[0][1], d3r=ddp[0][3], s3d=ddp[0][4], odd=ddp[0][5],
+                odd_accum=ddp[0][6], own_tok=ddp[0][7], own_tok_rank1=ddp[1][7])
     loaded = checkpoint.load_checkpoint(root / "d3s" / train.CHECKPOINT_DIR)
     runs["d3_loaded"] = {"weights": {k: v.clone() for k, v in loaded.model.state_dict().items()},
                          "step": loaded.step, "data_state": loaded.data_state,
@@ -337,6 +341,32 @@ def test_one_process_checkpoint_resumes_on_two_ranks(train_runs):
     """A 1-process checkpoint resumed on 2 ranks to step 6 matches the 1-process run within TRAIN_ATOL."""
     _assert_weights(train_runs["s3d"]["weights"], train_runs["s6"]["weights"], "3 steps in 1 process + 3 on 2 "
                     "ranks vs 6 in 1 process", atol=TRAIN_ATOL)
+
+
+def test_rank_zero_alone_prints_and_shows_progress(train_runs):
+    """Under DDP rank 0 alone prints (print_fn: the evaluation line) and draws the progress bar:
+    rank 1 prints nothing and writes nothing to stderr."""
+    d6, d6_rank1 = train_runs["d6"], train_runs["d6_rank1"]
+    assert d6["printed"], "rank 0 of a 2-rank run printed nothing (the final evaluation line is missing)"
+    assert d6["stderr"], "rank 0 of a 2-rank run with progress=True drew no progress bar"
+    assert d6_rank1["printed"] == [], f"rank 1 must print nothing, printed {d6_rank1['printed'][:3]}"
+    assert d6_rank1["stderr"] == "", f"rank 1 must draw no progress bar, wrote {d6_rank1['stderr'][:200]!r}"
+
+
+def test_train_without_a_tokenizer_on_two_ranks(train_runs):
+    """Without a tokenizer, train() on 2 ranks makes one (rank 0) that every rank uses: both ranks
+    take the step and end with identical weights."""
+    got, rank1 = train_runs["own_tok"], train_runs["own_tok_rank1"]
+    assert got["step"] == rank1["step"] == 1, f"steps done: rank 0 {got['step']}, rank 1 {rank1['step']}"
+    _assert_weights(rank1["weights"], got["weights"], "rank 1 vs rank 0 after a step with train()'s own tokenizer")
+
+
+def test_train_world_size_times_accum_that_does_not_divide_batch_size_is_a_clear_error(train_runs):
+    """``train`` on 2 ranks with batch_size 6 and accum 2 (2 x 2 does not divide 6, though 2 divides 6):
+    a ValueError naming world_size and accum, before any step."""
+    kind, message = train_runs["odd_accum"]["error"]
+    assert kind == "ValueError" and "world_size" in message and "accum" in message, \
+        f"expected ValueError naming world_size and accum, got {kind}: {message}"
 
 
 def test_train_world_size_that_does_not_divide_batch_size_is_a_clear_error(train_runs):

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -1472,3 +1473,63 @@ def test_resume_from_a_step_0_checkpoint_keeps_no_record(train, impl, corpus_doc
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert_equal([r.get("step") for r in records], [1, 2],
                  what="steps in the log after resuming from a step-0 checkpoint (it held step 1 and a step-less record)")
+
+
+def _stand_in_matplotlib(monkeypatch, fail=None):
+    """A stand-in ``matplotlib`` (with ``pyplot``) in sys.modules: ``plot`` records its series,
+    ``savefig(path)`` writes a few bytes to ``path`` (or raises ``fail``). Returns the record."""
+    import sys
+    import types
+    seen = {"series": [], "saved": []}
+
+    class Axes:
+        def plot(self, xs, ys, *args, **kwargs):
+            seen["series"].append((list(xs), list(ys), kwargs.get("label")))
+
+        def __getattr__(self, name):           # set_xlabel, grid, legend, ...: accepted, ignored
+            return lambda *args, **kwargs: None
+
+    class Figure:
+        def savefig(self, path, *args, **kwargs):
+            if fail is not None:
+                raise fail
+            Path(path).write_bytes(b"stand-in png")
+            seen["saved"].append(Path(path))
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    pyplot = types.ModuleType("matplotlib.pyplot")
+    pyplot.subplots = lambda *args, **kwargs: (Figure(), Axes())
+    pyplot.close = lambda *args, **kwargs: None
+    mpl = types.ModuleType("matplotlib")
+    mpl.use = lambda *args, **kwargs: None
+    mpl.pyplot = pyplot
+    monkeypatch.setitem(sys.modules, "matplotlib", mpl)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
+    return seen
+
+
+def test_loss_curve_when_matplotlib_is_installed(train, corpus_docs, tokenizer, tmp_path, monkeypatch):
+    """With matplotlib importable (here a stand-in that records what is drawn), train() saves
+    out_dir/PLOT_FILE once, drawing the logged train loss against the step."""
+    seen = _stand_in_matplotlib(monkeypatch)
+    config = _config(train, tmp_path, steps=3, checkpoint_interval=0, checkpoint_minutes=0)
+    result = train.train(config, dict(TINY), **_kw(corpus_docs, tokenizer))
+    assert_equal(seen["saved"], [tmp_path / train.PLOT_FILE], what="files the loss curve was saved to")
+    steps = [r["step"] for r in result.history]
+    losses = [r["loss"] for r in result.history]
+    assert any(xs == steps and ys == losses for xs, ys, _ in seen["series"]), \
+        f"no plotted series is the logged train loss against the step {steps}: drew {seen['series']}"
+
+
+def test_loss_curve_that_cannot_be_written_is_a_warning(train, corpus_docs, tokenizer, tmp_path, monkeypatch):
+    """A loss curve that cannot be saved (OSError: disk full, say) ends in a warning line, not a
+    failed run: train() returns its result and the checkpoint is written."""
+    _stand_in_matplotlib(monkeypatch, fail=OSError(28, "No space left on device"))
+    lines = []
+    config = _config(train, tmp_path, steps=2, checkpoint_interval=0, checkpoint_minutes=0)
+    result = train.train(config, dict(TINY), print_fn=lines.append, **_kw(corpus_docs, tokenizer))
+    assert_equal(result.step, 2, what="steps done when the loss curve cannot be saved")
+    assert (tmp_path / train.CHECKPOINT_DIR).exists(), "the checkpoint must be written when only the plot fails"
+    assert any("loss curve" in line for line in lines), f"expected a warning naming the loss curve, printed {lines}"
