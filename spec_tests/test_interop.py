@@ -430,6 +430,43 @@ def test_config_from_hf_reads_every_field(interop):
     assert_equal(interop.config_from_hf(old_style).rope_base, 123456.0, what="rope_base from an older rope_theta")
 
 
+def test_config_from_hf_reads_a_head_dim_and_old_style_rope_scaling(interop):
+    """A Llama head_dim other than hidden_size / num_attention_heads is kept; an older config's
+    rope_scaling of rope_type "default" (a string read from JSON, compared by value) is plain RoPE,
+    and any other rope_scaling is a ValueError naming rope_scaling."""
+    m = interop.config_from_hf({**LLAMA_JSON, "head_dim": 4})
+    assert_equal(m.resolved_head_dim, 4, what="head_dim of a Llama config with head_dim 4 (hidden 16, 2 heads)")
+    old_style = {k: v for k, v in LLAMA_JSON.items() if k != "rope_parameters"} | {"rope_theta": 1000.0}
+    default = json.loads('{"rope_type": "default"}')
+    assert_equal(interop.config_from_hf({**old_style, "rope_scaling": default}).rope_base, 1000.0,
+                 what='rope_base with rope_scaling {"rope_type": "default"}')
+    with raises_clear(ValueError, "rope_scaling"):
+        interop.config_from_hf({**old_style, "rope_scaling": {"type": "linear", "factor": 2.0}})
+
+
+def test_config_to_hf_compares_settings_by_value(interop):
+    """config_to_hf reads a config's settings by value: a Llama-style config whose positional is a
+    string built at run time (as read from a file) is exported as a Llama config."""
+    config = interop.config_from_hf(LLAMA_JSON)
+    config = dataclasses.replace(config, positional="".join(["ro", "pe"]))
+    assert_equal(interop.config_to_hf(config)["model_type"], "llama", what="model_type of a rope config")
+
+
+def test_from_hf_checks_source_and_token_ids(interop):
+    """from_hf refuses a module without a config (TypeError naming source) and token_ids that are
+    empty or outside [0, vocab_size) (ValueError naming token_ids); one id is a vocabulary of one."""
+    tf = _transformers()
+    hf_model = _gpt2(tf, False, seed=3)
+    with raises_clear(TypeError, "source"):
+        interop.from_hf(torch.nn.Linear(2, 2))
+    for bad in ([], [VOCAB], [VOCAB + 5], [-1], [0, VOCAB + 1]):
+        with raises_clear(ValueError, "token_ids"):
+            interop.from_hf(hf_model, token_ids=bad)
+    lm = interop.from_hf(hf_model, token_ids=[7])
+    assert_equal(tuple(lm.token_embedding.weight.shape), (1, 32), what="embedding of from_hf(token_ids=[7])")
+    assert_equal(lm.token_embedding.weight[0], hf_model.transformer.wte.weight[7].detach(), what="row 0 = source row 7")
+
+
 @pytest.mark.parametrize("base, change, field", [
     (GPT2_JSON, {"model_type": "bert"}, "model_type"),
     (GPT2_JSON, {"activation_function": "quick_gelu"}, "activation_function"),
@@ -576,9 +613,13 @@ def test_exported_vocab_and_merges_encode_like_tokenizers(impl, interop, tmp_pat
 
 @pytest.mark.parametrize("pattern_name", sorted(PATTERNS))
 def test_load_hf_tokenizer_inverts_save(impl, interop, tmp_path, pattern_name):
-    """``load_hf_tokenizer(save_hf_tokenizer(tok))`` is the same tokenizer, ids unchanged; so is
-    loading the directory's vocab.json + merges.txt (GPT-2's pattern)."""
+    """``load_hf_tokenizer(save_hf_tokenizer(tok))`` is the same tokenizer, ids unchanged (also into
+    a directory that does not exist yet, parents included); so is loading the directory's
+    vocab.json + merges.txt (GPT-2's pattern)."""
     tok = _trained(impl, pattern_name)
+    interop.save_hf_tokenizer(tok, tmp_path / "new" / "dir")       # made with its parents
+    back, token_ids = interop.load_hf_tokenizer(tmp_path / "new" / "dir")
+    assert_equal((back.merges, back.special_tokens), (tok.merges, tok.special_tokens), what="from a new nested directory")
     interop.save_hf_tokenizer(tok, tmp_path)
     back, token_ids = interop.load_hf_tokenizer(tmp_path)
     assert_equal((back.merges, back.special_tokens, back.pattern), (tok.merges, tok.special_tokens, tok.pattern),
