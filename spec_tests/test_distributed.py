@@ -91,14 +91,15 @@ def test_shards_of_dynamic_batches(impl, distributed):
 
 def test_world_size_that_does_not_divide_the_batch_is_a_clear_error(distributed):
     """W must divide the batch's rows; W * accum must divide batch_size; rank in [0, W - 1]."""
-    with raises_clear(ValueError, "world_size", "6"):
+    with raises_clear(ValueError, "world_size", "6", "[1, 2, 3, 6]"):
         distributed.shard(_rows(6), 0, 4)
     with raises_clear(ValueError, "world_size", "batch_size", "[1, 2, 4, 8]"):
         distributed.check_world_size(8, 1, 3)
     with raises_clear(ValueError, "world_size", "accum", "[1, 2]"):
         distributed.check_world_size(8, 4, 4)
-    with raises_clear(ValueError, "rank", "[0, 1]"):
-        distributed.shard(_rows(4), 2, 2)
+    for rank in (2, 3, 7):
+        with raises_clear(ValueError, "rank", "[0, 1]"):
+            distributed.shard(_rows(4), rank, 2)
 
 
 def test_missing_rendezvous_environment_is_a_clear_error(distributed, monkeypatch, tmp_path):

@@ -711,6 +711,15 @@ def test_same_bytes_twice_cannot_be_exported(impl, interop, tmp_path):
      "add_prefix_space"),
     (("pre_tokenizer",), {"type": "Whitespace"}, "pre_tokenizer"),
     (("model", "type"), "WordPiece", "WordPiece"),
+    (("pre_tokenizer",), {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "MergedWithPrevious", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}, "pre_tokenizer"),
+    (("pre_tokenizer",), {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        {"type": "Digits", "individual_digits": True}]}, "pre_tokenizer"),
+    (("model", "merges"), [["zzq", "a"]], "merge 0"),
+    (("model", "merges"), [["a", "zzq"]], "merge 0"),
 ])
 def test_tokenizer_bare_lm_cannot_express_is_a_clear_error(impl, interop, tmp_path, path, value, field):
     """A tokenizer.json setting Bare-LM cannot express is a ValueError naming it."""
