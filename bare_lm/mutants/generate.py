@@ -8,7 +8,7 @@ MUTANTS = [
            "z = x / temperature if temperature != 1.0 else x", "z = x"),
     Mutant("top-p-drops-crossing-token", "generate.py", "top-p keeps only tokens whose cumulative mass, "
            "themselves included, is < p (the token that reaches p is dropped)",
-           "    return above < p * (1.0 - TOP_P_RTOL)", "    return above + probs < p * (1.0 - TOP_P_RTOL)"),
+           "    threshold = desc.gather(-1, more)", "    threshold = desc.gather(-1, (more - 1).clamp(min=0))"),
     Mutant("top-p-ignores-top-k", "generate.py", "top-p measures mass on the distribution before top-k",
            "keep = _top_p_mask(probs, top_p, candidates)", "keep = _top_p_mask(_softmax(x / temperature), top_p)"),
     Mutant("top-k-exactly-k-on-ties", "generate.py", "top-k keeps exactly k ids (torch.topk), splitting ties",
@@ -19,9 +19,9 @@ MUTANTS = [
            "z = z.masked_fill(z <= largest[..., -1:], float(\"-inf\"))"),
     Mutant("top-p-sort-order-ties", "generate.py",
            "top-p uses the cumulative sum in sort order, so tied tokens get different masses above them",
-           "    above = before.gather(-1, n_greater.clamp_(max=n - 1))                     # (..., V)",
-           "    order = probs.argsort(dim=-1, descending=True, stable=True)[..., :n]\n"
-           "    above = torch.zeros_like(probs).scatter(-1, order, before)"),
+           "    return probs >= threshold",
+           "    rank = probs.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)\n"
+           "    return rank <= more"),
     Mutant("greedy-last-of-tied-maxima", "generate.py", "greedy picks the last of tied maxima",
            "best = torch.argmax(x, dim=-1, keepdim=True)",
            "best = x.shape[-1] - 1 - torch.argmax(x.flip(-1), dim=-1, keepdim=True)"),
@@ -78,7 +78,7 @@ MUTANTS = [
     Mutant("batch-ends-when-one-row-stops", "generate.py", "a batch ends as soon as ANY row has stopped",
            "halt = (done.all() | ~finite) if stops else ~finite", "halt = (done.any() | ~finite) if stops else ~finite"),
     Mutant("batch-stop-not-sticky", "generate.py", "a stopped row starts emitting again after its stop id",
-           "                next_ids = torch.where(done, tokens[:, -1], next_ids)   # stopped rows repeat a valid id\n"
+           "                next_ids = torch.where(done, new[:, -1], next_ids)      # stopped rows repeat a valid id\n"
            "                done = done | torch.isin(next_ids, stop_tensor)",
            "                done = torch.isin(next_ids, stop_tensor)"),
     Mutant("default-temperature-not-one", "generate.py", "generate's default temperature is 0.7, not 1",
