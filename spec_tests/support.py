@@ -279,3 +279,22 @@ def file_size_limit(limit: int):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
+
+
+def rewrite_safetensors(src, dst, edit=None, meta_key: str | None = None, meta_edit=None):
+    """Copy the safetensors file ``src`` to ``dst`` with its tensors passed through ``edit(dict)`` and
+    the JSON of its metadata entry ``meta_key`` through ``meta_edit(dict)`` (both in place). Returns ``dst``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(src), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    if edit:
+        edit(tensors)
+    if meta_edit:
+        meta = json.loads(metadata[meta_key])
+        meta_edit(meta)
+        metadata[meta_key] = json.dumps(meta)
+    save_file(tensors, str(dst), metadata=metadata)
+    return dst

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .support import assert_close, assert_equal, batch_shapes, randint, randn, raises_clear, seed_all, seeds, sizes
+from .support import (assert_close, assert_equal, batch_shapes, randint, randn, raises_clear,
+                      rewrite_safetensors, seed_all, seeds, sizes)
 
 TINY = dict(vocab_size=32, context_length=8, n_layers=2, d_model=8, n_heads=2)
 ALL_TARGETS = ("q", "k", "v", "o", "w1", "w2", "w3")
@@ -389,12 +390,9 @@ def test_bad_adapter_files(lora, impl, tmp_path):
         lora.load_adapter(_model(impl, dtype=torch.float32), plain)
     two = lora.save_adapter(lora.apply_lora(_model(impl, dtype=torch.float32), targets=("q",), rank=2),
                             tmp_path / "two_layers.safetensors")
-    from safetensors import safe_open
-    with safe_open(str(two), framework="pt") as f:
-        tensors, settings_ = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["lora"])
     for fmt in ("bare-lm-lora-0", "bare-lm-lora-2", "another-lora-9"):   # sorting before and after
-        other = tmp_path / f"format-{fmt}.safetensors"
-        save_file(tensors, str(other), metadata={"lora": json.dumps({**settings_, "format": fmt})})
+        other = rewrite_safetensors(two, tmp_path / f"format-{fmt}.safetensors", meta_key="lora",
+                                    meta_edit=lambda settings_: settings_.update(format=fmt))
         with raises_clear(ValueError, other.name):
             lora.load_adapter(_model(impl, dtype=torch.float32), other)
     with pytest.raises(ValueError) as refused:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .support import assert_close, assert_equal, batch_shapes, randint, randn, raises_clear, seed_all, seeds, sizes
+from .support import (assert_close, assert_equal, batch_shapes, randint, randn, raises_clear,
+                      rewrite_safetensors, seed_all, seeds, sizes)
 
 TINY = dict(vocab_size=32, context_length=8, n_layers=2, d_model=8, n_heads=2)
 QMAX = {8: 127, 4: 7}
@@ -425,8 +426,8 @@ def test_defaults(quantize):
 def test_scale_shapes_that_do_not_fit_are_refused(quantize):
     """A scale that does not fit the weight is refused by quantize_tensor and dequantize_tensor.
 
-    They take a scale (out, n_groups) with n_groups dividing in_features: more or fewer rows, no column, or a column count that does not divide in_features is
-    a ValueError naming scale (never a ZeroDivisionError or a silent broadcast); a fitting scale on
+    They take a scale (out, n_groups) with n_groups dividing in_features: more or fewer rows, no
+    column, or a column count that does not divide in_features is a ValueError naming scale (never a ZeroDivisionError or a silent broadcast); a fitting scale on
     300 rows works (rows compared by value)."""
     w = randn((4, 6), 0, torch.float32)
     q = quantize.quantize_tensor(w, quantize.compute_scales(w))
@@ -528,20 +529,8 @@ def test_fast_path_follows_replaced_buffers(quantize, impl, bits):
 
 
 def _rewrite(src, dst, edit=None, meta_edit=None):
-    """Copy the safetensors file ``src`` to ``dst`` with its tensors passed through ``edit(dict)`` and
-    its "quantize" metadata through ``meta_edit(dict)``."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-    with safe_open(str(src), framework="pt") as f:
-        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
-    if edit:
-        edit(tensors)
-    if meta_edit:
-        meta = json.loads(metadata["quantize"])
-        meta_edit(meta)
-        metadata["quantize"] = json.dumps(meta)
-    save_file(tensors, str(dst), metadata=metadata)
-    return dst
+    """``rewrite_safetensors`` of a quantized checkpoint: its "quantize" metadata through ``meta_edit``."""
+    return rewrite_safetensors(src, dst, edit, "quantize", meta_edit)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
