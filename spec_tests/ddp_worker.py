@@ -11,7 +11,8 @@ world_size, payload)`` (or the function a ``"module:function"`` task names) on e
 raised again in the parent: ``NotImplementedError`` as itself (a stub reads *not started*),
 anything else as an ``AssertionError`` naming the rank. ``close()`` stops the ranks (they call
 ``distributed.teardown()``), and a rank whose parent is gone ends itself; a rank that is still busy ``HANG_GUARD_S`` seconds after another one
-failed is stuck in a collective: the pool is killed and restarted by the next ``run``.
+failed (``ANSWER_GUARD_S`` after another one answered) is stuck in a collective: the pool is killed,
+the run fails naming the busy ranks, and the next ``run`` restarts it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ from pathlib import Path
 
 import torch
 
+from .support import step_clock
+
 #: After one rank failed, how long the others may take to answer before the pool counts as hung.
 HANG_GUARD_S = 60.0
+#: After one rank answered, how long the others may take to answer before the pool counts as hung (a
+#: rank that left the others waiting in a collective: rank 0's own work after the last one, the log
+#: and the plot, takes a few seconds).
+ANSWER_GUARD_S = 180.0
 
 
 def impl_spec(impl) -> str:
@@ -76,14 +83,21 @@ class RankPool:
         results, errors = {}, {}
         try:
             while len(results) + len(errors) < self.world_size:
+                guard = HANG_GUARD_S if errors else ANSWER_GUARD_S if results else None
                 try:
-                    rank, status, value = self.outbox.get(timeout=HANG_GUARD_S if errors else None)
+                    rank, status, value = self.outbox.get(timeout=guard)
                 except queue.Empty:
                     break               # the others are stuck (in a collective the failed rank left)
                 (results if status == "ok" else errors)[rank] = value
         except BaseException:
             self.close(kill=True)       # interrupted (pytest-timeout, Ctrl-C): nothing is left running
             raise
+        if not errors and len(results) < self.world_size:
+            self.close(kill=True)
+            busy = sorted(set(range(self.world_size)) - set(results))
+            raise AssertionError(f"rank(s) {busy} of {self.world_size} still busy {ANSWER_GUARD_S:.0f} s after rank(s) "
+                                 f"{sorted(results)} answered: stuck in a collective that the others left (do all "
+                                 f"ranks take the same steps and stop after the same one?)")
         if errors:
             if len(results) + len(errors) < self.world_size:
                 self.close(kill=True)
@@ -212,8 +226,11 @@ def task_train(impl, rank, world_size, p):
     """``train.train`` runs in order (``p["runs"]``: kwargs of ``train`` plus ``config`` fields);
     ``p["tokenizer"]`` is a ``Tokenizer.to_dict()``; ``expect_error`` returns the
     ``(type, message)`` of the ValueError/TypeError it raises; ``{"copy": (src, dst)}`` copies a run directory on rank 0 (the others wait);
-    ``progress`` shows the progress bar, ``no_tokenizer`` lets train() make its own tokenizer. Each run
-    returns what this rank printed (``print_fn``) and wrote to stderr."""
+    ``progress`` shows the progress bar, ``no_tokenizer`` lets train() make its own tokenizer,
+    ``step_clock`` runs it on ``support.step_clock()`` (0.75 s an optimizer step), ``sigint_after``
+    (``{"rank": r, "steps": k}``) sends SIGINT to rank r after its k-th optimizer step. Each run returns
+    what this rank printed (``print_fn``) and wrote to stderr, its tokens_per_s (result and records), or
+    ``{"interrupted": {"step", "checkpoint"}}`` of the TrainingInterrupted it raised."""
     train = impl.component("train")
     tokenizer = impl.component("tokenizer").Tokenizer.from_dict(p["tokenizer"])
     out = []
@@ -235,15 +252,47 @@ def task_train(impl, rank, world_size, p):
                 out.append({"error": ("nothing", "train ran")})
             continue
         printed, stderr = [], io.StringIO()
-        with contextlib.redirect_stderr(stderr):
-            result = train.train(config, p["model"], train_docs=p["train_docs"], val_docs=p["val_docs"],
-                                 tokenizer=None if run.get("no_tokenizer") else tokenizer,
-                                 resume=run.get("resume", False), stop_after=run.get("stop_after"),
-                                 progress=run.get("progress", False), print_fn=printed.append)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(contextlib.redirect_stderr(stderr))
+            if run.get("step_clock"):
+                stack.enter_context(step_clock())
+            if run.get("sigint_after") and rank == run["sigint_after"]["rank"]:
+                stack.enter_context(_sigint_after(run["sigint_after"]["steps"]))
+            try:
+                result = train.train(config, p["model"], train_docs=p["train_docs"], val_docs=p["val_docs"],
+                                     tokenizer=None if run.get("no_tokenizer") else tokenizer,
+                                     resume=run.get("resume", False), stop_after=run.get("stop_after"),
+                                     progress=run.get("progress", False), print_fn=printed.append)
+            except train.TrainingInterrupted as err:     # a KeyboardInterrupt: the rank loop would not catch it
+                out.append({"interrupted": {"step": getattr(err, "step", None),
+                                            "checkpoint": str(getattr(err, "checkpoint", None))}})
+                continue
         out.append({"weights": {k: v.detach().clone() for k, v in result.model.state_dict().items()},
                     "val_loss": result.val_loss, "step": result.step, "printed": printed,
-                    "stderr": stderr.getvalue()})
+                    "stderr": stderr.getvalue(), "tokens_per_s": result.tokens_per_s,
+                    "history": [{k: r[k] for k in ("step", "tokens_per_s") if k in r} for r in result.history]})
     return out
+
+
+@contextlib.contextmanager
+def _sigint_after(steps: int):
+    """SIGINT to this process right after its ``steps``-th optimizer step (as a scheduler preempting one
+    rank would send it)."""
+    import signal
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    count = [0]
+
+    def hook(*args):
+        count[0] += 1
+        if count[0] == steps:
+            signal.raise_signal(signal.SIGINT)
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 TASKS = {"steps": task_steps, "evaluate": task_evaluate, "train": task_train}

@@ -242,7 +242,8 @@ def train_runs(impl, pool, tmp_path_factory):
     """Single-process and 2-rank runs of ``train.train`` on a slice of the built-in corpus:
     s6 (1 process, 6 steps), s3 (1 process, stopped at 3), d6 / d3 the same on 2 ranks (d6 with the
     progress bar on), d3 resumed on 2 ranks (d3r), d3 resumed in 1 process (d3s), s3 resumed on 2
-    ranks (s3d), two refused sizes (odd, odd_accum), one step with no tokenizer given (own_tok)."""
+    ranks (s3d), two refused sizes (odd, odd_accum), one step with no tokenizer given (own_tok), 2 steps
+    on a clock that moves 0.75 s an optimizer step (clock); ``payload`` and ``config`` for a test's own runs."""
     import shutil
 
     train, checkpoint = impl.component("train"), impl.component("checkpoint")
@@ -264,23 +265,25 @@ def train_runs(impl, pool, tmp_path_factory):
 
     runs = {"s6": single("s6"), "s3": single("s3", stop_after=3)}
     shutil.copytree(root / "s3", root / "s3d")
-    ddp = pool.run("train", dict(model=TINY, train_docs=train_docs, val_docs=val_docs, tokenizer=tokenizer.to_dict(),
-                                 runs=[dict(config=config("d6"), progress=True),
-                                       dict(config=config("d3"), stop_after=3),
-                                       dict(copy=(str(root / "d3"), str(root / "d3s"))),
-                                       dict(config=config("d3"), resume=True),
-                                       dict(config=config("s3d"), resume=True),
-                                       dict(config=config("odd", batch_size=3), expect_error=True),
-                                       dict(config=config("odd_accum", batch_size=6, accum=2), expect_error=True),
-                                       dict(config=config("own_tok", steps=1, warmup=0, vocab_size=300), no_tokenizer=True)]))
+    payload = dict(model=TINY, train_docs=train_docs, val_docs=val_docs, tokenizer=tokenizer.to_dict())
+    ddp = pool.run("train", dict(payload, runs=[
+        dict(config=config("d6"), progress=True),
+        dict(config=config("d3"), stop_after=3),
+        dict(copy=(str(root / "d3"), str(root / "d3s"))),
+        dict(config=config("d3"), resume=True),
+        dict(config=config("s3d"), resume=True),
+        dict(config=config("odd", batch_size=3), expect_error=True),
+        dict(config=config("odd_accum", batch_size=6, accum=2), expect_error=True),
+        dict(config=config("own_tok", steps=1, warmup=0, vocab_size=300), no_tokenizer=True),
+        dict(config=config("clock", steps=2), step_clock=True)]))
     runs.update(d6=ddp[0][0], d6_rank1=ddp[1][0], d3=ddp[0][1], d3r=ddp[0][3], s3d=ddp[0][4], odd=ddp[0][5],
-                odd_accum=ddp[0][6], own_tok=ddp[0][7], own_tok_rank1=ddp[1][7])
+                odd_accum=ddp[0][6], own_tok=ddp[0][7], own_tok_rank1=ddp[1][7], clock=[ddp[0][8], ddp[1][8]])
     loaded = checkpoint.load_checkpoint(root / "d3s" / train.CHECKPOINT_DIR)
     runs["d3_loaded"] = {"weights": {k: v.clone() for k, v in loaded.model.state_dict().items()},
                          "step": loaded.step, "data_state": loaded.data_state,
                          "moments": loaded.optimizer_state}
     runs["d3s"] = single("d3s", resume=True)
-    runs["root"] = root
+    runs.update(root=root, payload=payload, config=config)
     return runs
 
 
@@ -360,6 +363,33 @@ def test_train_without_a_tokenizer_on_two_ranks(train_runs):
     got, rank1 = train_runs["own_tok"], train_runs["own_tok_rank1"]
     assert got["step"] == rank1["step"] == 1, f"steps done: rank 0 {got['step']}, rank 1 {rank1['step']}"
     _assert_weights(rank1["weights"], got["weights"], "rank 1 vs rank 0 after a step with train()'s own tokenizer")
+
+
+def test_tokens_per_s_counts_every_rank(train_runs):
+    """Under DDP tokens_per_s counts the global batch (every rank's tokens): batch_size 4 of T tokens a
+    step at 0.75 s a step (a stand-in clock in each rank) is 4 * T / 0.75 on every rank, in each record
+    and in the result."""
+    expected = 4 * TINY["context_length"] / 0.75
+    for rank, got in enumerate(train_runs["clock"]):
+        assert_equal([r["tokens_per_s"] for r in got["history"]], [expected, expected],
+                     what=f"tokens_per_s of the records of rank {rank} (steps 1, 2; 2 ranks, batch_size 4, T "
+                          f"{TINY['context_length']}, 0.75 s a step)")
+        assert_equal(got["tokens_per_s"], expected, what=f"result.tokens_per_s of rank {rank}")
+
+
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(impl, pool, train_runs):
+    """SIGINT to rank 1 alone, after its step 2 (of 6): every rank stops after step 2 (TrainingInterrupted,
+    step 2), and the checkpoint holds step 2. A rank that went on alone would wait for ever in the next
+    step's all-reduce (the pool names it)."""
+    got = pool.run("train", dict(train_runs["payload"], runs=[
+        dict(config=train_runs["config"]("sigint"), sigint_after={"rank": 1, "steps": 2})]))
+    for rank, (run,) in enumerate(got):
+        assert "interrupted" in run, f"rank {rank} finished all {run.get('step')} steps; SIGINT reached rank 1 after step 2"
+        assert run["interrupted"]["step"] == 2, \
+            f"rank {rank} stopped after step {run['interrupted']['step']}, expected 2 (rank 1's SIGINT came after step 2)"
+    train, checkpoint = impl.component("train"), impl.component("checkpoint")
+    saved = checkpoint.load_checkpoint(train_runs["root"] / "sigint" / train.CHECKPOINT_DIR)
+    assert saved.step == 2, f"the checkpoint after the interruption holds step {saved.step}, expected 2"
 
 
 def test_train_world_size_times_accum_that_does_not_divide_batch_size_is_a_clear_error(train_runs):

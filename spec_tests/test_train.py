@@ -1,6 +1,5 @@
 """Spec of ``train``: ``train_step`` (accumulation, clipping), ``evaluate``, ``train`` (loop, log, exact resume)."""
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -10,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .support import assert_close, assert_equal, file_size_limit, randint, raises_clear, seed_all, seeds
+from .support import (assert_close, assert_equal, file_size_limit, randint, raises_clear, seed_all, seeds,
+                      step_clock)
 
 TINY = dict(context_length=16, n_layers=1, d_model=16, n_heads=2)
 
@@ -984,43 +984,12 @@ def test_val_bpc_prorates_the_characters_of_a_partial_evaluation(train, impl, co
 
 # --- throughput: tokens_per_s on a clock that only moves with the optimizer steps ---------------------
 
-class _StepClock:
-    """A stand-in for time.perf_counter and time.monotonic that moves only with the optimizer steps: it starts
-    at 0.5 and gains 0.75 s at each optimizer.step() (binary-exact values), so the time spent in the training
-    steps is known exactly (evaluation, saving and tokenizing take 0 s)."""
-
-    def __init__(self, start=0.5, tick=0.75):
-        self.now, self.step_seconds = start, tick
-
-    def __call__(self):
-        return self.now
-
-    def tick(self, *args):
-        self.now += self.step_seconds
-
-
-@contextlib.contextmanager
-def _step_clock(monkeypatch, **kw):
-    """Install a _StepClock as time.perf_counter and time.monotonic for the duration of the block."""
-    import time
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-    clock = _StepClock(**kw)
-    monkeypatch.setattr(time, "perf_counter", clock)
-    monkeypatch.setattr(time, "monotonic", clock)
-    handle = register_optimizer_step_post_hook(clock.tick)          # every optimizer.step(), any optimizer
-    try:
-        yield clock
-    finally:
-        handle.remove()
-        monkeypatch.undo()
-
-
-def test_tokens_per_s_is_tokens_over_training_time(train, corpus_docs, tokenizer, tmp_path, monkeypatch):
+def test_tokens_per_s_is_tokens_over_training_time(train, corpus_docs, tokenizer, tmp_path):
     """tokens_per_s = the tokens this call trained on / its seconds in the steps; elapsed_s = seconds since the call began (records and result)."""
     config = _config(train, tmp_path, steps=4, batch_size=4, accum=2, eval_interval=2, checkpoint_interval=0,
                      checkpoint_minutes=0)
     per_step = 4 * TINY["context_length"]                            # the tokens of one optimizer step (x of (4, T))
-    with _step_clock(monkeypatch):
+    with step_clock():
         first = train.train(config, dict(TINY), stop_after=1, **_kw(corpus_docs, tokenizer))
         resumed = train.train(config, dict(TINY), resume=True, **_kw(corpus_docs, tokenizer))
     for name, result, n in (("the first step", first, 1), ("the resumed steps 2-4", resumed, 3)):
@@ -1045,8 +1014,8 @@ def test_every_evaluation_step_is_logged(train, corpus_docs, tokenizer, tmp_path
     (0.0315, [None, None, None, 3, 3, 3]),       # 1.89 s: just over 2 steps, passed at the 3rd
     (0.031, [None, None, 2, 2, 4, 4]),           # 1.86 s: just under 2 steps
 ], ids=["exactly-2-steps", "1.5-steps", "just-over-2-steps", "just-under-2-steps"])
-def test_timed_checkpoints_follow_checkpoint_minutes(train, impl, corpus_docs, tokenizer, tmp_path, monkeypatch,
-                                                     minutes, expected):
+def test_timed_checkpoints_follow_checkpoint_minutes(train, impl, corpus_docs, tokenizer, tmp_path, minutes,
+                                                     expected):
     """A checkpoint is saved once 60 * checkpoint_minutes seconds (or more) have passed since the last save; shown while steps 1..6 are evaluated."""
     ckpt_mod = impl.component("checkpoint")
     seen = []
@@ -1058,7 +1027,7 @@ def test_timed_checkpoints_follow_checkpoint_minutes(train, impl, corpus_docs, t
             seen.append(None)
 
     config = _config(train, tmp_path, steps=6, eval_interval=1, checkpoint_interval=0, checkpoint_minutes=minutes)
-    with _step_clock(monkeypatch, start=0.5, tick=0.9375):
+    with step_clock(start=0.5, tick=0.9375):
         train.train(config, dict(TINY), print_fn=look, **_kw(corpus_docs, tokenizer))
     assert_equal(seen[:6], expected, what=f"checkpoint step on disk while steps 1..6 are evaluated "
                  f"(0.9375 s a step, checkpoint_minutes={minutes} = {60 * minutes:g} s)")
