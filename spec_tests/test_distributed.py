@@ -126,6 +126,41 @@ LR = 1e-3
 STEPS = 3
 
 
+class _DDPCalled(Exception):
+    """Raised by the stand-in DistributedDataParallel.__init__ once it has recorded its arguments."""
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", None), ("mps", None), ("cuda:1", [1]), ("cuda", [3])],
+                         ids=["cpu", "mps", "cuda:1", "cuda"])
+def test_wrap_passes_the_device_index(distributed, monkeypatch, device, expected):
+    """wrap(model, device) builds DistributedDataParallel(model, device_ids=...): None on CPU (and any
+    device type but CUDA), [index] on cuda:index, [torch.cuda.current_device()] on a bare "cuda". Checked
+    on any machine: DDP's __init__ is
+    a stand-in that records its arguments (no process group, no GPU) and torch.cuda.current_device()
+    returns 3."""
+    from torch.nn.parallel import DistributedDataParallel
+    seen = {}
+
+    def recording_init(self, module, device_ids=None, *args, **kwargs):
+        seen["device_ids"] = device_ids
+        raise _DDPCalled
+
+    monkeypatch.setattr(DistributedDataParallel, "__init__", recording_init)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    try:
+        distributed.wrap(torch.nn.Linear(2, 2), device)
+    except _DDPCalled:
+        pass
+    except (RuntimeError, AssertionError) as err:       # e.g. torch.cuda.set_device on a machine without CUDA
+        if device != "cpu" and not torch.cuda.is_available() and "cuda" in str(err).lower():
+            pytest.skip(f"this wrap uses CUDA itself before building DistributedDataParallel ({err}): "
+                        "checked on a machine with CUDA")
+        raise
+    assert "device_ids" in seen, f"wrap(model, {device!r}) did not build a DistributedDataParallel"
+    assert seen["device_ids"] == expected, \
+        f"wrap(model, {device!r}): DistributedDataParallel got device_ids={seen['device_ids']!r}, expected {expected!r}"
+
+
 def _batches(seed=0, n=8):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randint(0, 64, (n, 16), generator=g), torch.randint(0, 64, (n, 16), generator=g))
