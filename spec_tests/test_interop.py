@@ -703,6 +703,19 @@ def test_same_bytes_twice_cannot_be_exported(impl, interop, tmp_path):
         interop.save_hf_tokenizer(tok, tmp_path)
 
 
+@pytest.mark.parametrize("files", [(), ("vocab.json",), ("merges.txt",)], ids=["empty", "vocab only", "merges only"])
+def test_load_hf_tokenizer_without_its_files_is_a_clear_error(impl, interop, tmp_path, files):
+    """A directory with neither tokenizer.json nor both vocab.json and merges.txt: FileNotFoundError naming
+    the file that is missing, and with vocab.json alone also tokenizer.json (the other way to give one)."""
+    interop.save_hf_tokenizer(_trained(impl, "gpt2"), tmp_path / "saved")
+    (tmp_path / "dir").mkdir()
+    for name in files:
+        (tmp_path / "dir" / name).write_bytes((tmp_path / "saved" / name).read_bytes())
+    words = {(): ["vocab.json"], ("vocab.json",): ["merges.txt", "tokenizer.json"], ("merges.txt",): ["vocab.json"]}
+    with raises_clear(FileNotFoundError, *words[files]):
+        interop.load_hf_tokenizer(tmp_path / "dir")
+
+
 @pytest.mark.parametrize("path, value, field", [
     (("normalizer",), {"type": "NFC"}, "normalizer"),
     (("model", "byte_fallback"), True, "byte_fallback"),
