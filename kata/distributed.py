@@ -108,7 +108,8 @@ def shard(batch, rank: int, world_size: int):
 def wrap(model: torch.nn.Module, device: str | torch.device = "cpu") -> DistributedDataParallel:
     """``model`` (already on ``device``) wrapped in ``DistributedDataParallel``: rank 0's weights are
     broadcast now, and every backward outside ``no_sync`` averages the gradients over the ranks."""
-    raise NotImplementedError("wrap: DistributedDataParallel(model, device_ids=[index] on cuda, None on cpu)")
+    raise NotImplementedError("wrap: DistributedDataParallel(model, device_ids=[index] on cuda:index, "
+                              "[torch.cuda.current_device()] on a bare cuda, None on any other device)")
 
 
 def train_step(model: DistributedDataParallel, optimizer: torch.optim.Optimizer, micro_batches: list,
