@@ -295,4 +295,38 @@ def _sigint_after(steps: int):
         handle.remove()
 
 
-TASKS = {"steps": task_steps, "evaluate": task_evaluate, "train": task_train}
+class _TwoParams(torch.nn.Module):
+    """A model whose second parameter is used only when x[0] > 0: model(x, y) -> (None, loss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.tensor([0.3, 0.7, -1.1], dtype=torch.float64))
+
+    def forward(self, x, y=None):
+        loss = ((self.a * x).sum() - 1.0) ** 2
+        if x[0] > 0:
+            loss = loss + ((self.b * x).sum() + 2.0) ** 2
+        return None, loss
+
+
+def task_unused_parameter(impl, rank, world_size, p):
+    """Two ``distributed.train_step`` calls on a DDP model built with ``find_unused_parameters=True``
+    (SGD with momentum): the first gives both parameters a gradient, the second only ``a``. Returns
+    ``b`` after each step and whether ``b.grad`` is None after the second."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    distributed = impl.component("distributed")
+    model = _TwoParams()
+    ddp = DistributedDataParallel(model, find_unused_parameters=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    on, off = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64)
+    distributed.train_step(ddp, opt, [(on, None)])
+    b_first, a_first = model.b.detach().clone(), model.a.detach().clone()
+    distributed.train_step(ddp, opt, [(off, None)])
+    return {"a": (a_first, model.a.detach().clone()), "b": (b_first, model.b.detach().clone()),
+            "b_grad_is_none": model.b.grad is None}
+
+
+TASKS = {"steps": task_steps, "evaluate": task_evaluate, "train": task_train,
+         "unused_parameter": task_unused_parameter}

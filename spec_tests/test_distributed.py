@@ -120,6 +120,47 @@ def test_missing_rendezvous_environment_is_a_clear_error(distributed, monkeypatc
     assert not torch.distributed.is_initialized(), "setup initialized a process group although it failed"
 
 
+class _ProcessGroupCalled(Exception):
+    """Raised by the stand-in init_process_group once it has recorded its backend."""
+
+
+@pytest.mark.parametrize("local_rank, gpus", [(0, 2), (1, 2), (2, 2), (3, 2), (0, 0)],
+                         ids=["rank 0 of 2 GPUs", "rank 1 of 2 GPUs", "rank 2 of 2 GPUs", "rank 3 of 2 GPUs", "no GPU"])
+def test_setup_on_cuda_takes_the_gpu_of_its_local_rank(distributed, monkeypatch, tmp_path, local_rank, gpus):
+    """setup("cuda") with LOCAL_RANK l and g GPUs visible: l < g -> torch.cuda.set_device(l), then
+    init_process_group with backend nccl; l >= g (or no CUDA at all) -> ValueError naming LOCAL_RANK, and
+    nothing initialized. Checked on any machine: torch.cuda's is_available, device_count and set_device
+    are stand-ins, and so is init_process_group (it records its backend and stops)."""
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", str(local_rank))):
+        monkeypatch.setenv(name, value)
+    set_to, seen = [], {}
+
+    def recording_init(backend=None, *args, **kwargs):
+        seen["backend"], seen["set_device_before"] = backend, list(set_to)
+        raise _ProcessGroupCalled
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", set_to.append)
+    monkeypatch.setattr(torch.distributed, "init_process_group", recording_init)
+    init_method = f"file://{tmp_path / 'rendezvous'}"
+    if local_rank >= gpus:
+        with raises_clear(ValueError, "LOCAL_RANK"):
+            distributed.setup("cuda", init_method=init_method)
+        assert seen == {}, f"setup('cuda') with LOCAL_RANK {local_rank} and {gpus} GPU(s) called init_process_group"
+        return
+    try:
+        distributed.setup("cuda", init_method=init_method)
+    except _ProcessGroupCalled:
+        pass
+    assert seen.get("backend") == "nccl", \
+        f"setup('cuda'): init_process_group got backend {seen.get('backend')!r}, expected 'nccl'"
+    got = [torch.device("cuda", d) if isinstance(d, int) else torch.device(d) for d in seen["set_device_before"]]
+    assert got == [torch.device("cuda", local_rank)], \
+        f"setup('cuda') with LOCAL_RANK {local_rank}: torch.cuda.set_device calls before init_process_group {got}, " \
+        f"expected one, to cuda:{local_rank}"
+
+
 # --- steps on 2 ranks ------------------------------------------------------------------------------
 
 LR = 1e-3
@@ -221,10 +262,17 @@ def test_replicas_stay_identical(steps_runs):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_accumulation_under_ddp_equals_the_unaccumulated_step(impl, steps_runs, dtype):
     """accum=2 on 2 ranks (micro-batches of B/4, the first backward inside no_sync) gives the weights
-    of accum=1 on 2 ranks and of one process, up to the summation order."""
+    of accum=1 on 2 ranks and the weights, losses and gradient norms of one process, up to the summation order."""
     tol = TOLERANCE[dtype]
-    weights, _ = _single_process(impl, dtype)
-    for name, w in steps_runs[(dtype, 2)][0]["weights"].items():
+    weights, figures = _single_process(impl, dtype)
+    rank0 = steps_runs[(dtype, 2)][0]
+    for s, ((loss, norm), got_loss, got_norm) in enumerate(zip(figures, rank0["losses"], rank0["norms"])):
+        assert math.isclose(got_loss, loss, rel_tol=tol, abs_tol=tol), \
+            (f"step {s + 1}: loss returned on rank 0 with accum 2 {got_loss}, one process {loss} (the mean of "
+             f"the micro-batches' losses)")
+        assert math.isclose(got_norm, norm, rel_tol=tol * 10, abs_tol=tol), \
+            f"step {s + 1}: gradient norm on rank 0 with accum 2 {got_norm}, one process {norm}"
+    for name, w in rank0["weights"].items():
         assert_close(w, steps_runs[(dtype, 1)][0]["weights"][name], what=f"{name}: accum 2 vs accum 1 on 2 ranks",
                      atol=tol, rtol=0.0)
         assert_close(w, weights[name], what=f"{name}: accum 2 on 2 ranks vs 1 process", atol=tol, rtol=0.0)
@@ -241,6 +289,16 @@ def test_accumulation_skips_the_all_reduce(steps_runs):
 
 
 # --- evaluation --------------------------------------------------------------------------------------
+
+def test_train_step_leaves_an_unused_parameter_alone(pool):
+    """Under DDP too (a model wrapped with find_unused_parameters=True), a parameter that gets no gradient
+    in a step is not updated by it: the gradients are reset to None, not to zero, so momentum takes no step."""
+    for rank, got in enumerate(pool.run("unused_parameter")):
+        assert not torch.equal(*got["a"]), f"rank {rank}: the parameter with a gradient must move in the second step"
+        assert_equal(got["b"][1], got["b"][0], what=f"rank {rank}: a parameter that got no gradient in the step "
+                                                    f"(it must not move)")
+        assert got["b_grad_is_none"], f"rank {rank}: after a step that gave b no gradient, b.grad should be None"
+
 
 def test_evaluation_is_split_over_ranks_and_reduced(impl, pool):
     """Every rank returns the (nats, count) of the WHOLE validation stream, as one process computes
