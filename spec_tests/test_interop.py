@@ -345,6 +345,37 @@ def test_to_hf_logits_equal_transformers(interop, model, tmp_path, name):
                  atol=LOGITS_ATOL, rtol=0.0)
 
 
+@pytest.mark.parametrize("name", sorted(EXPORTS))
+def test_from_hf_of_to_hf_is_the_same_model(interop, model, tmp_path, name):
+    """``from_hf(to_hf(m))`` reads back the model that was written: the same config.json settings
+    (``config_to_hf`` of both configs) and the same logits (an interleaved RoPE model comes back
+    half-split, its q and k rows permuted)."""
+    lm = _bare(model, name, seed=6)
+    interop.to_hf(lm, tmp_path)
+    back = interop.from_hf(tmp_path)
+    assert_equal(interop.config_to_hf(back.config), interop.config_to_hf(lm.config),
+                 what=f"config_to_hf of from_hf(to_hf({name})) vs of the model written")
+    ids = _ids(6)
+    assert_close(_our_logits(back, ids), _our_logits(lm, ids), what=f"logits of from_hf(to_hf({name}))",
+                 atol=LOGITS_ATOL, rtol=0.0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_from_hf_reads_sharded_weights(interop, tmp_path, family):
+    """Weights that ``save_pretrained`` splits over several files (``max_shard_size``; an index file
+    names each tensor's file) load as one model with transformers' logits."""
+    tf = _transformers()
+    hf_model = FAMILIES[family](tf, False, seed=13)
+    hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
+    shards = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "model.safetensors.index.json").exists(), \
+        f"save_pretrained(max_shard_size='40KB') wrote {shards}: the test needs several shards and an index"
+    lm = interop.from_hf(tmp_path)
+    ids = _ids(13)
+    assert_close(_our_logits(lm, ids), _hf_logits(hf_model, ids), what=f"{family} from {len(shards)} shards",
+                 atol=LOGITS_ATOL, rtol=0.0)
+
+
 @pytest.mark.parametrize("family, tie", CASES)
 def test_greedy_tokens_equal_transformers(interop, impl, family, tie):
     """30 greedy tokens of the imported model, with and without the KV cache, are transformers'
@@ -430,12 +461,42 @@ def test_config_from_hf_reads_every_field(interop):
     assert_equal(interop.config_from_hf(old_style).rope_base, 123456.0, what="rope_base from an older rope_theta")
 
 
+GPT2_OPTIONAL = ("n_inner", "activation_function", "layer_norm_epsilon", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                 "tie_word_embeddings", "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "add_cross_attention")
+LLAMA_OPTIONAL = ("num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters", "hidden_act",
+                  "attention_bias", "mlp_bias", "tie_word_embeddings", "attention_dropout", "pretraining_tp")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_config_from_hf_fills_in_transformers_defaults(interop, family):
+    """A config.json that leaves out every optional key reads as transformers' own defaults: the same
+    ModelConfig as the dict transformers' GPT2Config / LlamaConfig gives for the required keys alone
+    (GPT-2: dropout 0.1, eps 1e-5, scaled attention, tied; Llama: eps 1e-6, rope_theta 10000, untied)."""
+    tf = _transformers()
+    base, optional, cls = {"gpt2": (GPT2_JSON, GPT2_OPTIONAL, tf.GPT2Config),
+                           "llama": (LLAMA_JSON, LLAMA_OPTIONAL, tf.LlamaConfig)}[family]
+    required = {k: v for k, v in base.items() if k not in optional}
+    theirs = cls(**{k: v for k, v in required.items() if k != "model_type"}).to_dict()
+    assert_equal(interop.config_from_hf(required), interop.config_from_hf(theirs),
+                 what=f"config_from_hf of a {family} config.json without {list(optional)} vs of transformers' "
+                      f"defaults for it")
+    if family == "llama":   # an older file: rope_parameters without rope_theta, and no top-level rope_theta
+        older = {**required, "rope_parameters": {"rope_type": "default"}}
+        assert_equal(interop.config_from_hf(older).rope_base, 10000.0,
+                     what="rope_base of rope_parameters without rope_theta")
+
+
 def test_config_from_hf_reads_a_head_dim_and_old_style_rope_scaling(interop):
-    """A Llama head_dim other than hidden_size / num_attention_heads is kept; an older config's
+    """A Llama head_dim other than hidden_size / num_attention_heads is kept (0 is a ValueError naming
+    head_dim); an older config's
     rope_scaling of rope_type "default" (a string read from JSON, compared by value) is plain RoPE,
     and any other rope_scaling is a ValueError naming rope_scaling."""
-    m = interop.config_from_hf({**LLAMA_JSON, "head_dim": 4})
-    assert_equal(m.resolved_head_dim, 4, what="head_dim of a Llama config with head_dim 4 (hidden 16, 2 heads)")
+    for head_dim in (4, 18, 32):                                   # hidden 16, 2 heads: 8 is hidden / heads
+        m = interop.config_from_hf({**LLAMA_JSON, "head_dim": head_dim})
+        assert_equal(m.resolved_head_dim, head_dim,
+                     what=f"head_dim of a Llama config with head_dim {head_dim} (hidden 16, 2 heads)")
+    with raises_clear(ValueError, "head_dim"):
+        interop.config_from_hf({**LLAMA_JSON, "head_dim": 0})
     old_style = {k: v for k, v in LLAMA_JSON.items() if k != "rope_parameters"} | {"rope_theta": 1000.0}
     default = json.loads('{"rope_type": "default"}')
     assert_equal(interop.config_from_hf({**old_style, "rope_scaling": default}).rope_base, 1000.0,
@@ -445,11 +506,25 @@ def test_config_from_hf_reads_a_head_dim_and_old_style_rope_scaling(interop):
 
 
 def test_config_to_hf_compares_settings_by_value(interop):
-    """config_to_hf reads a config's settings by value: a Llama-style config whose positional is a
-    string built at run time (as read from a file) is exported as a Llama config."""
+    """config_to_hf reads a config's settings by value: a config whose positional is a string built at
+    run time (as read from a file) is exported as a Llama ("rope") or GPT-2 ("learned") config."""
     config = interop.config_from_hf(LLAMA_JSON)
     config = dataclasses.replace(config, positional="".join(["ro", "pe"]))
     assert_equal(interop.config_to_hf(config)["model_type"], "llama", what="model_type of a rope config")
+    config = dataclasses.replace(interop.config_from_hf(GPT2_JSON), positional="".join(["lear", "ned"]))
+    assert_equal(interop.config_to_hf(config)["model_type"], "gpt2", what="model_type of a learned-positions config")
+
+
+def test_from_hf_takes_its_options_by_keyword(interop):
+    """from_hf(source, *, dtype, token_ids) as the contract writes it: source by position or by keyword,
+    dtype and token_ids by keyword only (a positional dtype is a TypeError)."""
+    tf = _transformers()
+    hf_model = _gpt2(tf, False, seed=3)
+    ids = _ids(3)
+    assert_close(_our_logits(interop.from_hf(source=hf_model), ids), _hf_logits(hf_model, ids),
+                 what="logits of from_hf(source=model)", atol=LOGITS_ATOL, rtol=0.0)
+    with pytest.raises(TypeError):
+        interop.from_hf(hf_model, torch.float64)
 
 
 def test_from_hf_checks_source_and_token_ids(interop):
@@ -629,6 +704,16 @@ def test_load_hf_tokenizer_inverts_save(impl, interop, tmp_path, pattern_name):
         (tmp_path / "tokenizer.json").unlink()
         back, token_ids = interop.load_hf_tokenizer(tmp_path)
         assert_equal((back.merges, back.special_tokens), (tok.merges, tok.special_tokens), what="from vocab.json + merges.txt")
+
+
+def test_load_hf_tokenizer_inverts_save_past_256_merges(impl, interop, tmp_path):
+    """The round trip keeps ids past 511: a tokenizer of 300 merges (runs of "a" of every length up to
+    301, no pre-tokenizer) loads back with the same merges and token_ids 0..555."""
+    tok = impl.component("tokenizer").Tokenizer([(97, 97)] + [(256 + n, 97) for n in range(299)], pattern=None)
+    interop.save_hf_tokenizer(tok, tmp_path)
+    back, token_ids = interop.load_hf_tokenizer(tmp_path)
+    assert_equal(back.merges, tok.merges, what="merges of a 300-merge tokenizer after the round trip")
+    assert_equal(token_ids, list(range(tok.vocab_size)), what="token_ids of a 300-merge tokenizer")
 
 
 def _foreign_tokenizer(tk, directory):
