@@ -36,8 +36,8 @@ from .support import step_clock
 HANG_GUARD_S = 60.0
 #: After one rank answered, how long the others may take to answer before the pool counts as hung (a
 #: rank that left the others waiting in a collective: rank 0's own work after the last one, the log
-#: and the plot, takes a few seconds).
-ANSWER_GUARD_S = 180.0
+#: and the plot, takes seconds; a first matplotlib import may build its font cache).
+ANSWER_GUARD_S = 300.0
 
 
 def impl_spec(impl) -> str:
