@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .support import step_clock
+from .support import TwoParams, step_clock
 
 #: After one rank failed, how long the others may take to answer before the pool counts as hung.
 HANG_GUARD_S = 60.0
@@ -295,21 +295,6 @@ def _sigint_after(steps: int):
         handle.remove()
 
 
-class _TwoParams(torch.nn.Module):
-    """A model whose second parameter is used only when x[0] > 0: model(x, y) -> (None, loss)."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
-        self.b = torch.nn.Parameter(torch.tensor([0.3, 0.7, -1.1], dtype=torch.float64))
-
-    def forward(self, x, y=None):
-        loss = ((self.a * x).sum() - 1.0) ** 2
-        if x[0] > 0:
-            loss = loss + ((self.b * x).sum() + 2.0) ** 2
-        return None, loss
-
-
 def task_unused_parameter(impl, rank, world_size, p):
     """Two ``distributed.train_step`` calls on a DDP model built with ``find_unused_parameters=True``
     (SGD with momentum): the first gives both parameters a gradient, the second only ``a``. Returns
@@ -317,7 +302,7 @@ def task_unused_parameter(impl, rank, world_size, p):
     from torch.nn.parallel import DistributedDataParallel
 
     distributed = impl.component("distributed")
-    model = _TwoParams()
+    model = TwoParams()
     ddp = DistributedDataParallel(model, find_unused_parameters=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     on, off = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64)

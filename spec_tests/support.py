@@ -281,6 +281,21 @@ def file_size_limit(limit: int):
         signal.signal(signal.SIGXFSZ, previous)
 
 
+class TwoParams(torch.nn.Module):
+    """A model whose second parameter is used only when x[0] > 0: model(x, y) -> (None, loss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.tensor([0.3, 0.7, -1.1], dtype=torch.float64))
+
+    def forward(self, x, y=None):
+        loss = ((self.a * x).sum() - 1.0) ** 2
+        if x[0] > 0:
+            loss = loss + ((self.b * x).sum() + 2.0) ** 2
+        return None, loss
+
+
 class StepClock:
     """A stand-in for time.perf_counter and time.monotonic that moves only with the optimizer steps: it starts
     at ``start`` and gains ``tick`` seconds at each optimizer.step() (binary-exact values), so the time spent

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .support import (assert_close, assert_equal, file_size_limit, randint, raises_clear, seed_all, seeds,
-                      step_clock)
+from .support import (TwoParams, assert_close, assert_equal, file_size_limit, randint, raises_clear, seed_all,
+                      seeds, step_clock)
 
 TINY = dict(context_length=16, n_layers=1, d_model=16, n_heads=2)
 
@@ -712,24 +712,9 @@ def test_train_config_device_names(train, tmp_path):
 
 # --- train_step's gradients, finite checks and objective results ------------------------------------
 
-class _TwoParams(torch.nn.Module):
-    """A model whose second parameter is used only when x[0] > 0: model(x, y) -> (None, loss)."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
-        self.b = torch.nn.Parameter(torch.tensor([0.3, 0.7, -1.1], dtype=torch.float64))
-
-    def forward(self, x, y=None):
-        loss = ((self.a * x).sum() - 1.0) ** 2
-        if x[0] > 0:
-            loss = loss + ((self.b * x).sum() + 2.0) ** 2
-        return None, loss
-
-
 def test_train_step_leaves_an_unused_parameter_alone(train):
     """A parameter that gets no gradient in a step is not updated by it (gradients reset to None: no momentum step on a zero gradient)."""
-    model = _TwoParams()
+    model = TwoParams()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     on, off = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64)
     train.train_step(model, opt, [(on, None)])                       # a and b both get a gradient
