@@ -616,15 +616,16 @@ def test_cache_key_ignores_the_key_order_of_to_dict(data):
 
 @given(docs=st.lists(texts, max_size=5), offset=st.integers(0, 3))
 @example(docs=[], offset=0)
+@example(docs=[EOT, f"a{EOT}"], offset=1)
 @settings(max_examples=20)
 def test_cache_file_holds_int32_tokens_and_int64_offsets(data, tmp_path_factory, docs, offset):
     """The cache is cache_dir/tokens-<cache_key>.npz (cache_dir and missing parents created): tokens int32
     (all documents concatenated, empty for no document), offsets int64 [0, end of doc 0, ...]; a reload
-    gives the same ids without encode."""
+    gives the same ids without encode. Documents are ordinary text (a special token's string too)."""
     tok = ByteTokenizer(offset)
     cache = tmp_path_factory.mktemp("cache") / "missing" / "parents"
     got = data.tokenize_documents(docs, tok, cache_dir=cache)
-    ids = [tok.encode(d) for d in docs]
+    ids = [tok.encode(d, disallowed_special=()) for d in docs]
     assert_equal([t.tolist() for t in got], ids, what="ids on the first (encoding) call")
     names = sorted(p.name for p in cache.iterdir())
     assert_equal(names, [f"tokens-{data.cache_key(docs, tok)}.npz"], what="files in cache_dir")
