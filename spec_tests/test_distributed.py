@@ -161,12 +161,6 @@ def test_setup_on_cuda_takes_the_gpu_of_its_local_rank(distributed, monkeypatch,
         f"expected one, to cuda:{local_rank}"
 
 
-# --- steps on 2 ranks ------------------------------------------------------------------------------
-
-LR = 1e-3
-STEPS = 3
-
-
 class _DDPCalled(Exception):
     """Raised by the stand-in DistributedDataParallel.__init__ once it has recorded its arguments."""
 
@@ -176,9 +170,8 @@ class _DDPCalled(Exception):
 def test_wrap_passes_the_device_index(distributed, monkeypatch, device, expected):
     """wrap(model, device) builds DistributedDataParallel(model, device_ids=...): None on CPU (and any
     device type but CUDA), [index] on cuda:index, [torch.cuda.current_device()] on a bare "cuda". Checked
-    on any machine: DDP's __init__ is
-    a stand-in that records its arguments (no process group, no GPU) and torch.cuda.current_device()
-    returns 3."""
+    on any machine: DDP's __init__ is a stand-in that records its arguments (no process group, no GPU)
+    and torch.cuda.current_device() returns 3."""
     from torch.nn.parallel import DistributedDataParallel
     seen = {}
 
@@ -202,6 +195,12 @@ def test_wrap_passes_the_device_index(distributed, monkeypatch, device, expected
     assert "device_ids" in seen, f"wrap(model, {device!r}) did not build a DistributedDataParallel"
     assert seen["device_ids"] == expected, \
         f"wrap(model, {device!r}): DistributedDataParallel got device_ids={seen['device_ids']!r}, expected {expected!r}"
+
+
+# --- steps on 2 ranks ------------------------------------------------------------------------------
+
+LR = 1e-3
+STEPS = 3
 
 
 def _batches(seed=0, n=8):
@@ -288,8 +287,6 @@ def test_accumulation_skips_the_all_reduce(steps_runs):
                                  f"the accumulation backwards should run inside model.no_sync() (no communication)")
 
 
-# --- evaluation --------------------------------------------------------------------------------------
-
 def test_train_step_leaves_an_unused_parameter_alone(pool):
     """Under DDP too (a model wrapped with find_unused_parameters=True), a parameter that gets no gradient
     in a step is not updated by it: the gradients are reset to None, not to zero, so momentum takes no step."""
@@ -299,6 +296,8 @@ def test_train_step_leaves_an_unused_parameter_alone(pool):
                                                     f"(it must not move)")
         assert got["b_grad_is_none"], f"rank {rank}: after a step that gave b no gradient, b.grad should be None"
 
+
+# --- evaluation --------------------------------------------------------------------------------------
 
 def test_evaluation_is_split_over_ranks_and_reduced(impl, pool):
     """Every rank returns the (nats, count) of the WHOLE validation stream, as one process computes
