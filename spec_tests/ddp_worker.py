@@ -305,7 +305,7 @@ def task_unused_parameter(impl, rank, world_size, p):
     model = TwoParams()
     ddp = DistributedDataParallel(model, find_unused_parameters=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    on, off = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64)
+    on, off = TwoParams.inputs()
     distributed.train_step(ddp, opt, [(on, None)])
     b_first, a_first = model.b.detach().clone(), model.a.detach().clone()
     distributed.train_step(ddp, opt, [(off, None)])

@@ -295,6 +295,11 @@ class TwoParams(torch.nn.Module):
             loss = loss + ((self.b * x).sum() + 2.0) ** 2
         return None, loss
 
+    @staticmethod
+    def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        """``(on, off)``: an input that gives both parameters a gradient, and one that gives only ``a``."""
+        return torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64)
+
 
 class StepClock:
     """A stand-in for time.perf_counter and time.monotonic that moves only with the optimizer steps: it starts

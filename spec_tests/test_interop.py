@@ -488,9 +488,8 @@ def test_config_from_hf_fills_in_transformers_defaults(interop, family):
 
 def test_config_from_hf_reads_a_head_dim_and_old_style_rope_scaling(interop):
     """A Llama head_dim other than hidden_size / num_attention_heads is kept (0 is a ValueError naming
-    head_dim); an older config's
-    rope_scaling of rope_type "default" (a string read from JSON, compared by value) is plain RoPE,
-    and any other rope_scaling is a ValueError naming rope_scaling."""
+    head_dim); an older config's rope_scaling of rope_type "default" (a string read from JSON, compared
+    by value) is plain RoPE, and any other rope_scaling is a ValueError naming rope_scaling."""
     for head_dim in (4, 18, 32):                                   # hidden 16, 2 heads: 8 is hidden / heads
         m = interop.config_from_hf({**LLAMA_JSON, "head_dim": head_dim})
         assert_equal(m.resolved_head_dim, head_dim,

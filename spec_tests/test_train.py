@@ -716,7 +716,7 @@ def test_train_step_leaves_an_unused_parameter_alone(train):
     """A parameter that gets no gradient in a step is not updated by it (gradients reset to None: no momentum step on a zero gradient)."""
     model = TwoParams()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    on, off = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64)
+    on, off = TwoParams.inputs()
     train.train_step(model, opt, [(on, None)])                       # a and b both get a gradient
     b = model.b.detach().clone()
     a = model.a.detach().clone()
