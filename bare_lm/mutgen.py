@@ -813,6 +813,8 @@ def modules_of(source: Path, wanted: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)   # each verdict reaches a log file as it is printed
     try:
         import cosmic_ray  # noqa: F401
     except ImportError:
